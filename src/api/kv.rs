@@ -1,0 +1,131 @@
+//! The KV service.
+
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::{errors, fill_header, mvcc_status, node_status, validate};
+use crate::mvcc::txn::is_read_only;
+use crate::pb::etcdserverpb::kv_server::Kv;
+use crate::pb::etcdserverpb::request_op::Request as Op;
+use crate::pb::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use crate::raft::{self, RaftNode};
+
+pub struct KvService {
+    pub node: RaftNode,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+}
+
+impl KvService {
+    fn check_size(&self, m: &impl Message) -> Result<(), Status> {
+        if m.encoded_len() > self.max_request_bytes {
+            return Err(errors::request_too_large());
+        }
+        Ok(())
+    }
+
+    async fn write(&self, req: raft::Request) -> Result<raft::Response, Status> {
+        match self.node.write(req).await.map_err(node_status)? {
+            raft::Response::Error(e) => Err(mvcc_status(e)),
+            other => Ok(other),
+        }
+    }
+}
+
+/// A txn whose every range is serializable is served from local state, as etcd does.
+fn txn_serializable(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(Op::RequestRange(r)) => r.serializable,
+            Some(Op::RequestTxn(t)) => txn_serializable(t),
+            _ => true,
+        })
+}
+
+fn unexpected() -> Status {
+    Status::internal("etcdserver: unexpected response from the state machine")
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        let req = request.into_inner();
+        validate::range(&req)?;
+        if !req.serializable {
+            self.node.read_barrier().await.map_err(node_status)?;
+        }
+        let mut resp = self.node.sm.read(|s| s.range(&req)).map_err(mvcc_status)?;
+        fill_header(&self.node, &mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = request.into_inner();
+        validate::put(&req)?;
+        self.check_size(&req)?;
+        let raft::Response::Put(mut resp) = self.write(raft::Request::Put(req)).await? else {
+            return Err(unexpected());
+        };
+        fill_header(&self.node, &mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = request.into_inner();
+        validate::delete_range(&req)?;
+        self.check_size(&req)?;
+        let raft::Response::DeleteRange(mut resp) =
+            self.write(raft::Request::DeleteRange(req)).await?
+        else {
+            return Err(unexpected());
+        };
+        fill_header(&self.node, &mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = request.into_inner();
+        validate::txn(&req, self.max_txn_ops)?;
+        self.check_size(&req)?;
+        let mut resp = if is_read_only(&req) {
+            if !txn_serializable(&req) {
+                self.node.read_barrier().await.map_err(node_status)?;
+            }
+            self.node
+                .sm
+                .read(|s| s.txn_read(&req))
+                .map_err(mvcc_status)?
+        } else {
+            let raft::Response::Txn(resp) = self.write(raft::Request::Txn(req)).await? else {
+                return Err(unexpected());
+            };
+            resp
+        };
+        fill_header(&self.node, &mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let req = request.into_inner();
+        let raft::Response::Compact(mut resp) = self.write(raft::Request::Compact(req)).await?
+        else {
+            return Err(unexpected());
+        };
+        fill_header(&self.node, &mut resp.header);
+        Ok(Response::new(resp))
+    }
+}

@@ -1,0 +1,116 @@
+//! etcd's gRPC services, translated into calls on the Raft node and the MVCC store. Nothing here decides
+//! anything about data: it validates requests (statelessly, like etcd's v3rpc layer), picks the write or
+//! read path, and maps errors to etcd's status codes and texts.
+
+pub mod cluster;
+pub mod kv;
+pub mod maintenance;
+pub mod validate;
+
+use tonic::Status;
+
+use crate::mvcc::MvccError;
+use crate::pb::etcdserverpb::ResponseHeader;
+use crate::raft::node::NodeError;
+use crate::raft::RaftNode;
+
+/// etcd's error texts, which clients match on.
+pub mod errors {
+    use tonic::{Code, Status};
+
+    pub fn empty_key() -> Status {
+        Status::new(Code::InvalidArgument, "etcdserver: key is not provided")
+    }
+    pub fn too_many_ops() -> Status {
+        Status::new(
+            Code::InvalidArgument,
+            "etcdserver: too many operations in txn request",
+        )
+    }
+    pub fn duplicate_key() -> Status {
+        Status::new(
+            Code::InvalidArgument,
+            "etcdserver: duplicate key given in txn request",
+        )
+    }
+    pub fn value_provided() -> Status {
+        Status::new(Code::InvalidArgument, "etcdserver: value is provided")
+    }
+    pub fn lease_provided() -> Status {
+        Status::new(Code::InvalidArgument, "etcdserver: lease is provided")
+    }
+    pub fn request_too_large() -> Status {
+        Status::new(Code::InvalidArgument, "etcdserver: request is too large")
+    }
+    pub fn compacted() -> Status {
+        Status::new(
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted",
+        )
+    }
+    pub fn future_rev() -> Status {
+        Status::new(
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision",
+        )
+    }
+    pub fn key_not_found() -> Status {
+        Status::new(Code::InvalidArgument, "etcdserver: key not found")
+    }
+    pub fn lease_not_found() -> Status {
+        Status::new(Code::NotFound, "etcdserver: requested lease not found")
+    }
+    pub fn no_leader() -> Status {
+        Status::new(Code::Unavailable, "etcdserver: no leader")
+    }
+    pub fn timeout() -> Status {
+        Status::new(Code::Unavailable, "etcdserver: request timed out")
+    }
+    pub fn stopped() -> Status {
+        Status::new(Code::Unavailable, "etcdserver: server stopped")
+    }
+    pub fn not_supported(what: &str) -> Status {
+        Status::new(
+            Code::Unimplemented,
+            format!("concord: {what} is not supported yet"),
+        )
+    }
+}
+
+pub fn mvcc_status(e: MvccError) -> Status {
+    match e {
+        MvccError::Compacted => errors::compacted(),
+        MvccError::FutureRev => errors::future_rev(),
+        MvccError::KeyNotFound => errors::key_not_found(),
+        MvccError::LeaseNotFound => errors::lease_not_found(),
+        MvccError::Backend(m) => Status::internal(format!("etcdserver: {m}")),
+    }
+}
+
+pub fn node_status(e: NodeError) -> Status {
+    match e {
+        NodeError::NoLeader => errors::no_leader(),
+        NodeError::Timeout => errors::timeout(),
+        NodeError::Stopped => errors::stopped(),
+        NodeError::Internal(m) => Status::internal(m),
+    }
+}
+
+/// Fills the member-level fields of a response header, keeping the revision the store put there.
+pub fn fill_header(node: &RaftNode, header: &mut Option<ResponseHeader>) {
+    let h = header.get_or_insert_with(ResponseHeader::default);
+    h.cluster_id = node.cluster_id;
+    h.member_id = node.id;
+    h.raft_term = node.term();
+}
+
+/// A header for responses that carry no store revision of their own.
+pub fn header(node: &RaftNode) -> Option<ResponseHeader> {
+    let revision = node.sm.read(|s| s.current_revision());
+    let mut h = Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    });
+    fill_header(node, &mut h);
+    h
+}

@@ -1,0 +1,222 @@
+//! Flags, named and defaulted like etcd's, so an etcd command line starts concord unchanged.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "concord",
+    version,
+    about = "An etcd-compatible coordination server"
+)]
+pub struct Config {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Path to the data directory (default: ${name}.concord).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to listen on for client traffic.
+    #[arg(long, default_value = "http://localhost:2379", value_delimiter = ',')]
+    pub listen_client_urls: Vec<String>,
+    /// This member's client URLs to advertise to the rest of the cluster.
+    #[arg(long, default_value = "http://localhost:2379", value_delimiter = ',')]
+    pub advertise_client_urls: Vec<String>,
+    /// URLs to listen on for peer traffic.
+    #[arg(long, default_value = "http://localhost:2380", value_delimiter = ',')]
+    pub listen_peer_urls: Vec<String>,
+    /// This member's peer URLs to advertise to the rest of the cluster.
+    #[arg(long, default_value = "http://localhost:2380", value_delimiter = ',')]
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// Initial cluster configuration for bootstrapping: name=peer-url,...
+    /// (default: ${name}=${initial-advertise-peer-urls}).
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// Initial cluster state ('new' or 'existing').
+    #[arg(long, value_enum, default_value = "new")]
+    pub initial_cluster_state: ClusterState,
+    /// Initial cluster token for the cluster during bootstrap.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, default_value_t = 1536 * 1024)]
+    pub max_request_bytes: usize,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Number of committed transactions to trigger a snapshot to disk.
+    #[arg(long, default_value_t = 100_000)]
+    pub snapshot_count: u64,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Log level: debug, info, warn, error.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse_from(["concord"])
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--initial-cluster: {0}")]
+    InitialCluster(String),
+    #[error("invalid URL {0:?}: expected http://host:port")]
+    Url(String),
+}
+
+impl Config {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.concord", self.name)))
+    }
+
+    /// The members named by `--initial-cluster`, in order: (name, peer URLs).
+    pub fn initial_members(&self) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
+        let spec = match &self.initial_cluster {
+            Some(s) => s.clone(),
+            None => self
+                .initial_advertise_peer_urls
+                .iter()
+                .map(|u| format!("{}={u}", self.name))
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        let mut members: Vec<(String, Vec<String>)> = Vec::new();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, url) = part
+                .split_once('=')
+                .ok_or_else(|| ConfigError::InitialCluster(format!("{part:?} is not name=url")))?;
+            host_port(url)?;
+            match members.iter_mut().find(|(n, _)| n == name) {
+                Some((_, urls)) => urls.push(url.to_string()),
+                None => members.push((name.to_string(), vec![url.to_string()])),
+            }
+        }
+        if !members.iter().any(|(n, _)| *n == self.name) {
+            return Err(ConfigError::InitialCluster(format!(
+                "it does not name this member {:?}",
+                self.name
+            )));
+        }
+        Ok(members)
+    }
+}
+
+/// `http://host:port` → `host:port`.
+pub fn host_port(url: &str) -> Result<String, ConfigError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("unix://"))
+        .ok_or_else(|| ConfigError::Url(url.to_string()))?;
+    let hp = rest.trim_end_matches('/');
+    if hp
+        .rsplit_once(':')
+        .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+    {
+        return Err(ConfigError::Url(url.to_string()));
+    }
+    Ok(hp.to_string())
+}
+
+/// A stable 64-bit FNV-1a hash: member and cluster IDs must come out the same on every member and
+/// every release.
+pub fn fnv64(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for p in parts {
+        for b in p.iter().chain(std::iter::once(&0xffu8)) {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}
+
+/// A member's ID, derived from what every member knows about it at bootstrap.
+pub fn member_id(name: &str, peer_urls: &[String], token: &str) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    let joined = urls.join(",");
+    fnv64(&[name.as_bytes(), joined.as_bytes(), token.as_bytes()]).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_defaults_and_flag_names() {
+        let c = Config::default();
+        assert_eq!(c.name, "default");
+        assert_eq!(c.data_dir(), PathBuf::from("default.concord"));
+        assert_eq!(c.listen_client_urls, ["http://localhost:2379"]);
+        assert_eq!(c.max_request_bytes, 1572864);
+        assert_eq!(
+            c.initial_members().unwrap(),
+            [(
+                "default".to_string(),
+                vec!["http://localhost:2380".to_string()]
+            )]
+        );
+
+        let c = Config::try_parse_from([
+            "concord",
+            "--name",
+            "n2",
+            "--initial-cluster",
+            "n1=http://127.0.0.1:1,n2=http://127.0.0.1:2",
+            "--initial-cluster-state=existing",
+            "--snapshot-count",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(c.initial_members().unwrap().len(), 2);
+        assert_eq!(c.initial_cluster_state, ClusterState::Existing);
+    }
+
+    #[test]
+    fn unknown_flags_are_refused_by_name() {
+        let err = Config::try_parse_from(["concord", "--quota-backend-bytes", "1"]).unwrap_err();
+        assert!(err.to_string().contains("--quota-backend-bytes"), "{err}");
+    }
+
+    #[test]
+    fn bad_initial_cluster_is_refused() {
+        let c = Config::try_parse_from([
+            "concord",
+            "--name",
+            "x",
+            "--initial-cluster",
+            "a=http://127.0.0.1:1",
+        ])
+        .unwrap();
+        assert!(c.initial_members().is_err());
+        let c = Config::try_parse_from(["concord", "--initial-cluster", "default=nope"]).unwrap();
+        assert!(c.initial_members().is_err());
+    }
+
+    #[test]
+    fn ids_are_stable() {
+        let a = member_id("n1", &["http://127.0.0.1:2380".into()], "tok");
+        assert_eq!(a, member_id("n1", &["http://127.0.0.1:2380".into()], "tok"));
+        assert_ne!(
+            a,
+            member_id("n1", &["http://127.0.0.1:2380".into()], "other")
+        );
+    }
+}

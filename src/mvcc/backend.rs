@@ -1,0 +1,72 @@
+//! Where the MVCC store keeps its records: one per revision, holding the full `KeyValue`.
+//!
+//! The store itself never writes to a backend. It collects the records of applied writes as [`Changes`],
+//! and the owner persists them together with whatever else must be atomic with them (for concord, the
+//! Raft applied log id). That keeps this module free of Raft and of any storage engine.
+
+use std::collections::BTreeMap;
+
+use super::revision::Revision;
+use super::MvccError;
+use crate::pb::mvccpb::KeyValue;
+
+pub trait Backend {
+    /// The record written at `rev`, if it has not been compacted away.
+    fn get(&self, rev: Revision) -> Result<Option<KeyValue>, MvccError>;
+
+    /// Every record in revision order; used to rebuild the key index on open.
+    fn for_each(&self, f: &mut dyn FnMut(Revision, KeyValue)) -> Result<(), MvccError>;
+}
+
+/// Records written and deleted since the owner last persisted.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub puts: Vec<(Revision, KeyValue)>,
+    pub deletes: Vec<Revision>,
+    pub current_revision: i64,
+    pub compact_revision: i64,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty() && self.deletes.is_empty()
+    }
+}
+
+/// A backend in memory, for tests and for tools that need no durability.
+#[derive(Debug, Default)]
+pub struct MemBackend {
+    records: BTreeMap<Revision, KeyValue>,
+}
+
+impl MemBackend {
+    pub fn commit(&mut self, changes: Changes) {
+        for (rev, kv) in changes.puts {
+            self.records.insert(rev, kv);
+        }
+        for rev in changes.deletes {
+            self.records.remove(&rev);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+impl Backend for MemBackend {
+    fn get(&self, rev: Revision) -> Result<Option<KeyValue>, MvccError> {
+        Ok(self.records.get(&rev).cloned())
+    }
+
+    fn for_each(&self, f: &mut dyn FnMut(Revision, KeyValue)) -> Result<(), MvccError> {
+        for (rev, kv) in &self.records {
+            f(*rev, kv.clone());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,245 @@
+//! The store: the key index, the current and compacted revisions, and reads at any revision.
+
+use std::collections::BTreeMap;
+
+use super::backend::{Backend, Changes};
+use super::key_index::{KeyIndex, KeyRev, RangeEnd};
+use super::revision::Revision;
+use super::MvccError;
+use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
+use crate::pb::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
+use crate::pb::mvccpb::KeyValue;
+
+pub struct Store<B> {
+    pub(super) index: KeyIndex,
+    /// The revision of the last write; 1 for an empty store, as in etcd.
+    pub(super) current: i64,
+    pub(super) compacted: i64,
+    pub(super) backend: B,
+    /// Records applied but not yet handed to the owner for persisting; reads look here first.
+    pub(super) pending: BTreeMap<Revision, KeyValue>,
+    pub(super) pending_deletes: Vec<Revision>,
+}
+
+impl<B: Backend> Store<B> {
+    /// Opens a store over `backend`, rebuilding the key index from its records.
+    pub fn open(backend: B, current: i64, compacted: i64) -> Result<Self, MvccError> {
+        let mut index = KeyIndex::default();
+        let mut max_seen = 1;
+        backend.for_each(&mut |rev, kv| {
+            max_seen = max_seen.max(rev.main);
+            index.put(
+                &kv.key,
+                KeyRev {
+                    mod_rev: rev,
+                    create_rev: kv.create_revision,
+                    version: kv.version,
+                    lease: kv.lease,
+                },
+            );
+        })?;
+        Ok(Store {
+            index,
+            current: current.max(max_seen),
+            compacted,
+            backend,
+            pending: BTreeMap::new(),
+            pending_deletes: Vec::new(),
+        })
+    }
+
+    pub fn current_revision(&self) -> i64 {
+        self.current
+    }
+
+    pub fn compact_revision(&self) -> i64 {
+        self.compacted
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Number of keys with any retained history (live or not); a cheap size signal.
+    pub fn indexed_keys(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Hands the records written since the last call to the owner, who must persist them (atomically with
+    /// its own bookkeeping) before anything else reads the backend directly.
+    pub fn take_changes(&mut self) -> Changes {
+        Changes {
+            puts: std::mem::take(&mut self.pending).into_iter().collect(),
+            deletes: std::mem::take(&mut self.pending_deletes),
+            current_revision: self.current,
+            compact_revision: self.compacted,
+        }
+    }
+
+    /// Whether applied records are waiting for [`Store::take_changes`].
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty() || !self.pending_deletes.is_empty()
+    }
+
+    pub(super) fn value_at(&self, rev: Revision) -> Result<Vec<u8>, MvccError> {
+        if let Some(kv) = self.pending.get(&rev) {
+            return Ok(kv.value.clone());
+        }
+        match self.backend.get(rev)? {
+            Some(kv) => Ok(kv.value),
+            None => Err(MvccError::Backend(format!(
+                "record {rev} missing from the backend"
+            ))),
+        }
+    }
+
+    pub(super) fn key_value(
+        &self,
+        key: &[u8],
+        kr: &KeyRev,
+        with_value: bool,
+    ) -> Result<KeyValue, MvccError> {
+        Ok(KeyValue {
+            key: key.to_vec(),
+            create_revision: kr.create_rev,
+            mod_revision: kr.mod_rev.main,
+            version: kr.version,
+            value: if with_value {
+                self.value_at(kr.mod_rev)?
+            } else {
+                Vec::new()
+            },
+            lease: kr.lease,
+        })
+    }
+
+    /// Checks a read revision against history: 0 means "now".
+    pub(super) fn read_revision(&self, requested: i64, now: i64) -> Result<i64, MvccError> {
+        if requested > now {
+            return Err(MvccError::FutureRev);
+        }
+        if requested <= 0 {
+            return Ok(now);
+        }
+        if requested < self.compacted {
+            return Err(MvccError::Compacted);
+        }
+        Ok(requested)
+    }
+
+    /// A Range request, served at `req.revision` (or the current revision).
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        self.range_as_of(req, self.current)
+    }
+
+    /// A Range as seen by a transaction whose view is at revision `now`.
+    pub(super) fn range_as_of(
+        &self,
+        req: &RangeRequest,
+        now: i64,
+    ) -> Result<RangeResponse, MvccError> {
+        let rev = self.read_revision(req.revision, now)?;
+        let mut hits: Vec<(&[u8], &KeyRev)> = self
+            .index
+            .range(&req.key, RangeEnd::from_request(&req.range_end), rev)
+            .collect();
+        let count = hits.len() as i64;
+        let header = Some(ResponseHeader {
+            revision: now,
+            ..Default::default()
+        });
+        if req.count_only {
+            return Ok(RangeResponse {
+                header,
+                kvs: Vec::new(),
+                more: false,
+                count,
+            });
+        }
+
+        // Filters, as etcd applies them: after the range, before sorting and the limit.
+        hits.retain(|(_, kr)| {
+            (req.max_mod_revision == 0 || kr.mod_rev.main <= req.max_mod_revision)
+                && (req.min_mod_revision == 0 || kr.mod_rev.main >= req.min_mod_revision)
+                && (req.max_create_revision == 0 || kr.create_rev <= req.max_create_revision)
+                && (req.min_create_revision == 0 || kr.create_rev >= req.min_create_revision)
+        });
+
+        let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
+        let mut order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
+        if order == SortOrder::None && target != SortTarget::Key {
+            order = SortOrder::Ascend;
+        }
+        // The index yields keys in ascending order already; sort only when something else is asked for.
+        let sort_by_value = target == SortTarget::Value && order != SortOrder::None;
+        let limit = if req.limit > 0 {
+            req.limit as usize
+        } else {
+            usize::MAX
+        };
+        let mut kvs = Vec::with_capacity(hits.len().min(limit));
+        let mut more = false;
+        if sort_by_value {
+            for (k, kr) in &hits {
+                kvs.push(self.key_value(k, kr, true)?);
+            }
+            kvs.sort_by(|a, b| a.value.cmp(&b.value));
+            if order == SortOrder::Descend {
+                kvs.reverse();
+            }
+            if kvs.len() > limit {
+                kvs.truncate(limit);
+                more = true;
+            }
+            if req.keys_only {
+                kvs.iter_mut().for_each(|kv| kv.value.clear());
+            }
+        } else {
+            match (order, target) {
+                (SortOrder::None, _) | (SortOrder::Ascend, SortTarget::Key) => {}
+                (SortOrder::Descend, SortTarget::Key) => hits.reverse(),
+                (_, t) => {
+                    let field = |kr: &KeyRev| match t {
+                        SortTarget::Version => kr.version,
+                        SortTarget::Create => kr.create_rev,
+                        _ => kr.mod_rev.main,
+                    };
+                    hits.sort_by_key(|(_, kr)| field(kr));
+                    if order == SortOrder::Descend {
+                        hits.reverse();
+                    }
+                }
+            }
+            if hits.len() > limit {
+                hits.truncate(limit);
+                more = true;
+            }
+            for (k, kr) in &hits {
+                kvs.push(self.key_value(k, kr, !req.keys_only)?);
+            }
+        }
+        Ok(RangeResponse {
+            header,
+            kvs,
+            more,
+            count,
+        })
+    }
+
+    /// Compacts history at `rev`: every read at `rev` or later answers as before, earlier ones fail.
+    pub fn compact(&mut self, rev: i64) -> Result<(), MvccError> {
+        if rev <= self.compacted {
+            return Err(MvccError::Compacted);
+        }
+        if rev > self.current {
+            return Err(MvccError::FutureRev);
+        }
+        let dropped = self.index.compact(rev);
+        for r in &dropped {
+            self.pending.remove(r);
+        }
+        self.pending_deletes.extend(dropped);
+        self.compacted = rev;
+        Ok(())
+    }
+}

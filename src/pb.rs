@@ -1,0 +1,15 @@
+//! Generated protobuf and gRPC code (see build.rs and proto/).
+#![allow(clippy::all, missing_docs)]
+
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+pub mod concordraft {
+    tonic::include_proto!("concordraft");
+}

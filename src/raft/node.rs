@@ -1,0 +1,179 @@
+//! The handle the API layer uses: write through Raft from any member, and read linearizably.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+
+use super::network::Network;
+use super::state_machine::StateMachine;
+use super::types::{Member, Raft, Request, Response};
+use super::{decode, encode};
+use crate::pb::concordraft::RaftPayload;
+
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub enum NodeError {
+    #[error("no leader")]
+    NoLeader,
+    #[error("request timed out")]
+    Timeout,
+    #[error("server is stopping")]
+    Stopped,
+    #[error("{0}")]
+    Internal(String),
+}
+
+#[derive(Clone)]
+pub struct RaftNode {
+    pub id: u64,
+    pub cluster_id: u64,
+    pub raft: Raft,
+    pub sm: Arc<StateMachine>,
+    pub network: Network,
+    /// How long a request waits for a leader to appear before failing like etcd's "no leader".
+    pub leader_wait: Duration,
+}
+
+impl RaftNode {
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Proposes a write and waits until it is applied here (on the leader) and acknowledged.
+    pub async fn write(&self, req: Request) -> Result<Response, NodeError> {
+        let deadline = tokio::time::Instant::now() + self.leader_wait;
+        loop {
+            match self.raft.client_write(req.clone()).await {
+                Ok(resp) => return Ok(resp.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
+                    match (fwd.leader_id, fwd.leader_node) {
+                        (Some(id), Some(node)) if id != self.id => {
+                            return self.forward(id, &node, &req).await
+                        }
+                        _ => {}
+                    }
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                    return Err(NodeError::Internal(e.to_string()))
+                }
+                Err(RaftError::Fatal(_)) => return Err(NodeError::Stopped),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NodeError::NoLeader);
+            }
+            self.wait_for_leader(deadline).await;
+        }
+    }
+
+    async fn wait_for_leader(&self, deadline: tokio::time::Instant) {
+        let mut m = self.raft.metrics();
+        let _ = tokio::time::timeout_at(deadline, m.wait_for(|m| m.current_leader.is_some())).await;
+        // A leader that is known but not yet able to accept writes: give it a moment.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    async fn forward(
+        &self,
+        leader: u64,
+        node: &Member,
+        req: &Request,
+    ) -> Result<Response, NodeError> {
+        let mut client = self
+            .network
+            .client(leader, node)
+            .map_err(NodeError::Internal)?;
+        let data = encode(req).map_err(|e| NodeError::Internal(e.to_string()))?;
+        let reply = client
+            .forward(RaftPayload { data })
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::Unavailable => NodeError::NoLeader,
+                _ => NodeError::Internal(s.message().to_string()),
+            })?;
+        let result: Result<Response, NodeError> =
+            decode(&reply.into_inner().data).map_err(|e| NodeError::Internal(e.to_string()))?;
+        result
+    }
+
+    fn single_voter(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader == Some(self.id)
+            && m.membership_config.membership().voter_ids().count() == 1
+    }
+
+    /// Waits until a read of the local state is linearizable: this member has applied everything that was
+    /// committed when the read arrived.
+    pub async fn read_barrier(&self) -> Result<(), NodeError> {
+        if self.single_voter() {
+            // Every acknowledged write has been applied here before it was acknowledged.
+            return Ok(());
+        }
+        let index = self.read_index().await?;
+        self.wait_applied(index).await
+    }
+
+    /// The commit index a linearizable read must wait for, confirmed by the leader with a quorum.
+    pub async fn read_index(&self) -> Result<u64, NodeError> {
+        let deadline = tokio::time::Instant::now() + self.leader_wait;
+        loop {
+            match self.leader() {
+                Some(l) if l == self.id => {
+                    return match self.raft.get_read_log_id().await {
+                        Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
+                        Err(RaftError::Fatal(_)) => Err(NodeError::Stopped),
+                        Err(RaftError::APIError(_)) if tokio::time::Instant::now() < deadline => {
+                            self.wait_for_leader(deadline).await;
+                            continue;
+                        }
+                        Err(RaftError::APIError(_)) => Err(NodeError::NoLeader),
+                    };
+                }
+                Some(l) => {
+                    let node = self
+                        .raft
+                        .metrics()
+                        .borrow()
+                        .membership_config
+                        .membership()
+                        .get_node(&l)
+                        .cloned();
+                    if let Some(node) = node {
+                        let mut client =
+                            self.network.client(l, &node).map_err(NodeError::Internal)?;
+                        let reply = client.read_index(RaftPayload { data: Vec::new() }).await;
+                        if let Ok(reply) = reply {
+                            let result: Result<u64, NodeError> =
+                                decode(&reply.into_inner().data)
+                                    .map_err(|e| NodeError::Internal(e.to_string()))?;
+                            return result;
+                        }
+                    }
+                }
+                None => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NodeError::NoLeader);
+            }
+            self.wait_for_leader(deadline).await;
+        }
+    }
+
+    pub async fn wait_applied(&self, index: u64) -> Result<(), NodeError> {
+        if self.sm.last_applied().map_or(0, |l| l.index) >= index {
+            return Ok(());
+        }
+        self.raft
+            .wait(Some(self.leader_wait))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                openraft::metrics::WaitError::Timeout(..) => NodeError::Timeout,
+                openraft::metrics::WaitError::ShuttingDown => NodeError::Stopped,
+            })
+    }
+}

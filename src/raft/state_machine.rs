@@ -1,0 +1,397 @@
+//! The state machine: applies committed entries to the MVCC store and persists each batch of entries
+//! together with the applied log id in one atomic sled batch.
+//!
+//! Apply does not sync. The Raft log is the durability point: on a crash, whatever the state machine lost
+//! is re-applied from the log after the recorded applied id. sled recovers a prefix of its write order, so
+//! the state machine is never ahead of what it records, and the log is never purged past a snapshot.
+
+use std::io::SeekFrom;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, BufWriter};
+
+use super::types::{
+    Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
+};
+use super::{decode, encode};
+use crate::mvcc::{Changes, Store};
+use crate::storage::{keys, Db, SledBackend};
+
+fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    StorageError::from_io_error(
+        ErrorSubject::StateMachine,
+        verb,
+        std::io::Error::other(e.to_string()),
+    )
+}
+
+fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    StorageError::from_io_error(
+        ErrorSubject::Snapshot(None),
+        verb,
+        std::io::Error::other(e.to_string()),
+    )
+}
+
+/// The applied state, shared by the Raft core (which applies) and the API (which reads).
+pub struct StateMachine {
+    db: Arc<Db>,
+    store: RwLock<Store<SledBackend>>,
+    meta: Mutex<Applied>,
+    snapshot_dir: PathBuf,
+}
+
+#[derive(Clone, Default)]
+struct Applied {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+impl StateMachine {
+    pub fn open(db: Arc<Db>, snapshot_dir: PathBuf) -> Result<Arc<Self>, StorageError> {
+        std::fs::create_dir_all(&snapshot_dir).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let store = Self::open_store(&db)?;
+        let get = |k: &[u8]| db.state.get(k).map_err(|e| sm_err(ErrorVerb::Read, e));
+        let last_applied = match get(keys::APPLIED)? {
+            Some(v) => decode(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?,
+            None => None,
+        };
+        let membership = match get(keys::MEMBERSHIP)? {
+            Some(v) => decode(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?,
+            None => StoredMembership::default(),
+        };
+        Ok(Arc::new(StateMachine {
+            db,
+            store: RwLock::new(store),
+            meta: Mutex::new(Applied {
+                last_applied,
+                membership,
+            }),
+            snapshot_dir,
+        }))
+    }
+
+    fn open_store(db: &Db) -> Result<Store<SledBackend>, StorageError> {
+        let read_i64 = |k: &[u8]| -> Result<Option<i64>, StorageError> {
+            match db.state.get(k).map_err(|e| sm_err(ErrorVerb::Read, e))? {
+                Some(v) => Ok(Some(decode(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?)),
+                None => Ok(None),
+            }
+        };
+        let current = read_i64(keys::CURRENT_REV)?.unwrap_or(1);
+        let compacted = read_i64(keys::COMPACT_REV)?.unwrap_or(0);
+        Store::open(SledBackend::new(db.state.clone()), current, compacted)
+            .map_err(|e| sm_err(ErrorVerb::Read, e))
+    }
+
+    /// Runs `f` on the store as currently applied. Reads never wait for the disk, only for an apply that
+    /// is in progress (an in-memory index update and one unsynced sled batch).
+    pub fn read<T>(&self, f: impl FnOnce(&Store<SledBackend>) -> T) -> T {
+        let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+        f(&store)
+    }
+
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.meta
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_applied
+    }
+
+    pub fn membership(&self) -> StoredMembership {
+        self.meta
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .membership
+            .clone()
+    }
+
+    pub fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
+    fn apply_entries(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StorageError> {
+        let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
+        let mut meta = self.meta.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut responses = Vec::with_capacity(entries.len());
+        // Leases arrive with the Lease service; until then no lease exists.
+        let no_leases = |_: i64| false;
+        for entry in entries {
+            meta.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => Response::None,
+                EntryPayload::Membership(m) => {
+                    meta.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Response::None
+                }
+                EntryPayload::Normal(req) => {
+                    let result = match req {
+                        Request::Put(r) => {
+                            store.put(&r, &no_leases).map(|a| Response::Put(a.response))
+                        }
+                        Request::DeleteRange(r) => store
+                            .delete_range(&r)
+                            .map(|a| Response::DeleteRange(a.response)),
+                        Request::Txn(r) => {
+                            store.txn(&r, &no_leases).map(|a| Response::Txn(a.response))
+                        }
+                        Request::Compact(r) => store.compact(r.revision).map(|()| {
+                            Response::Compact(crate::pb::etcdserverpb::CompactionResponse {
+                                header: Some(crate::pb::etcdserverpb::ResponseHeader {
+                                    revision: store.current_revision(),
+                                    ..Default::default()
+                                }),
+                            })
+                        }),
+                    };
+                    result.unwrap_or_else(Response::Error)
+                }
+            };
+            responses.push(response);
+        }
+        let changes = store.take_changes();
+        self.persist(changes, &meta)?;
+        *self.meta.lock().unwrap_or_else(|p| p.into_inner()) = meta;
+        Ok(responses)
+    }
+
+    fn persist(&self, changes: Changes, meta: &Applied) -> Result<(), StorageError> {
+        let w = |e: bincode::error::EncodeError| sm_err(ErrorVerb::Write, e);
+        let mut batch = sled::Batch::default();
+        for (rev, kv) in &changes.puts {
+            batch.insert(&keys::record(*rev), kv.encode_to_vec());
+        }
+        for rev in &changes.deletes {
+            batch.remove(&keys::record(*rev));
+        }
+        batch.insert(keys::APPLIED, encode(&meta.last_applied).map_err(w)?);
+        batch.insert(keys::MEMBERSHIP, encode(&meta.membership).map_err(w)?);
+        batch.insert(
+            keys::CURRENT_REV,
+            encode(&changes.current_revision).map_err(w)?,
+        );
+        batch.insert(
+            keys::COMPACT_REV,
+            encode(&changes.compact_revision).map_err(w)?,
+        );
+        self.db
+            .state
+            .apply_batch(batch)
+            .map_err(|e| sm_err(ErrorVerb::Write, e))
+    }
+
+    fn snapshot_path(&self, id: &str) -> PathBuf {
+        self.snapshot_dir.join(format!("{id}.snap"))
+    }
+}
+
+/// The handle openraft owns; cheap to clone.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    pub sm: Arc<StateMachine>,
+}
+
+/// Snapshot file layout: `u32` length + bincode `SnapshotMeta`, then records of `u32` key length, key,
+/// `u32` value length, value — every key of the state machine tree, in order.
+async fn write_snapshot(
+    sm: &StateMachine,
+    tmp: &std::path::Path,
+) -> Result<SnapshotMeta, StorageError> {
+    let we = |e: std::io::Error| snap_err(ErrorVerb::Write, e);
+    // Applies wait while the dump runs, so records and applied id agree.
+    let (meta, pairs) = {
+        let _store = sm.store.read().unwrap_or_else(|p| p.into_inner());
+        let applied = sm.meta.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut pairs = Vec::new();
+        for item in sm.db.state.iter() {
+            let (k, v) = item.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            pairs.push((k, v));
+        }
+        let id = match applied.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, pairs.len()),
+            None => format!("0-0-{}", pairs.len()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership,
+            snapshot_id: id,
+        };
+        (meta, pairs)
+    };
+    let file = tokio::fs::File::create(tmp).await.map_err(we)?;
+    let mut w = BufWriter::new(file);
+    let header = encode(&meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+    w.write_u32(header.len() as u32).await.map_err(we)?;
+    w.write_all(&header).await.map_err(we)?;
+    for (k, v) in pairs {
+        w.write_u32(k.len() as u32).await.map_err(we)?;
+        w.write_all(&k).await.map_err(we)?;
+        w.write_u32(v.len() as u32).await.map_err(we)?;
+        w.write_all(&v).await.map_err(we)?;
+    }
+    w.flush().await.map_err(we)?;
+    w.into_inner().sync_all().await.map_err(we)?;
+    Ok(meta)
+}
+
+async fn read_snapshot_meta(file: &mut tokio::fs::File) -> std::io::Result<SnapshotMeta> {
+    file.seek(SeekFrom::Start(0)).await?;
+    let len = file.read_u32().await? as usize;
+    let mut header = vec![0; len];
+    file.read_exact(&mut header).await?;
+    decode(&header).map_err(std::io::Error::other)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let tmp = self.sm.snapshot_dir.join("building.tmp");
+        let meta = write_snapshot(&self.sm, &tmp).await?;
+        let path = self.sm.snapshot_path(&meta.snapshot_id);
+        tokio::fs::rename(&tmp, &path)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        remove_other_snapshots(&self.sm.snapshot_dir, &path).await;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
+
+async fn remove_other_snapshots(dir: &std::path::Path, keep: &std::path::Path) {
+    if let Ok(mut rd) = tokio::fs::read_dir(dir).await {
+        while let Ok(Some(e)) = rd.next_entry().await {
+            let p = e.path();
+            if p != keep && p.extension().is_some_and(|x| x == "snap") {
+                let _ = tokio::fs::remove_file(p).await;
+            }
+        }
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let meta = self
+            .sm
+            .meta
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok((meta.last_applied, meta.membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        self.sm.apply_entries(entries)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.sm.snapshot_dir.join("receiving.tmp");
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let re = |e: std::io::Error| snap_err(ErrorVerb::Read, e);
+        snapshot.sync_all().await.map_err(re)?;
+        let path = self.sm.snapshot_path(&meta.snapshot_id);
+        tokio::fs::rename(self.sm.snapshot_dir.join("receiving.tmp"), &path)
+            .await
+            .map_err(re)?;
+        remove_other_snapshots(&self.sm.snapshot_dir, &path).await;
+        read_snapshot_meta(&mut snapshot).await.map_err(re)?;
+        let mut r = BufReader::new(*snapshot);
+        let mut pairs = Vec::new();
+        loop {
+            let klen = match r.read_u32().await {
+                Ok(n) => n as usize,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(re(e)),
+            };
+            let mut k = vec![0; klen];
+            r.read_exact(&mut k).await.map_err(re)?;
+            let vlen = r.read_u32().await.map_err(re)? as usize;
+            let mut v = vec![0; vlen];
+            r.read_exact(&mut v).await.map_err(re)?;
+            pairs.push((k, v));
+        }
+        let sm = self.sm.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+            let we = |e: sled::Error| snap_err(ErrorVerb::Write, e);
+            let mut store = sm.store.write().unwrap_or_else(|p| p.into_inner());
+            let mut batch = sled::Batch::default();
+            for k in sm.db.state.iter().keys() {
+                batch.remove(k.map_err(we)?);
+            }
+            for (k, v) in pairs {
+                batch.insert(k, v);
+            }
+            sm.db.state.apply_batch(batch).map_err(we)?;
+            sm.db.sync().map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            *store = StateMachine::open_store(&sm.db)?;
+            *sm.meta.lock().unwrap_or_else(|p| p.into_inner()) = Applied {
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership.clone(),
+            };
+            Ok(())
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let mut rd = match tokio::fs::read_dir(&self.sm.snapshot_dir).await {
+            Ok(rd) => rd,
+            Err(_) => return Ok(None),
+        };
+        while let Ok(Some(e)) = rd.next_entry().await {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "snap") {
+                let mut file = tokio::fs::File::open(&p)
+                    .await
+                    .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                let meta = read_snapshot_meta(&mut file)
+                    .await
+                    .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                file.seek(SeekFrom::Start(0))
+                    .await
+                    .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                return Ok(Some(Snapshot {
+                    meta,
+                    snapshot: Box::new(file),
+                }));
+            }
+        }
+        Ok(None)
+    }
+}

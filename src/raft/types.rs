@@ -1,0 +1,67 @@
+//! What travels through the Raft log, and the openraft type configuration.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::mvcc::MvccError;
+use crate::pb::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, TxnRequest, TxnResponse,
+};
+
+/// A write request, as the client sent it (already validated by the API layer).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compact(CompactionRequest),
+}
+
+/// The outcome of applying one log entry. Errors that depend on the state (a compacted revision, a
+/// missing key) are outcomes too: every member reaches the same one.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Response {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact(CompactionResponse),
+    Error(MvccError),
+    /// Blank and membership entries.
+    None,
+}
+
+/// A member as Raft knows it: enough to reach it and to list it like etcd's MemberList.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.peer_urls.join(","))
+    }
+}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = u64,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type LogId = openraft::LogId<u64>;
+pub type Vote = openraft::Vote<u64>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StoredMembership = openraft::StoredMembership<u64, Member>;
+pub type SnapshotMeta = openraft::SnapshotMeta<u64, Member>;
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
+pub type StorageError = openraft::StorageError<u64>;
+pub type Raft = openraft::Raft<TypeConfig>;

@@ -1,0 +1,291 @@
+//! `concord::Server`: one member, embeddable in any tokio program (like etcd's `embed` package). The
+//! binary is a thin wrapper over it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::cluster::ClusterService;
+use crate::api::kv::KvService;
+use crate::api::maintenance::MaintenanceService;
+use crate::config::{fnv64, host_port, member_id, ClusterState, Config, ConfigError};
+use crate::pb::concordraft::raft_peer_server::RaftPeerServer;
+use crate::pb::etcdserverpb::cluster_server::ClusterServer;
+use crate::pb::etcdserverpb::kv_server::KvServer;
+use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::Network;
+use crate::raft::peer_service::PeerService;
+use crate::raft::state_machine::{StateMachine, StateMachineStore};
+use crate::raft::{Member, RaftNode};
+use crate::storage::{keys, Db, StorageError};
+
+/// gRPC framing and headers on top of the request itself, as etcd allows (`grpcOverheadBytes`).
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// sled's page cache; measured, not sled's 1 GiB default (see docs/design.md).
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// tonic refuses an oversized message with OutOfRange; grpc-go, and so etcd, with ResourceExhausted.
+/// Clients tell "request too large" from "revision compacted" (also OutOfRange) by the code, so rewrite it.
+/// (grpc-message is percent-encoded on the wire.)
+fn grpc_size_error_like_etcd<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let h = resp.headers_mut();
+    let oversized = h.get("grpc-status").is_some_and(|v| v == "11")
+        && h.get("grpc-message").is_some_and(|m| {
+            m.as_bytes()
+                .starts_with(b"Error,%20decoded%20message%20length%20too%20large")
+        });
+    if oversized {
+        h.insert("grpc-status", http::HeaderValue::from_static("8"));
+        h.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("grpc:%20received%20message%20larger%20than%20max"),
+        );
+    }
+    resp
+}
+
+pub struct Server {
+    node: RaftNode,
+    db: Arc<Db>,
+    client_addrs: Vec<SocketAddr>,
+    peer_addrs: Vec<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+async fn bind(urls: &[String]) -> Result<Vec<TcpListener>, ServerError> {
+    let mut out = Vec::new();
+    for url in urls {
+        let hp = host_port(url)?;
+        out.push(
+            TcpListener::bind(&hp)
+                .await
+                .map_err(|e| ServerError::Listen(url.clone(), e))?,
+        );
+    }
+    Ok(out)
+}
+
+impl Server {
+    pub async fn start(config: Config) -> Result<Server, ServerError> {
+        let members = config.initial_members()?;
+        let ids: Vec<(u64, String, Vec<String>)> = members
+            .iter()
+            .map(|(name, urls)| {
+                (
+                    member_id(name, urls, &config.initial_cluster_token),
+                    name.clone(),
+                    urls.clone(),
+                )
+            })
+            .collect();
+        let id = ids
+            .iter()
+            .find(|(_, n, _)| *n == config.name)
+            .map(|(id, _, _)| *id)
+            .unwrap_or(0);
+
+        let data_dir = config.data_dir();
+        std::fs::create_dir_all(&data_dir)?;
+        let db = Arc::new(Db::open(&data_dir, CACHE_BYTES)?);
+        let cluster_id = match db.raft.get(keys::CLUSTER_ID).map_err(StorageError::from)? {
+            Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
+            _ => {
+                let mut sorted: Vec<u64> = ids.iter().map(|(id, _, _)| *id).collect();
+                sorted.sort_unstable();
+                let bytes: Vec<u8> = sorted.iter().flat_map(|i| i.to_be_bytes()).collect();
+                let cid = fnv64(&[&bytes, config.initial_cluster_token.as_bytes()]);
+                db.raft
+                    .insert(keys::CLUSTER_ID, &cid.to_be_bytes())
+                    .map_err(StorageError::from)?;
+                cid
+            }
+        };
+
+        let client_listeners = bind(&config.listen_client_urls).await?;
+        let peer_listeners = bind(&config.listen_peer_urls).await?;
+        let client_addrs = client_listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+        let peer_addrs = peer_listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+
+        let raft_config = openraft::Config {
+            cluster_name: config.initial_cluster_token.clone(),
+            heartbeat_interval: config.heartbeat_interval,
+            election_timeout_min: config.election_timeout,
+            election_timeout_max: config.election_timeout * 3 / 2 + 1,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count.max(1)),
+            // Like etcd's SnapshotCatchUpEntries: a follower this far behind still catches up from the log.
+            max_in_snapshot_log_to_keep: config.snapshot_count.min(5000),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ServerError::Raft(e.to_string()))?;
+
+        let sm = StateMachine::open(db.clone(), data_dir.join("snap"))
+            .map_err(|e| ServerError::Raft(e.to_string()))?;
+        let log_store = LogStore::new(db.clone());
+        let network = Network::default();
+        let raft = openraft::Raft::new(
+            id,
+            Arc::new(raft_config),
+            network.clone(),
+            log_store,
+            StateMachineStore { sm: sm.clone() },
+        )
+        .await
+        .map_err(|e| ServerError::Raft(e.to_string()))?;
+
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| ServerError::Raft(e.to_string()))?;
+        if config.initial_cluster_state == ClusterState::New && !initialized {
+            let nodes: BTreeMap<u64, Member> = ids
+                .iter()
+                .map(|(mid, name, urls)| {
+                    let client_urls = if *mid == id {
+                        config.advertise_client_urls.clone()
+                    } else {
+                        Vec::new()
+                    };
+                    (
+                        *mid,
+                        Member {
+                            name: name.clone(),
+                            peer_urls: urls.clone(),
+                            client_urls,
+                        },
+                    )
+                })
+                .collect();
+            // Every member of a new cluster initializes with the same membership; openraft allows that.
+            raft.initialize(nodes)
+                .await
+                .map_err(|e| ServerError::Raft(e.to_string()))?;
+        }
+
+        let node = RaftNode {
+            id,
+            cluster_id,
+            raft,
+            sm,
+            network,
+            leader_wait: Duration::from_secs(5)
+                + Duration::from_millis(2 * config.election_timeout),
+        };
+
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let max_recv = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        for listener in client_listeners {
+            let kv = KvService {
+                node: node.clone(),
+                max_request_bytes: config.max_request_bytes,
+                max_txn_ops: config.max_txn_ops,
+            };
+            let router = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .layer(tower::util::MapResponseLayer::new(
+                    grpc_size_error_like_etcd,
+                ))
+                .add_service(
+                    KvServer::new(kv)
+                        .max_decoding_message_size(max_recv)
+                        .max_encoding_message_size(usize::MAX),
+                )
+                .add_service(MaintenanceServer::new(MaintenanceService {
+                    node: node.clone(),
+                }))
+                .add_service(ClusterServer::new(ClusterService { node: node.clone() }));
+            let mut rx = stop_rx.clone();
+            tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+            )));
+        }
+        for listener in peer_listeners {
+            let peer = RaftPeerServer::new(PeerService { node: node.clone() })
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX);
+            let router = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(peer);
+            let mut rx = stop_rx.clone();
+            tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+            )));
+        }
+
+        tracing::info!(name = %config.name, id = format!("{id:x}"), cluster = format!("{cluster_id:x}"), "concord member started");
+        Ok(Server {
+            node,
+            db,
+            client_addrs,
+            peer_addrs,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Addresses actually bound for clients (useful with port 0).
+    pub fn client_addrs(&self) -> &[SocketAddr] {
+        &self.client_addrs
+    }
+
+    pub fn peer_addrs(&self) -> &[SocketAddr] {
+        &self.peer_addrs
+    }
+
+    pub fn node(&self) -> &RaftNode {
+        &self.node
+    }
+
+    /// Stops serving, stops Raft and syncs storage.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        self.node
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| ServerError::Raft(e.to_string()))?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.sync())
+            .await
+            .map_err(|e| ServerError::Raft(e.to_string()))??;
+        Ok(())
+    }
+}

@@ -1,0 +1,188 @@
+//! Test harness: real `concord` processes on 127.0.0.1, each stopped (and waited for) when dropped.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free port on 127.0.0.1, found by binding port 0.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    pub initial_cluster: String,
+    pub extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Member {
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.with_extension("log"))
+            .expect("log file");
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new(env!("CARGO_BIN_EXE_concord"))
+            .args(["--name", &self.name])
+            .args(["--data-dir", self.data_dir.to_str().unwrap()])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", "concord-test"])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn concord");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown path runs, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub async fn client(&self) -> etcd_client::Client {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let opts =
+                etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
+            if let Ok(mut c) = etcd_client::Client::connect([self.endpoint()], Some(opts)).await {
+                if c.status().await.is_ok() {
+                    return c;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not come up; see {:?}",
+                self.name,
+                self.data_dir.with_extension("log")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub members: Vec<Member>,
+}
+
+impl Cluster {
+    /// `n` members, not yet started.
+    pub fn new(n: usize, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let members = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (c, p))| Member {
+                name: format!("m{i}"),
+                client_port: *c,
+                peer_port: *p,
+                data_dir: dir.path().join(format!("m{i}")),
+                initial_cluster: initial_cluster.clone(),
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                child: None,
+            })
+            .collect();
+        Cluster { dir, members }
+    }
+
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let mut c = Cluster::new(n, extra);
+        for m in &mut c.members {
+            m.start();
+        }
+        c
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The index of the member every running member agrees is leader.
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut seen = Vec::new();
+            for m in self.members.iter().filter(|m| m.is_running()) {
+                let mut c = m.client().await;
+                if let Ok(s) = c.status().await {
+                    seen.push((s.leader(), s.header().map(|h| h.member_id()).unwrap_or(0)));
+                }
+            }
+            if let Some((leader, _)) = seen.first() {
+                if *leader != 0 && seen.iter().all(|(l, _)| l == leader) {
+                    if let Some(i) = seen.iter().position(|(_, id)| id == leader) {
+                        let running: Vec<usize> = (0..self.members.len())
+                            .filter(|i| self.members[*i].is_running())
+                            .collect();
+                        return running[i];
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The gRPC status inside an etcd-client error.
+pub fn status(e: etcd_client::Error) -> tonic::Status {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s,
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
+}
