@@ -256,6 +256,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             .await
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         remove_other_snapshots(&self.sm.snapshot_dir, &path).await;
+        tracing::info!(snapshot = %meta.snapshot_id, "built snapshot");
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| snap_err(ErrorVerb::Read, e))?;
@@ -363,6 +364,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 last_applied: meta.last_log_id,
                 membership: meta.last_membership.clone(),
             };
+            tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot from the leader");
             Ok(())
         })
         .await

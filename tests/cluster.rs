@@ -1,0 +1,165 @@
+//! Three real `concord` processes: replication, forwarding, failover, catch-up by log and by snapshot.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+use etcd_client::GetOptions;
+
+/// Waits until member `i` serves `key` (serializably, from its own state) at `want` revision or later.
+async fn wait_caught_up(
+    c: &Cluster,
+    i: usize,
+    key: &str,
+    want_rev: i64,
+) -> etcd_client::GetResponse {
+    let mut kv = c.members[i].client().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = kv
+            .get(
+                key,
+                Some(GetOptions::new().with_prefix().with_serializable()),
+            )
+            .await
+        {
+            if r.header().map(|h| h.revision()).unwrap_or(0) >= want_rev {
+                return r;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member {i} did not catch up to revision {want_rev}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn three_members_replicate_and_survive_the_leader_crashing() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+
+    // Every member agrees on the cluster and lists all three.
+    let mut fc = c.members[follower].client().await;
+    let list = fc.member_list().await.unwrap();
+    assert_eq!(list.members().len(), 3);
+    let cluster_id = list.header().unwrap().cluster_id();
+    for m in &c.members {
+        let mut cl = m.client().await;
+        assert_eq!(
+            cl.member_list()
+                .await
+                .unwrap()
+                .header()
+                .unwrap()
+                .cluster_id(),
+            cluster_id
+        );
+    }
+
+    // Writes through a follower are forwarded to the leader.
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let r = fc
+            .put(format!("k/{i:02}"), format!("v{i}"), None)
+            .await
+            .unwrap();
+        acked.push((format!("k/{i:02}"), r.header().unwrap().revision()));
+    }
+    let last_rev = acked.last().unwrap().1;
+    assert_eq!(last_rev, 21);
+
+    // A linearizable read on any member sees every acknowledged write.
+    for m in &c.members {
+        let mut cl = m.client().await;
+        let r = cl
+            .get("k/", Some(GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        assert_eq!(r.count(), 20, "member {}", m.name);
+    }
+
+    // kill -9 the leader: a new one is elected and nothing acknowledged is lost.
+    c.members[leader].kill();
+    let new_leader = c.leader().await;
+    assert_ne!(new_leader, leader);
+    let mut nl = c.members[new_leader].client().await;
+    let r = nl
+        .get("k/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(r.count(), 20);
+    for (kv, (key, rev)) in r.kvs().iter().zip(&acked) {
+        assert_eq!(
+            (kv.key_str().unwrap(), kv.mod_revision()),
+            (key.as_str(), *rev)
+        );
+    }
+    let other = 3 - leader - new_leader;
+    let mut oc = c.members[other].client().await;
+    for i in 20..30 {
+        oc.put(format!("k/{i:02}"), format!("v{i}"), None)
+            .await
+            .unwrap();
+    }
+
+    // The old leader rejoins and catches up from the log.
+    c.members[leader].start();
+    let r = wait_caught_up(&c, leader, "k/", last_rev + 10).await;
+    assert_eq!(r.count(), 30);
+}
+
+#[tokio::test]
+async fn a_member_that_missed_many_writes_catches_up_by_snapshot() {
+    let mut c = Cluster::start(3, &["--snapshot-count", "50"]);
+    let leader = c.leader().await;
+    let down = (leader + 1) % 3;
+    let mut kv = c.members[leader].client().await;
+    kv.put("s/first", "1", None).await.unwrap();
+    wait_caught_up(&c, down, "s/", 2).await;
+
+    c.members[down].kill();
+    let mut rev = 0;
+    for i in 0..400 {
+        rev = kv
+            .put(format!("s/{i:03}"), vec![b'x'; 100], None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+    }
+    kv.compact(rev - 10, None).await.unwrap();
+
+    c.members[down].start();
+    let r = wait_caught_up(&c, down, "s/", rev).await;
+    assert_eq!(r.count(), 401);
+    let log = c.members[down].log();
+    assert!(
+        log.contains("installed snapshot from the leader"),
+        "the lagging member caught up by snapshot:\n{log}\nLEADER:\n{}",
+        c.members[leader].log()
+    );
+    // History and compaction came along with it.
+    let mut dk = c.members[down].client().await;
+    let e = dk
+        .get(
+            "s/000",
+            Some(
+                GetOptions::new()
+                    .with_revision(rev - 20)
+                    .with_serializable(),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("compacted"), "{e}");
+    let r = dk
+        .get("s/399", Some(GetOptions::new().with_serializable()))
+        .await
+        .unwrap();
+    assert_eq!(r.kvs()[0].mod_revision(), rev);
+}
