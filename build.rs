@@ -11,10 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // Write requests travel through the Raft log as these very types (bincode via serde), so no
         // second, hand-kept copy of every request shape is needed.
-        .type_attribute(
-            ".etcdserverpb",
-            "#[derive(serde::Serialize, serde::Deserialize)]",
-        )
+        .type_attribute(".etcdserverpb", "#[derive(serde::Serialize, serde::Deserialize)]")
         .type_attribute(".mvccpb", "#[derive(serde::Serialize, serde::Deserialize)]")
         .type_attribute(".authpb", "#[derive(serde::Serialize, serde::Deserialize)]")
         .compile_protos(&["proto/rpc.proto", "proto/raft.proto"], &["proto"])?;

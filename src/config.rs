@@ -11,11 +11,7 @@ pub enum ClusterState {
 }
 
 #[derive(Clone, Debug, Parser)]
-#[command(
-    name = "concord",
-    version,
-    about = "An etcd-compatible coordination server"
-)]
+#[command(name = "concord", version, about = "An etcd-compatible coordination server")]
 pub struct Config {
     /// Human-readable name for this member.
     #[arg(long, default_value = "default")]
@@ -81,9 +77,7 @@ pub enum ConfigError {
 
 impl Config {
     pub fn data_dir(&self) -> PathBuf {
-        self.data_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("{}.concord", self.name)))
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.concord", self.name)))
     }
 
     /// The members named by `--initial-cluster`, in order: (name, peer URLs).
@@ -109,10 +103,7 @@ impl Config {
             }
         }
         if !members.iter().any(|(n, _)| *n == self.name) {
-            return Err(ConfigError::InitialCluster(format!(
-                "it does not name this member {:?}",
-                self.name
-            )));
+            return Err(ConfigError::InitialCluster(format!("it does not name this member {:?}", self.name)));
         }
         Ok(members)
     }
@@ -125,10 +116,7 @@ pub fn host_port(url: &str) -> Result<String, ConfigError> {
         .or_else(|| url.strip_prefix("unix://"))
         .ok_or_else(|| ConfigError::Url(url.to_string()))?;
     let hp = rest.trim_end_matches('/');
-    if hp
-        .rsplit_once(':')
-        .is_none_or(|(_, p)| p.parse::<u16>().is_err())
-    {
+    if hp.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
         return Err(ConfigError::Url(url.to_string()));
     }
     Ok(hp.to_string())
@@ -168,10 +156,7 @@ mod tests {
         assert_eq!(c.max_request_bytes, 1572864);
         assert_eq!(
             c.initial_members().unwrap(),
-            [(
-                "default".to_string(),
-                vec!["http://localhost:2380".to_string()]
-            )]
+            [("default".to_string(), vec!["http://localhost:2380".to_string()])]
         );
 
         let c = Config::try_parse_from([
@@ -197,14 +182,9 @@ mod tests {
 
     #[test]
     fn bad_initial_cluster_is_refused() {
-        let c = Config::try_parse_from([
-            "concord",
-            "--name",
-            "x",
-            "--initial-cluster",
-            "a=http://127.0.0.1:1",
-        ])
-        .unwrap();
+        let c =
+            Config::try_parse_from(["concord", "--name", "x", "--initial-cluster", "a=http://127.0.0.1:1"])
+                .unwrap();
         assert!(c.initial_members().is_err());
         let c = Config::try_parse_from(["concord", "--initial-cluster", "default=nope"]).unwrap();
         assert!(c.initial_members().is_err());
@@ -214,9 +194,6 @@ mod tests {
     fn ids_are_stable() {
         let a = member_id("n1", &["http://127.0.0.1:2380".into()], "tok");
         assert_eq!(a, member_id("n1", &["http://127.0.0.1:2380".into()], "tok"));
-        assert_ne!(
-            a,
-            member_id("n1", &["http://127.0.0.1:2380".into()], "other")
-        );
+        assert_ne!(a, member_id("n1", &["http://127.0.0.1:2380".into()], "other"));
     }
 }

@@ -51,10 +51,8 @@ pub enum ServerError {
 fn grpc_size_error_like_etcd<B>(mut resp: http::Response<B>) -> http::Response<B> {
     let h = resp.headers_mut();
     let oversized = h.get("grpc-status").is_some_and(|v| v == "11")
-        && h.get("grpc-message").is_some_and(|m| {
-            m.as_bytes()
-                .starts_with(b"Error,%20decoded%20message%20length%20too%20large")
-        });
+        && h.get("grpc-message")
+            .is_some_and(|m| m.as_bytes().starts_with(b"Error,%20decoded%20message%20length%20too%20large"));
     if oversized {
         h.insert("grpc-status", http::HeaderValue::from_static("8"));
         h.insert(
@@ -78,11 +76,7 @@ async fn bind(urls: &[String]) -> Result<Vec<TcpListener>, ServerError> {
     let mut out = Vec::new();
     for url in urls {
         let hp = host_port(url)?;
-        out.push(
-            TcpListener::bind(&hp)
-                .await
-                .map_err(|e| ServerError::Listen(url.clone(), e))?,
-        );
+        out.push(TcpListener::bind(&hp).await.map_err(|e| ServerError::Listen(url.clone(), e))?);
     }
     Ok(out)
 }
@@ -93,18 +87,10 @@ impl Server {
         let ids: Vec<(u64, String, Vec<String>)> = members
             .iter()
             .map(|(name, urls)| {
-                (
-                    member_id(name, urls, &config.initial_cluster_token),
-                    name.clone(),
-                    urls.clone(),
-                )
+                (member_id(name, urls, &config.initial_cluster_token), name.clone(), urls.clone())
             })
             .collect();
-        let id = ids
-            .iter()
-            .find(|(_, n, _)| *n == config.name)
-            .map(|(id, _, _)| *id)
-            .unwrap_or(0);
+        let id = ids.iter().find(|(_, n, _)| *n == config.name).map(|(id, _, _)| *id).unwrap_or(0);
 
         let data_dir = config.data_dir();
         std::fs::create_dir_all(&data_dir)?;
@@ -116,23 +102,15 @@ impl Server {
                 sorted.sort_unstable();
                 let bytes: Vec<u8> = sorted.iter().flat_map(|i| i.to_be_bytes()).collect();
                 let cid = fnv64(&[&bytes, config.initial_cluster_token.as_bytes()]);
-                db.raft
-                    .insert(keys::CLUSTER_ID, &cid.to_be_bytes())
-                    .map_err(StorageError::from)?;
+                db.raft.insert(keys::CLUSTER_ID, &cid.to_be_bytes()).map_err(StorageError::from)?;
                 cid
             }
         };
 
         let client_listeners = bind(&config.listen_client_urls).await?;
         let peer_listeners = bind(&config.listen_peer_urls).await?;
-        let client_addrs = client_listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect();
-        let peer_addrs = peer_listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect();
+        let client_addrs = client_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let peer_addrs = peer_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
 
         let raft_config = openraft::Config {
             cluster_name: config.initial_cluster_token.clone(),
@@ -161,33 +139,18 @@ impl Server {
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
 
-        let initialized = raft
-            .is_initialized()
-            .await
-            .map_err(|e| ServerError::Raft(e.to_string()))?;
+        let initialized = raft.is_initialized().await.map_err(|e| ServerError::Raft(e.to_string()))?;
         if config.initial_cluster_state == ClusterState::New && !initialized {
             let nodes: BTreeMap<u64, Member> = ids
                 .iter()
                 .map(|(mid, name, urls)| {
-                    let client_urls = if *mid == id {
-                        config.advertise_client_urls.clone()
-                    } else {
-                        Vec::new()
-                    };
-                    (
-                        *mid,
-                        Member {
-                            name: name.clone(),
-                            peer_urls: urls.clone(),
-                            client_urls,
-                        },
-                    )
+                    let client_urls =
+                        if *mid == id { config.advertise_client_urls.clone() } else { Vec::new() };
+                    (*mid, Member { name: name.clone(), peer_urls: urls.clone(), client_urls })
                 })
                 .collect();
             // Every member of a new cluster initializes with the same membership; openraft allows that.
-            raft.initialize(nodes)
-                .await
-                .map_err(|e| ServerError::Raft(e.to_string()))?;
+            raft.initialize(nodes).await.map_err(|e| ServerError::Raft(e.to_string()))?;
         }
 
         let node = RaftNode {
@@ -196,8 +159,7 @@ impl Server {
             raft,
             sm,
             network,
-            leader_wait: Duration::from_secs(5)
-                + Duration::from_millis(2 * config.election_timeout),
+            leader_wait: Duration::from_secs(5) + Duration::from_millis(2 * config.election_timeout),
         };
 
         let (stop, stop_rx) = watch::channel(false);
@@ -211,17 +173,13 @@ impl Server {
             };
             let router = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
-                .layer(tower::util::MapResponseLayer::new(
-                    grpc_size_error_like_etcd,
-                ))
+                .layer(tower::util::MapResponseLayer::new(grpc_size_error_like_etcd))
                 .add_service(
                     KvServer::new(kv)
                         .max_decoding_message_size(max_recv)
                         .max_encoding_message_size(usize::MAX),
                 )
-                .add_service(MaintenanceServer::new(MaintenanceService {
-                    node: node.clone(),
-                }))
+                .add_service(MaintenanceServer::new(MaintenanceService { node: node.clone() }))
                 .add_service(ClusterServer::new(ClusterService { node: node.clone() }));
             let mut rx = stop_rx.clone();
             tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(
@@ -235,9 +193,7 @@ impl Server {
             let peer = RaftPeerServer::new(PeerService { node: node.clone() })
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX);
-            let router = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_service(peer);
+            let router = tonic::transport::Server::builder().tcp_nodelay(true).add_service(peer);
             let mut rx = stop_rx.clone();
             tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(
                 TcpListenerStream::new(listener),
@@ -248,14 +204,7 @@ impl Server {
         }
 
         tracing::info!(name = %config.name, id = format!("{id:x}"), cluster = format!("{cluster_id:x}"), "concord member started");
-        Ok(Server {
-            node,
-            db,
-            client_addrs,
-            peer_addrs,
-            stop,
-            tasks,
-        })
+        Ok(Server { node, db, client_addrs, peer_addrs, stop, tasks })
     }
 
     /// Addresses actually bound for clients (useful with port 0).
@@ -277,11 +226,7 @@ impl Server {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
-        self.node
-            .raft
-            .shutdown()
-            .await
-            .map_err(|e| ServerError::Raft(e.to_string()))?;
+        self.node.raft.shutdown().await.map_err(|e| ServerError::Raft(e.to_string()))?;
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.sync())
             .await

@@ -8,30 +8,16 @@ use common::Cluster;
 use etcd_client::GetOptions;
 
 /// Waits until member `i` serves `key` (serializably, from its own state) at `want` revision or later.
-async fn wait_caught_up(
-    c: &Cluster,
-    i: usize,
-    key: &str,
-    want_rev: i64,
-) -> etcd_client::GetResponse {
+async fn wait_caught_up(c: &Cluster, i: usize, key: &str, want_rev: i64) -> etcd_client::GetResponse {
     let mut kv = c.members[i].client().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(r) = kv
-            .get(
-                key,
-                Some(GetOptions::new().with_prefix().with_serializable()),
-            )
-            .await
-        {
+        if let Ok(r) = kv.get(key, Some(GetOptions::new().with_prefix().with_serializable())).await {
             if r.header().map(|h| h.revision()).unwrap_or(0) >= want_rev {
                 return r;
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "member {i} did not catch up to revision {want_rev}"
-        );
+        assert!(Instant::now() < deadline, "member {i} did not catch up to revision {want_rev}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -49,24 +35,13 @@ async fn three_members_replicate_and_survive_the_leader_crashing() {
     let cluster_id = list.header().unwrap().cluster_id();
     for m in &c.members {
         let mut cl = m.client().await;
-        assert_eq!(
-            cl.member_list()
-                .await
-                .unwrap()
-                .header()
-                .unwrap()
-                .cluster_id(),
-            cluster_id
-        );
+        assert_eq!(cl.member_list().await.unwrap().header().unwrap().cluster_id(), cluster_id);
     }
 
     // Writes through a follower are forwarded to the leader.
     let mut acked = Vec::new();
     for i in 0..20 {
-        let r = fc
-            .put(format!("k/{i:02}"), format!("v{i}"), None)
-            .await
-            .unwrap();
+        let r = fc.put(format!("k/{i:02}"), format!("v{i}"), None).await.unwrap();
         acked.push((format!("k/{i:02}"), r.header().unwrap().revision()));
     }
     let last_rev = acked.last().unwrap().1;
@@ -75,10 +50,7 @@ async fn three_members_replicate_and_survive_the_leader_crashing() {
     // A linearizable read on any member sees every acknowledged write.
     for m in &c.members {
         let mut cl = m.client().await;
-        let r = cl
-            .get("k/", Some(GetOptions::new().with_prefix()))
-            .await
-            .unwrap();
+        let r = cl.get("k/", Some(GetOptions::new().with_prefix())).await.unwrap();
         assert_eq!(r.count(), 20, "member {}", m.name);
     }
 
@@ -87,23 +59,15 @@ async fn three_members_replicate_and_survive_the_leader_crashing() {
     let new_leader = c.leader().await;
     assert_ne!(new_leader, leader);
     let mut nl = c.members[new_leader].client().await;
-    let r = nl
-        .get("k/", Some(GetOptions::new().with_prefix()))
-        .await
-        .unwrap();
+    let r = nl.get("k/", Some(GetOptions::new().with_prefix())).await.unwrap();
     assert_eq!(r.count(), 20);
     for (kv, (key, rev)) in r.kvs().iter().zip(&acked) {
-        assert_eq!(
-            (kv.key_str().unwrap(), kv.mod_revision()),
-            (key.as_str(), *rev)
-        );
+        assert_eq!((kv.key_str().unwrap(), kv.mod_revision()), (key.as_str(), *rev));
     }
     let other = 3 - leader - new_leader;
     let mut oc = c.members[other].client().await;
     for i in 20..30 {
-        oc.put(format!("k/{i:02}"), format!("v{i}"), None)
-            .await
-            .unwrap();
+        oc.put(format!("k/{i:02}"), format!("v{i}"), None).await.unwrap();
     }
 
     // The old leader rejoins and catches up from the log.
@@ -124,13 +88,7 @@ async fn a_member_that_missed_many_writes_catches_up_by_snapshot() {
     c.members[down].kill();
     let mut rev = 0;
     for i in 0..400 {
-        rev = kv
-            .put(format!("s/{i:03}"), vec![b'x'; 100], None)
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision();
+        rev = kv.put(format!("s/{i:03}"), vec![b'x'; 100], None).await.unwrap().header().unwrap().revision();
     }
     kv.compact(rev - 10, None).await.unwrap();
 
@@ -146,20 +104,10 @@ async fn a_member_that_missed_many_writes_catches_up_by_snapshot() {
     // History and compaction came along with it.
     let mut dk = c.members[down].client().await;
     let e = dk
-        .get(
-            "s/000",
-            Some(
-                GetOptions::new()
-                    .with_revision(rev - 20)
-                    .with_serializable(),
-            ),
-        )
+        .get("s/000", Some(GetOptions::new().with_revision(rev - 20).with_serializable()))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("compacted"), "{e}");
-    let r = dk
-        .get("s/399", Some(GetOptions::new().with_serializable()))
-        .await
-        .unwrap();
+    let r = dk.get("s/399", Some(GetOptions::new().with_serializable())).await.unwrap();
     assert_eq!(r.kvs()[0].mod_revision(), rev);
 }

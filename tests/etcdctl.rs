@@ -19,9 +19,7 @@ fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String,
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {bin} (install Debian's etcd-client): {e}"));
     let mut input = child.stdin.take().expect("stdin");
-    input
-        .write_all(stdin.unwrap_or("").as_bytes())
-        .expect("write stdin");
+    input.write_all(stdin.unwrap_or("").as_bytes()).expect("write stdin");
     drop(input);
     let out = child.wait_with_output().expect("etcdctl output");
     (
@@ -49,23 +47,13 @@ async fn etcdctl_kv_round_trip() {
     assert_eq!(run(&["get", "a"]), "a\nb\n");
     run(&["put", "app/1", "x"]);
     run(&["put", "app/2", "y"]);
-    assert_eq!(
-        run(&["get", "app/", "--prefix", "--keys-only"]),
-        "app/1\n\napp/2\n\n"
-    );
+    assert_eq!(run(&["get", "app/", "--prefix", "--keys-only"]), "app/1\n\napp/2\n\n");
     let fields = run(&["get", "app/", "--prefix", "--limit", "1", "-w", "fields"]);
-    assert!(
-        fields.contains("\"Count\" : 2") && fields.contains("\"More\" : true"),
-        "{fields}"
-    );
+    assert!(fields.contains("\"Count\" : 2") && fields.contains("\"More\" : true"), "{fields}");
     assert_eq!(run(&["get", "a", "--rev=2"]), "a\nb\n");
     assert_eq!(run(&["del", "app/", "--prefix"]), "2\n");
 
-    let (ok, out, err) = etcdctl(
-        &ep,
-        &["txn"],
-        Some("value(\"a\") = \"b\"\n\nput a c\n\nput z 1\n\n"),
-    );
+    let (ok, out, err) = etcdctl(&ep, &["txn"], Some("value(\"a\") = \"b\"\n\nput a c\n\nput z 1\n\n"));
     assert!(ok, "{err}");
     assert_eq!(out, "SUCCESS\n\nOK\n");
     assert_eq!(run(&["get", "a", "--print-value-only"]), "c\n");
@@ -73,18 +61,12 @@ async fn etcdctl_kv_round_trip() {
     assert_eq!(run(&["compact", "3"]), "compacted revision 3\n");
     let (ok, _, err) = etcdctl(&ep, &["get", "a", "--rev=2"], None);
     assert!(!ok);
-    assert!(
-        err.contains("etcdserver: mvcc: required revision has been compacted"),
-        "{err}"
-    );
+    assert!(err.contains("etcdserver: mvcc: required revision has been compacted"), "{err}");
 
     let status = run(&["endpoint", "status", "-w", "json"]);
     assert!(status.contains("\"version\":\"3.5.0\""), "{status}");
     assert!(status.contains("\"leader\":"), "{status}");
     let members = run(&["member", "list"]);
-    assert!(
-        members.contains(", started, m0, http://127.0.0.1:"),
-        "{members}"
-    );
+    assert!(members.contains(", started, m0, http://127.0.0.1:"), "{members}");
     assert!(members.contains(&m.endpoint()), "{members}");
 }

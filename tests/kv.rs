@@ -4,8 +4,8 @@ mod common;
 
 use common::{status, Cluster};
 use etcd_client::{
-    CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder,
-    SortTarget, Txn, TxnOp, TxnOpResponse,
+    CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp, TxnOpResponse,
 };
 use tonic::Code;
 
@@ -15,68 +15,34 @@ async fn put_get_delete_and_revisions() {
     let mut kv = c.members[0].client().await;
 
     let r = kv.get("missing", None).await.unwrap();
-    assert_eq!(
-        r.header().unwrap().revision(),
-        1,
-        "a fresh store is at revision 1"
-    );
+    assert_eq!(r.header().unwrap().revision(), 1, "a fresh store is at revision 1");
     assert!(r.kvs().is_empty());
 
     let r = kv.put("a", "1", None).await.unwrap();
     assert_eq!(r.header().unwrap().revision(), 2);
-    let r = kv
-        .put("a", "2", Some(PutOptions::new().with_prev_key()))
-        .await
-        .unwrap();
+    let r = kv.put("a", "2", Some(PutOptions::new().with_prev_key())).await.unwrap();
     assert_eq!(r.prev_key().unwrap().value(), b"1");
 
     let r = kv.get("a", None).await.unwrap();
     let a = &r.kvs()[0];
-    assert_eq!(
-        (
-            a.create_revision(),
-            a.mod_revision(),
-            a.version(),
-            a.value()
-        ),
-        (2, 3, 2, &b"2"[..])
-    );
+    assert_eq!((a.create_revision(), a.mod_revision(), a.version(), a.value()), (2, 3, 2, &b"2"[..]));
     let h = r.header().unwrap();
     assert_ne!(h.cluster_id(), 0);
     assert_ne!(h.member_id(), 0);
     assert!(h.raft_term() >= 1);
 
-    let r = kv
-        .delete("a", Some(DeleteOptions::new().with_prev_key()))
-        .await
-        .unwrap();
+    let r = kv.delete("a", Some(DeleteOptions::new().with_prev_key())).await.unwrap();
     assert_eq!(r.deleted(), 1);
     assert_eq!(r.prev_kvs()[0].value(), b"2");
     let r = kv.delete("a", None).await.unwrap();
-    assert_eq!(
-        (r.deleted(), r.header().unwrap().revision()),
-        (0, 4),
-        "deleting nothing is no revision"
-    );
+    assert_eq!((r.deleted(), r.header().unwrap().revision()), (0, 4), "deleting nothing is no revision");
 
     kv.put("a", "3", None).await.unwrap();
     let r = kv.get("a", None).await.unwrap();
-    assert_eq!(
-        (r.kvs()[0].version(), r.kvs()[0].create_revision()),
-        (1, 5),
-        "re-created key starts over"
-    );
-    let r = kv
-        .get("a", Some(GetOptions::new().with_revision(3)))
-        .await
-        .unwrap();
+    assert_eq!((r.kvs()[0].version(), r.kvs()[0].create_revision()), (1, 5), "re-created key starts over");
+    let r = kv.get("a", Some(GetOptions::new().with_revision(3))).await.unwrap();
     assert_eq!(r.kvs()[0].value(), b"2", "history read");
-    assert!(kv
-        .get("a", Some(GetOptions::new().with_revision(4)))
-        .await
-        .unwrap()
-        .kvs()
-        .is_empty());
+    assert!(kv.get("a", Some(GetOptions::new().with_revision(4))).await.unwrap().kvs().is_empty());
 }
 
 #[tokio::test]
@@ -88,107 +54,50 @@ async fn every_range_option() {
     }
     kv.put("k/b", "2", None).await.unwrap(); // 6: k/b version 2
     let keys = |r: &etcd_client::GetResponse| -> Vec<String> {
-        r.kvs()
-            .iter()
-            .map(|kv| kv.key_str().unwrap().to_string())
-            .collect()
+        r.kvs().iter().map(|kv| kv.key_str().unwrap().to_string()).collect()
     };
     let prefix = || GetOptions::new().with_prefix();
 
     let r = kv.get("k/", Some(prefix())).await.unwrap();
     assert_eq!(keys(&r), ["k/a", "k/b", "k/c"]);
     let r = kv.get("k/", Some(prefix().with_limit(2))).await.unwrap();
-    assert_eq!(
-        (keys(&r), r.more(), r.count()),
-        (vec!["k/a".into(), "k/b".into()], true, 3)
-    );
-    let r = kv
-        .get("k/b", Some(GetOptions::new().with_from_key()))
-        .await
-        .unwrap();
+    assert_eq!((keys(&r), r.more(), r.count()), (vec!["k/a".into(), "k/b".into()], true, 3));
+    let r = kv.get("k/b", Some(GetOptions::new().with_from_key())).await.unwrap();
     assert_eq!(keys(&r), ["k/b", "k/c", "other"]);
-    let r = kv
-        .get("k/a", Some(GetOptions::new().with_range("k/c")))
-        .await
-        .unwrap();
+    let r = kv.get("k/a", Some(GetOptions::new().with_range("k/c"))).await.unwrap();
     assert_eq!(keys(&r), ["k/a", "k/b"]);
-    let r = kv
-        .get("", Some(GetOptions::new().with_all_keys()))
-        .await
-        .unwrap();
+    let r = kv.get("", Some(GetOptions::new().with_all_keys())).await.unwrap();
     assert_eq!(r.count(), 4);
-    let r = kv
-        .get("k/", Some(prefix().with_count_only()))
-        .await
-        .unwrap();
+    let r = kv.get("k/", Some(prefix().with_count_only())).await.unwrap();
     assert_eq!((r.kvs().len(), r.count()), (0, 3));
     let r = kv.get("k/", Some(prefix().with_keys_only())).await.unwrap();
     assert!(r.kvs().iter().all(|kv| kv.value().is_empty()));
     assert_eq!(r.kvs().len(), 3);
-    let r = kv
-        .get("k/", Some(prefix().with_serializable()))
-        .await
-        .unwrap();
+    let r = kv.get("k/", Some(prefix().with_serializable())).await.unwrap();
     assert_eq!(r.count(), 3);
 
     let sorted = |t, o| prefix().with_sort(t, o);
-    let r = kv
-        .get("k/", Some(sorted(SortTarget::Key, SortOrder::Descend)))
-        .await
-        .unwrap();
+    let r = kv.get("k/", Some(sorted(SortTarget::Key, SortOrder::Descend))).await.unwrap();
     assert_eq!(keys(&r), ["k/c", "k/b", "k/a"]);
-    let r = kv
-        .get("k/", Some(sorted(SortTarget::Value, SortOrder::Ascend)))
-        .await
-        .unwrap();
+    let r = kv.get("k/", Some(sorted(SortTarget::Value, SortOrder::Ascend))).await.unwrap();
     assert_eq!(keys(&r), ["k/c", "k/b", "k/a"]);
-    let r = kv
-        .get("k/", Some(sorted(SortTarget::Create, SortOrder::Descend)))
-        .await
-        .unwrap();
+    let r = kv.get("k/", Some(sorted(SortTarget::Create, SortOrder::Descend))).await.unwrap();
     assert_eq!(keys(&r), ["k/b", "k/a", "k/c"]);
-    let r = kv
-        .get(
-            "k/",
-            Some(sorted(SortTarget::Mod, SortOrder::Descend).with_limit(1)),
-        )
-        .await
-        .unwrap();
+    let r = kv.get("k/", Some(sorted(SortTarget::Mod, SortOrder::Descend).with_limit(1))).await.unwrap();
     assert_eq!((keys(&r), r.more()), (vec!["k/b".to_string()], true));
-    let r = kv
-        .get("k/", Some(sorted(SortTarget::Version, SortOrder::Descend)))
-        .await
-        .unwrap();
+    let r = kv.get("k/", Some(sorted(SortTarget::Version, SortOrder::Descend))).await.unwrap();
     assert_eq!(keys(&r)[0], "k/b");
 
-    let r = kv
-        .get(
-            "k/",
-            Some(prefix().with_min_mod_revision(3).with_max_mod_revision(4)),
-        )
-        .await
-        .unwrap();
+    let r = kv.get("k/", Some(prefix().with_min_mod_revision(3).with_max_mod_revision(4))).await.unwrap();
     assert_eq!(keys(&r), ["k/a"]);
-    let r = kv
-        .get(
-            "k/",
-            Some(
-                prefix()
-                    .with_min_create_revision(3)
-                    .with_max_create_revision(4),
-            ),
-        )
-        .await
-        .unwrap();
+    let r =
+        kv.get("k/", Some(prefix().with_min_create_revision(3).with_max_create_revision(4))).await.unwrap();
     assert_eq!(keys(&r), ["k/a", "k/b"]);
     let r = kv.get("k/", Some(prefix().with_revision(3))).await.unwrap();
     assert_eq!(keys(&r), ["k/a", "k/c"]);
 
     let e = status(kv.get("", None).await.unwrap_err());
-    assert_eq!(
-        (e.code(), e.message()),
-        (Code::InvalidArgument, "etcdserver: key is not provided")
-    );
+    assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "etcdserver: key is not provided"));
 }
 
 #[tokio::test]
@@ -220,49 +129,28 @@ async fn txn_compares_branches_and_errors() {
         let dbg = format!("{cmp:?}");
         let r = kv.txn(Txn::new().when([cmp])).await.unwrap();
         assert_eq!(r.succeeded(), want, "{dbg}");
-        assert_eq!(
-            r.header().unwrap().revision(),
-            3,
-            "read-only txn is no revision"
-        );
+        assert_eq!(r.header().unwrap().revision(), 3, "read-only txn is no revision");
     }
 
     let r = kv
         .txn(
             Txn::new()
                 .when([Compare::value("k", Equal, "v")])
-                .and_then([
-                    TxnOp::put("x", "1", None),
-                    TxnOp::put("y", "2", None),
-                    TxnOp::get("x", None),
-                ])
+                .and_then([TxnOp::put("x", "1", None), TxnOp::put("y", "2", None), TxnOp::get("x", None)])
                 .or_else([TxnOp::put("failed", "1", None)]),
         )
         .await
         .unwrap();
     assert!(r.succeeded());
     assert_eq!(r.header().unwrap().revision(), 4, "a txn is one revision");
-    let TxnOpResponse::Get(g) = &r.op_responses()[2] else {
-        panic!("expected a get")
-    };
-    assert_eq!(
-        g.kvs()[0].value(),
-        b"1",
-        "reads in a txn see its earlier writes"
-    );
+    let TxnOpResponse::Get(g) = &r.op_responses()[2] else { panic!("expected a get") };
+    assert_eq!(g.kvs()[0].value(), b"1", "reads in a txn see its earlier writes");
     let x = kv.get("x", None).await.unwrap();
     let y = kv.get("y", None).await.unwrap();
-    assert_eq!(
-        (x.kvs()[0].mod_revision(), y.kvs()[0].mod_revision()),
-        (4, 4)
-    );
+    assert_eq!((x.kvs()[0].mod_revision(), y.kvs()[0].mod_revision()), (4, 4));
 
     let r = kv
-        .txn(
-            Txn::new()
-                .when([Compare::version("k", Equal, 99)])
-                .or_else([TxnOp::delete("x", None)]),
-        )
+        .txn(Txn::new().when([Compare::version("k", Equal, 99)]).or_else([TxnOp::delete("x", None)]))
         .await
         .unwrap();
     assert!(!r.succeeded());
@@ -275,24 +163,13 @@ async fn txn_compares_branches_and_errors() {
     );
     assert_eq!(
         (e.code(), e.message()),
-        (
-            Code::InvalidArgument,
-            "etcdserver: duplicate key given in txn request"
-        )
+        (Code::InvalidArgument, "etcdserver: duplicate key given in txn request")
     );
-    let many: Vec<TxnOp> = (0..129)
-        .map(|i| TxnOp::put(format!("m{i}"), "v", None))
-        .collect();
+    let many: Vec<TxnOp> = (0..129).map(|i| TxnOp::put(format!("m{i}"), "v", None)).collect();
     let e = status(kv.txn(Txn::new().and_then(many)).await.unwrap_err());
-    assert_eq!(
-        e.message(),
-        "etcdserver: too many operations in txn request"
-    );
+    assert_eq!(e.message(), "etcdserver: too many operations in txn request");
     let nested = Txn::new().and_then([TxnOp::put("n", "1", None)]);
-    let r = kv
-        .txn(Txn::new().and_then([TxnOp::txn(nested)]))
-        .await
-        .unwrap();
+    let r = kv.txn(Txn::new().and_then([TxnOp::txn(nested)])).await.unwrap();
     assert!(r.succeeded());
     assert_eq!(kv.get("n", None).await.unwrap().kvs()[0].value(), b"1");
 }
@@ -304,54 +181,25 @@ async fn compaction_and_history_errors() {
     for i in 0..5 {
         kv.put("h", i.to_string(), None).await.unwrap(); // 2..=6
     }
-    let e = status(
-        kv.get("h", Some(GetOptions::new().with_revision(7)))
-            .await
-            .unwrap_err(),
-    );
+    let e = status(kv.get("h", Some(GetOptions::new().with_revision(7))).await.unwrap_err());
     assert_eq!(
         (e.code(), e.message()),
-        (
-            Code::OutOfRange,
-            "etcdserver: mvcc: required revision is a future revision"
-        )
+        (Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision")
     );
 
-    kv.compact(4, Some(CompactionOptions::new().with_physical()))
-        .await
-        .unwrap();
-    let e = status(
-        kv.get("h", Some(GetOptions::new().with_revision(3)))
-            .await
-            .unwrap_err(),
-    );
+    kv.compact(4, Some(CompactionOptions::new().with_physical())).await.unwrap();
+    let e = status(kv.get("h", Some(GetOptions::new().with_revision(3))).await.unwrap_err());
     assert_eq!(
         (e.code(), e.message()),
-        (
-            Code::OutOfRange,
-            "etcdserver: mvcc: required revision has been compacted"
-        )
+        (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted")
     );
-    let r = kv
-        .get("h", Some(GetOptions::new().with_revision(4)))
-        .await
-        .unwrap();
-    assert_eq!(
-        r.kvs()[0].value(),
-        b"2",
-        "the compaction point itself stays readable"
-    );
+    let r = kv.get("h", Some(GetOptions::new().with_revision(4))).await.unwrap();
+    assert_eq!(r.kvs()[0].value(), b"2", "the compaction point itself stays readable");
 
     let e = status(kv.compact(4, None).await.unwrap_err());
-    assert_eq!(
-        e.message(),
-        "etcdserver: mvcc: required revision has been compacted"
-    );
+    assert_eq!(e.message(), "etcdserver: mvcc: required revision has been compacted");
     let e = status(kv.compact(100, None).await.unwrap_err());
-    assert_eq!(
-        e.message(),
-        "etcdserver: mvcc: required revision is a future revision"
-    );
+    assert_eq!(e.message(), "etcdserver: mvcc: required revision is a future revision");
     let e = status(
         kv.txn(Txn::new().and_then([TxnOp::get("h", Some(GetOptions::new().with_revision(2)))]))
             .await
@@ -364,45 +212,19 @@ async fn compaction_and_history_errors() {
 async fn put_options_and_their_errors() {
     let c = Cluster::start(1, &[]);
     let mut kv = c.members[0].client().await;
-    let e = status(
-        kv.put("p", "", Some(PutOptions::new().with_ignore_value()))
-            .await
-            .unwrap_err(),
-    );
-    assert_eq!(
-        (e.code(), e.message()),
-        (Code::InvalidArgument, "etcdserver: key not found")
-    );
-    let e = status(
-        kv.put("p", "v", Some(PutOptions::new().with_ignore_value()))
-            .await
-            .unwrap_err(),
-    );
+    let e = status(kv.put("p", "", Some(PutOptions::new().with_ignore_value())).await.unwrap_err());
+    assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "etcdserver: key not found"));
+    let e = status(kv.put("p", "v", Some(PutOptions::new().with_ignore_value())).await.unwrap_err());
     assert_eq!(e.message(), "etcdserver: value is provided");
     let e = status(
-        kv.put(
-            "p",
-            "v",
-            Some(PutOptions::new().with_lease(7).with_ignore_lease()),
-        )
-        .await
-        .unwrap_err(),
+        kv.put("p", "v", Some(PutOptions::new().with_lease(7).with_ignore_lease())).await.unwrap_err(),
     );
     assert_eq!(e.message(), "etcdserver: lease is provided");
-    let e = status(
-        kv.put("p", "v", Some(PutOptions::new().with_lease(7)))
-            .await
-            .unwrap_err(),
-    );
-    assert_eq!(
-        (e.code(), e.message()),
-        (Code::NotFound, "etcdserver: requested lease not found")
-    );
+    let e = status(kv.put("p", "v", Some(PutOptions::new().with_lease(7))).await.unwrap_err());
+    assert_eq!((e.code(), e.message()), (Code::NotFound, "etcdserver: requested lease not found"));
 
     kv.put("p", "v", None).await.unwrap();
-    kv.put("p", "", Some(PutOptions::new().with_ignore_value()))
-        .await
-        .unwrap();
+    kv.put("p", "", Some(PutOptions::new().with_ignore_value())).await.unwrap();
     let r = kv.get("p", None).await.unwrap();
     assert_eq!((r.kvs()[0].value(), r.kvs()[0].version()), (&b"v"[..], 2));
 }
@@ -413,24 +235,14 @@ async fn request_size_limit() {
     let mut kv = c.members[0].client().await;
     let fits = vec![b'x'; 1024 * 1024 + 512 * 1024 - 64];
     kv.put("big", fits.clone(), None).await.unwrap();
-    assert_eq!(
-        kv.get("big", None).await.unwrap().kvs()[0].value().len(),
-        fits.len()
-    );
+    assert_eq!(kv.get("big", None).await.unwrap().kvs()[0].value().len(), fits.len());
 
     let too_big = vec![b'x'; 1024 * 1024 + 512 * 1024 + 1];
     let e = status(kv.put("big", too_big, None).await.unwrap_err());
-    assert_eq!(
-        (e.code(), e.message()),
-        (Code::InvalidArgument, "etcdserver: request is too large")
-    );
+    assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "etcdserver: request is too large"));
     let way_too_big = vec![b'x'; 3 * 1024 * 1024];
     let e = status(kv.put("big", way_too_big, None).await.unwrap_err());
-    assert_eq!(
-        e.code(),
-        Code::ResourceExhausted,
-        "gRPC refuses it before concord sees it, as with etcd"
-    );
+    assert_eq!(e.code(), Code::ResourceExhausted, "gRPC refuses it before concord sees it, as with etcd");
     assert_eq!(kv.get("big", None).await.unwrap().kvs()[0].version(), 1);
 }
 
@@ -440,9 +252,7 @@ async fn restart_keeps_everything() {
     {
         let mut kv = c.members[0].client().await;
         for i in 0..50 {
-            kv.put(format!("r/{i:02}"), format!("v{i}"), None)
-                .await
-                .unwrap();
+            kv.put(format!("r/{i:02}"), format!("v{i}"), None).await.unwrap();
         }
         kv.delete("r/00", None).await.unwrap();
         kv.compact(10, None).await.unwrap();
@@ -451,23 +261,12 @@ async fn restart_keeps_everything() {
     c.members[0].kill();
     c.members[0].start();
     let mut kv = c.members[0].client().await;
-    let r = kv
-        .get("r/", Some(GetOptions::new().with_prefix()))
-        .await
-        .unwrap();
+    let r = kv.get("r/", Some(GetOptions::new().with_prefix())).await.unwrap();
     assert_eq!(r.count(), 49);
     assert_eq!(r.header().unwrap().revision(), 52);
     assert_eq!(r.kvs()[0].value(), b"v1");
-    let e = status(
-        kv.get("r/05", Some(GetOptions::new().with_revision(9)))
-            .await
-            .unwrap_err(),
-    );
-    assert_eq!(
-        e.code(),
-        Code::OutOfRange,
-        "the compaction survived the restart"
-    );
+    let e = status(kv.get("r/05", Some(GetOptions::new().with_revision(9))).await.unwrap_err());
+    assert_eq!(e.code(), Code::OutOfRange, "the compaction survived the restart");
     let r = kv.put("r/new", "x", None).await.unwrap();
     assert_eq!(r.header().unwrap().revision(), 53);
 }

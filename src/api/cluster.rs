@@ -29,10 +29,7 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn member_add(
-        &self,
-        _: Request<MemberAddRequest>,
-    ) -> Result<Response<MemberAddResponse>, Status> {
+    async fn member_add(&self, _: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
         Err(errors::not_supported("MemberAdd"))
     }
 
@@ -54,10 +51,7 @@ impl Cluster for ClusterService {
         &self,
         _: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        Ok(Response::new(MemberListResponse {
-            header: header(&self.node),
-            members: self.members(),
-        }))
+        Ok(Response::new(MemberListResponse { header: header(&self.node), members: self.members() }))
     }
 
     async fn member_promote(

@@ -8,8 +8,8 @@ use crate::mvcc::txn::is_read_only;
 use crate::pb::etcdserverpb::kv_server::Kv;
 use crate::pb::etcdserverpb::request_op::Request as Op;
 use crate::pb::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use crate::raft::{self, RaftNode};
 
@@ -37,14 +37,11 @@ impl KvService {
 
 /// A txn whose every range is serializable is served from local state, as etcd does.
 fn txn_serializable(t: &TxnRequest) -> bool {
-    t.success
-        .iter()
-        .chain(&t.failure)
-        .all(|op| match &op.request {
-            Some(Op::RequestRange(r)) => r.serializable,
-            Some(Op::RequestTxn(t)) => txn_serializable(t),
-            _ => true,
-        })
+    t.success.iter().chain(&t.failure).all(|op| match &op.request {
+        Some(Op::RequestRange(r)) => r.serializable,
+        Some(Op::RequestTxn(t)) => txn_serializable(t),
+        _ => true,
+    })
 }
 
 fn unexpected() -> Status {
@@ -53,10 +50,7 @@ fn unexpected() -> Status {
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn range(
-        &self,
-        request: Request<RangeRequest>,
-    ) -> Result<Response<RangeResponse>, Status> {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let req = request.into_inner();
         validate::range(&req)?;
         if !req.serializable {
@@ -85,9 +79,7 @@ impl Kv for KvService {
         let req = request.into_inner();
         validate::delete_range(&req)?;
         self.check_size(&req)?;
-        let raft::Response::DeleteRange(mut resp) =
-            self.write(raft::Request::DeleteRange(req)).await?
-        else {
+        let raft::Response::DeleteRange(mut resp) = self.write(raft::Request::DeleteRange(req)).await? else {
             return Err(unexpected());
         };
         fill_header(&self.node, &mut resp.header);
@@ -102,10 +94,7 @@ impl Kv for KvService {
             if !txn_serializable(&req) {
                 self.node.read_barrier().await.map_err(node_status)?;
             }
-            self.node
-                .sm
-                .read(|s| s.txn_read(&req))
-                .map_err(mvcc_status)?
+            self.node.sm.read(|s| s.txn_read(&req)).map_err(mvcc_status)?
         } else {
             let raft::Response::Txn(resp) = self.write(raft::Request::Txn(req)).await? else {
                 return Err(unexpected());
@@ -121,8 +110,7 @@ impl Kv for KvService {
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         let req = request.into_inner();
-        let raft::Response::Compact(mut resp) = self.write(raft::Request::Compact(req)).await?
-        else {
+        let raft::Response::Compact(mut resp) = self.write(raft::Request::Compact(req)).await? else {
             return Err(unexpected());
         };
         fill_header(&self.node, &mut resp.header);

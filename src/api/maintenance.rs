@@ -23,10 +23,7 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, _: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         // No alarm can be raised yet: report none, as a healthy etcd does.
-        Ok(Response::new(AlarmResponse {
-            header: header(&self.node),
-            alarms: vec![],
-        }))
+        Ok(Response::new(AlarmResponse { header: header(&self.node), alarms: vec![] }))
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -63,10 +60,7 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = SnapshotStream;
 
-    async fn snapshot(
-        &self,
-        _: Request<SnapshotRequest>,
-    ) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
         Err(errors::not_supported("Snapshot"))
     }
 

@@ -22,16 +22,10 @@ pub mod errors {
         Status::new(Code::InvalidArgument, "etcdserver: key is not provided")
     }
     pub fn too_many_ops() -> Status {
-        Status::new(
-            Code::InvalidArgument,
-            "etcdserver: too many operations in txn request",
-        )
+        Status::new(Code::InvalidArgument, "etcdserver: too many operations in txn request")
     }
     pub fn duplicate_key() -> Status {
-        Status::new(
-            Code::InvalidArgument,
-            "etcdserver: duplicate key given in txn request",
-        )
+        Status::new(Code::InvalidArgument, "etcdserver: duplicate key given in txn request")
     }
     pub fn value_provided() -> Status {
         Status::new(Code::InvalidArgument, "etcdserver: value is provided")
@@ -43,16 +37,10 @@ pub mod errors {
         Status::new(Code::InvalidArgument, "etcdserver: request is too large")
     }
     pub fn compacted() -> Status {
-        Status::new(
-            Code::OutOfRange,
-            "etcdserver: mvcc: required revision has been compacted",
-        )
+        Status::new(Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted")
     }
     pub fn future_rev() -> Status {
-        Status::new(
-            Code::OutOfRange,
-            "etcdserver: mvcc: required revision is a future revision",
-        )
+        Status::new(Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision")
     }
     pub fn key_not_found() -> Status {
         Status::new(Code::InvalidArgument, "etcdserver: key not found")
@@ -70,10 +58,7 @@ pub mod errors {
         Status::new(Code::Unavailable, "etcdserver: server stopped")
     }
     pub fn not_supported(what: &str) -> Status {
-        Status::new(
-            Code::Unimplemented,
-            format!("concord: {what} is not supported yet"),
-        )
+        Status::new(Code::Unimplemented, format!("concord: {what} is not supported yet"))
     }
 }
 
@@ -107,10 +92,7 @@ pub fn fill_header(node: &RaftNode, header: &mut Option<ResponseHeader>) {
 /// A header for responses that carry no store revision of their own.
 pub fn header(node: &RaftNode) -> Option<ResponseHeader> {
     let revision = node.sm.read(|s| s.current_revision());
-    let mut h = Some(ResponseHeader {
-        revision,
-        ..Default::default()
-    });
+    let mut h = Some(ResponseHeader { revision, ..Default::default() });
     fill_header(node, &mut h);
     h
 }

@@ -6,9 +6,7 @@ use tonic::Status;
 
 use super::errors;
 use crate::pb::etcdserverpb::request_op::Request as Op;
-use crate::pb::etcdserverpb::{
-    DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
-};
+use crate::pb::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
 
 pub fn range(r: &RangeRequest) -> Result<(), Status> {
     if r.key.is_empty() {
@@ -37,7 +35,17 @@ pub fn delete_range(r: &DeleteRangeRequest) -> Result<(), Status> {
     Ok(())
 }
 
+/// etcd's order: the shape of the whole request first (op counts, empty keys, put options), then the
+/// put/delete overlap check, so the same bad request gets the same error from both.
 pub fn txn(r: &TxnRequest, max_ops: usize) -> Result<(), Status> {
+    txn_shape(r, max_ops)?;
+    check_intervals(&r.success)?;
+    check_intervals(&r.failure)?;
+    Ok(())
+}
+
+/// etcd's `checkTxnRequest`: a nested txn gets the budget its parent left (`max_ops - ops`).
+fn txn_shape(r: &TxnRequest, max_ops: usize) -> Result<(), Status> {
     let ops = r.compare.len().max(r.success.len()).max(r.failure.len());
     if ops > max_ops {
         return Err(errors::too_many_ops());
@@ -50,45 +58,36 @@ pub fn txn(r: &TxnRequest, max_ops: usize) -> Result<(), Status> {
             Some(Op::RequestRange(x)) => range(x)?,
             Some(Op::RequestPut(x)) => put(x)?,
             Some(Op::RequestDeleteRange(x)) => delete_range(x)?,
-            Some(Op::RequestTxn(x)) => txn(x, max_ops)?,
-            None => {}
+            Some(Op::RequestTxn(x)) => txn_shape(x, max_ops - ops)?,
+            // An op with nothing in it: etcd answers "key not found".
+            None => return Err(errors::key_not_found()),
         }
     }
-    check_intervals(&r.success)?;
-    check_intervals(&r.failure)?;
     Ok(())
 }
 
-/// A deleted range, with etcd's `range_end` conventions.
+/// A deleted range as etcd's `checkIntervals` sees it: `[key, range_end)` taken literally, so a
+/// `range_end` of `"\0"` (which deletes every key from `key` on) makes an empty interval that conflicts
+/// with nothing. Matching that quirk keeps concord accepting exactly the txns etcd accepts.
 struct Interval {
     start: Vec<u8>,
-    end: Option<Vec<u8>>, // None: unbounded; Some(empty) never stored (single keys use start + [0])
+    end: Vec<u8>,
 }
 
 impl Interval {
     fn of(key: &[u8], range_end: &[u8]) -> Interval {
-        match range_end {
-            [] => {
-                let mut end = key.to_vec();
-                end.push(0);
-                Interval {
-                    start: key.to_vec(),
-                    end: Some(end),
-                }
-            }
-            [0] => Interval {
-                start: key.to_vec(),
-                end: None,
-            },
-            e => Interval {
-                start: key.to_vec(),
-                end: Some(e.to_vec()),
-            },
-        }
+        let end = if range_end.is_empty() {
+            let mut end = key.to_vec();
+            end.push(0);
+            end
+        } else {
+            range_end.to_vec()
+        };
+        Interval { start: key.to_vec(), end }
     }
 
     fn contains(&self, k: &[u8]) -> bool {
-        k >= self.start.as_slice() && self.end.as_deref().is_none_or(|e| k < e)
+        k >= self.start.as_slice() && k < self.end.as_slice()
     }
 }
 
@@ -116,8 +115,7 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Interval>
         }
         puts.extend(puts_then.iter().cloned());
         for k in puts_else {
-            if (puts.contains(&k) && !puts_then.contains(&k)) || dels.iter().any(|d| d.contains(&k))
-            {
+            if (puts.contains(&k) && !puts_then.contains(&k)) || dels.iter().any(|d| d.contains(&k)) {
                 return Err(errors::duplicate_key());
             }
             puts.insert(k);
@@ -142,12 +140,7 @@ mod tests {
     use super::*;
 
     fn put(k: &str) -> RequestOp {
-        RequestOp {
-            request: Some(Op::RequestPut(PutRequest {
-                key: k.into(),
-                ..Default::default()
-            })),
-        }
+        RequestOp { request: Some(Op::RequestPut(PutRequest { key: k.into(), ..Default::default() })) }
     }
     fn del(k: &str, end: &str) -> RequestOp {
         RequestOp {
@@ -159,22 +152,10 @@ mod tests {
         }
     }
     fn nested(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> RequestOp {
-        RequestOp {
-            request: Some(Op::RequestTxn(TxnRequest {
-                compare: vec![],
-                success,
-                failure,
-            })),
-        }
+        RequestOp { request: Some(Op::RequestTxn(TxnRequest { compare: vec![], success, failure })) }
     }
     fn check(success: Vec<RequestOp>) -> Result<(), Status> {
-        txn(
-            &TxnRequest {
-                success,
-                ..Default::default()
-            },
-            128,
-        )
+        txn(&TxnRequest { success, ..Default::default() }, 128)
     }
 
     #[test]
@@ -184,22 +165,10 @@ mod tests {
             check(vec![put("a"), put("a")]).unwrap_err().message(),
             "etcdserver: duplicate key given in txn request"
         );
-        assert!(
-            check(vec![put("b"), del("a", "c")]).is_err(),
-            "put inside a deleted range"
-        );
-        assert!(
-            check(vec![put("c"), del("a", "c")]).is_ok(),
-            "range end is exclusive"
-        );
-        assert!(
-            check(vec![put("z"), del("a", "\0")]).is_err(),
-            "\\0 deletes everything after the key"
-        );
-        assert!(
-            check(vec![nested(vec![put("a")], vec![put("a")])]).is_ok(),
-            "branches exclude each other"
-        );
+        assert!(check(vec![put("b"), del("a", "c")]).is_err(), "put inside a deleted range");
+        assert!(check(vec![put("c"), del("a", "c")]).is_ok(), "range end is exclusive");
+        assert!(check(vec![put("z"), del("a", "\0")]).is_ok(), "etcd takes a \\0 range end literally");
+        assert!(check(vec![nested(vec![put("a")], vec![put("a")])]).is_ok(), "branches exclude each other");
         assert!(check(vec![put("a"), nested(vec![put("a")], vec![])]).is_err());
         assert!(check(vec![del("a", ""), nested(vec![], vec![put("a")])]).is_err());
     }
@@ -207,23 +176,9 @@ mod tests {
     #[test]
     fn limits_and_empty_keys() {
         let many: Vec<RequestOp> = (0..129).map(|i| put(&format!("k{i}"))).collect();
-        assert_eq!(
-            check(many).unwrap_err().message(),
-            "etcdserver: too many operations in txn request"
-        );
-        assert_eq!(
-            check(vec![put("")]).unwrap_err().message(),
-            "etcdserver: key is not provided"
-        );
-        let bad = PutRequest {
-            key: "a".into(),
-            value: "v".into(),
-            ignore_value: true,
-            ..Default::default()
-        };
-        assert_eq!(
-            super::put(&bad).unwrap_err().message(),
-            "etcdserver: value is provided"
-        );
+        assert_eq!(check(many).unwrap_err().message(), "etcdserver: too many operations in txn request");
+        assert_eq!(check(vec![put("")]).unwrap_err().message(), "etcdserver: key is not provided");
+        let bad = PutRequest { key: "a".into(), value: "v".into(), ignore_value: true, ..Default::default() };
+        assert_eq!(super::put(&bad).unwrap_err().message(), "etcdserver: value is provided");
     }
 }

@@ -57,11 +57,7 @@ impl KeyHistory {
             return false;
         }
         // Keep the newest change at or below `rev` unless it is a deletion: it is what a read at `rev` sees.
-        let keep_from = if self.revs[idx - 1].is_tombstone() {
-            idx
-        } else {
-            idx - 1
-        };
+        let keep_from = if self.revs[idx - 1].is_tombstone() { idx } else { idx - 1 };
         dropped.extend(self.revs.drain(..keep_from).map(|r| r.mod_rev));
         self.revs.is_empty()
     }
@@ -104,9 +100,7 @@ impl KeyIndex {
         };
         let empty = matches!(end, RangeEnd::Before(e) if e <= key);
         let iter = (!empty).then(|| self.keys.range::<[u8], _>((Bound::Included(key), upper)));
-        iter.into_iter()
-            .flatten()
-            .filter_map(move |(k, h)| h.at(rev).map(|kr| (k.as_slice(), kr)))
+        iter.into_iter().flatten().filter_map(move |(k, h)| h.at(rev).map(|kr| (k.as_slice(), kr)))
     }
 
     /// Compacts every key's history at `rev`; returns the revisions whose records can be deleted.
@@ -161,12 +155,7 @@ mod tests {
     use super::*;
 
     fn kr(main: i64, create: i64, version: i64) -> KeyRev {
-        KeyRev {
-            mod_rev: Revision::new(main, 0),
-            create_rev: create,
-            version,
-            lease: 0,
-        }
+        KeyRev { mod_rev: Revision::new(main, 0), create_rev: create, version, lease: 0 }
     }
 
     #[test]
@@ -193,21 +182,13 @@ mod tests {
             idx.put(*k, kr(i as i64 + 2, i as i64 + 2, 1));
         }
         let keys = |key: &[u8], end: &[u8]| -> Vec<Vec<u8>> {
-            idx.range(key, RangeEnd::from_request(end), 100)
-                .map(|(k, _)| k.to_vec())
-                .collect()
+            idx.range(key, RangeEnd::from_request(end), 100).map(|(k, _)| k.to_vec()).collect()
         };
         assert_eq!(keys(b"b", b""), vec![b"b".to_vec()]);
         assert_eq!(keys(b"b", b"d"), vec![b"b".to_vec(), b"c".to_vec()]);
-        assert_eq!(
-            keys(b"b", b"\0"),
-            vec![b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]
-        );
+        assert_eq!(keys(b"b", b"\0"), vec![b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]);
         assert_eq!(keys(b"\0", b"\0").len(), 4);
-        assert!(
-            keys(b"c", b"a").is_empty(),
-            "an end before the start is an empty range"
-        );
+        assert!(keys(b"c", b"a").is_empty(), "an end before the start is an empty range");
         assert!(keys(b"zz", b"").is_empty());
     }
 
@@ -217,35 +198,13 @@ mod tests {
         idx.put(b"a", kr(2, 2, 1));
         idx.put(b"a", kr(3, 2, 2));
         idx.put(b"a", kr(5, 2, 3));
-        idx.put(
-            b"gone",
-            KeyRev {
-                mod_rev: Revision::new(2, 1),
-                create_rev: 2,
-                version: 1,
-                lease: 0,
-            },
-        );
+        idx.put(b"gone", KeyRev { mod_rev: Revision::new(2, 1), create_rev: 2, version: 1, lease: 0 });
         idx.put(b"gone", kr(4, 0, 0));
         let dropped = idx.compact(4);
-        assert_eq!(
-            dropped,
-            vec![
-                Revision::new(2, 0),
-                Revision::new(2, 1),
-                Revision::new(4, 0)
-            ]
-        );
-        assert!(
-            idx.get(b"gone").is_none(),
-            "a key deleted before the compaction point disappears"
-        );
+        assert_eq!(dropped, vec![Revision::new(2, 0), Revision::new(2, 1), Revision::new(4, 0)]);
+        assert!(idx.get(b"gone").is_none(), "a key deleted before the compaction point disappears");
         let h = idx.get(b"a").unwrap();
-        assert_eq!(
-            h.at(4).unwrap().version,
-            2,
-            "the state at the compaction point stays readable"
-        );
+        assert_eq!(h.at(4).unwrap().version, 2, "the state at the compaction point stays readable");
         assert_eq!(h.at(5).unwrap().version, 3);
         assert_eq!(idx.len(), 1);
     }

@@ -47,12 +47,7 @@ mod tests {
 
     #[test]
     fn bytes_round_trip_and_keep_order() {
-        let revs = [
-            Revision::new(1, 0),
-            Revision::new(1, 7),
-            Revision::new(2, 0),
-            Revision::new(300, 1),
-        ];
+        let revs = [Revision::new(1, 0), Revision::new(1, 7), Revision::new(2, 0), Revision::new(300, 1)];
         for w in revs.windows(2) {
             assert!(w[0] < w[1]);
             assert!(w[0].to_bytes() < w[1].to_bytes());

@@ -30,12 +30,7 @@ impl<B: Backend> Store<B> {
             max_seen = max_seen.max(rev.main);
             index.put(
                 &kv.key,
-                KeyRev {
-                    mod_rev: rev,
-                    create_rev: kv.create_revision,
-                    version: kv.version,
-                    lease: kv.lease,
-                },
+                KeyRev { mod_rev: rev, create_rev: kv.create_revision, version: kv.version, lease: kv.lease },
             );
         })?;
         Ok(Store {
@@ -87,28 +82,17 @@ impl<B: Backend> Store<B> {
         }
         match self.backend.get(rev)? {
             Some(kv) => Ok(kv.value),
-            None => Err(MvccError::Backend(format!(
-                "record {rev} missing from the backend"
-            ))),
+            None => Err(MvccError::Backend(format!("record {rev} missing from the backend"))),
         }
     }
 
-    pub(super) fn key_value(
-        &self,
-        key: &[u8],
-        kr: &KeyRev,
-        with_value: bool,
-    ) -> Result<KeyValue, MvccError> {
+    pub(super) fn key_value(&self, key: &[u8], kr: &KeyRev, with_value: bool) -> Result<KeyValue, MvccError> {
         Ok(KeyValue {
             key: key.to_vec(),
             create_revision: kr.create_rev,
             mod_revision: kr.mod_rev.main,
             version: kr.version,
-            value: if with_value {
-                self.value_at(kr.mod_rev)?
-            } else {
-                Vec::new()
-            },
+            value: if with_value { self.value_at(kr.mod_rev)? } else { Vec::new() },
             lease: kr.lease,
         })
     }
@@ -133,30 +117,25 @@ impl<B: Backend> Store<B> {
     }
 
     /// A Range as seen by a transaction whose view is at revision `now`.
-    pub(super) fn range_as_of(
-        &self,
-        req: &RangeRequest,
-        now: i64,
-    ) -> Result<RangeResponse, MvccError> {
+    pub(super) fn range_as_of(&self, req: &RangeRequest, now: i64) -> Result<RangeResponse, MvccError> {
         let rev = self.read_revision(req.revision, now)?;
-        let mut hits: Vec<(&[u8], &KeyRev)> = self
-            .index
-            .range(&req.key, RangeEnd::from_request(&req.range_end), rev)
-            .collect();
+        let mut hits: Vec<(&[u8], &KeyRev)> =
+            self.index.range(&req.key, RangeEnd::from_request(&req.range_end), rev).collect();
         let count = hits.len() as i64;
-        let header = Some(ResponseHeader {
-            revision: now,
-            ..Default::default()
-        });
+        let header = Some(ResponseHeader { revision: now, ..Default::default() });
         if req.count_only {
-            return Ok(RangeResponse {
-                header,
-                kvs: Vec::new(),
-                more: false,
-                count,
-            });
+            return Ok(RangeResponse { header, kvs: Vec::new(), more: false, count });
         }
 
+        let filtered = req.max_mod_revision != 0
+            || req.min_mod_revision != 0
+            || req.max_create_revision != 0
+            || req.min_create_revision != 0;
+        if req.sort_order == SortOrder::None as i32 && !filtered && req.limit > 0 {
+            // etcd fetches only `limit + 1` keys (in key order) when no sort order is given, then sorts
+            // those by a non-key target: the same keys must come back.
+            hits.truncate(req.limit as usize + 1);
+        }
         // Filters, as etcd applies them: after the range, before sorting and the limit.
         hits.retain(|(_, kr)| {
             (req.max_mod_revision == 0 || kr.mod_rev.main <= req.max_mod_revision)
@@ -172,20 +151,19 @@ impl<B: Backend> Store<B> {
         }
         // The index yields keys in ascending order already; sort only when something else is asked for.
         let sort_by_value = target == SortTarget::Value && order != SortOrder::None;
-        let limit = if req.limit > 0 {
-            req.limit as usize
-        } else {
-            usize::MAX
-        };
+        let limit = if req.limit > 0 { req.limit as usize } else { usize::MAX };
         let mut kvs = Vec::with_capacity(hits.len().min(limit));
         let mut more = false;
         if sort_by_value {
             for (k, kr) in &hits {
                 kvs.push(self.key_value(k, kr, true)?);
             }
-            kvs.sort_by(|a, b| a.value.cmp(&b.value));
+            // Stable, and descending by comparator rather than by reversing, so equal values keep key order
+            // as etcd's sort does for the small results where Go's sort is an insertion sort.
             if order == SortOrder::Descend {
-                kvs.reverse();
+                kvs.sort_by(|a, b| b.value.cmp(&a.value));
+            } else {
+                kvs.sort_by(|a, b| a.value.cmp(&b.value));
             }
             if kvs.len() > limit {
                 kvs.truncate(limit);
@@ -204,9 +182,10 @@ impl<B: Backend> Store<B> {
                         SortTarget::Create => kr.create_rev,
                         _ => kr.mod_rev.main,
                     };
-                    hits.sort_by_key(|(_, kr)| field(kr));
                     if order == SortOrder::Descend {
-                        hits.reverse();
+                        hits.sort_by_key(|(_, kr)| std::cmp::Reverse(field(kr)));
+                    } else {
+                        hits.sort_by_key(|(_, kr)| field(kr));
                     }
                 }
             }
@@ -218,12 +197,7 @@ impl<B: Backend> Store<B> {
                 kvs.push(self.key_value(k, kr, !req.keys_only)?);
             }
         }
-        Ok(RangeResponse {
-            header,
-            kvs,
-            more,
-            count,
-        })
+        Ok(RangeResponse { header, kvs, more, count })
     }
 
     /// Compacts history at `rev`: every read at `rev` or later answers as before, earlier ones fail.

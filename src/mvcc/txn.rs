@@ -9,8 +9,8 @@ use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion
 use crate::pb::etcdserverpb::request_op::Request as Op;
 use crate::pb::etcdserverpb::response_op::Response as OpResponse;
 use crate::pb::etcdserverpb::{
-    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use crate::pb::mvccpb::{event::EventType, Event, KeyValue};
 
@@ -35,11 +35,7 @@ pub struct WriteTxn<'a, B> {
 impl<'a, B: Backend> WriteTxn<'a, B> {
     fn new(store: &'a mut Store<B>) -> Self {
         let begin = store.current;
-        WriteTxn {
-            store,
-            begin,
-            events: Vec::new(),
-        }
+        WriteTxn { store, begin, events: Vec::new() }
     }
 
     fn rev(&self) -> i64 {
@@ -65,12 +61,7 @@ impl<'a, B: Backend> WriteTxn<'a, B> {
 
     fn put(&mut self, req: &PutRequest) -> Result<PutResponse, MvccError> {
         let view = self.view();
-        let prev = self
-            .store
-            .index
-            .get(&req.key)
-            .and_then(|h| h.at(view))
-            .copied();
+        let prev = self.store.index.get(&req.key).and_then(|h| h.at(view)).copied();
         let prev_kv = match (&prev, req.prev_kv || req.ignore_value) {
             (Some(kr), true) => Some(self.store.key_value(&req.key, kr, true)?),
             _ => None,
@@ -100,16 +91,9 @@ impl<'a, B: Backend> WriteTxn<'a, B> {
         };
         self.store.index.put(&req.key, kr);
         self.store.pending.insert(rev, kv.clone());
-        self.events.push(Event {
-            r#type: EventType::Put as i32,
-            kv: Some(kv),
-            prev_kv: None,
-        });
+        self.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv), prev_kv: None });
         Ok(PutResponse {
-            header: Some(ResponseHeader {
-                revision: self.rev(),
-                ..Default::default()
-            }),
+            header: Some(ResponseHeader { revision: self.rev(), ..Default::default() }),
             prev_kv: if req.prev_kv { prev_kv } else { None },
         })
     }
@@ -128,32 +112,13 @@ impl<'a, B: Backend> WriteTxn<'a, B> {
                 prev_kvs.push(self.store.key_value(key, kr, true)?);
             }
             let rev = self.next_revision();
-            let tombstone = KeyValue {
-                key: key.clone(),
-                mod_revision: rev.main,
-                ..Default::default()
-            };
-            self.store.index.put(
-                key,
-                KeyRev {
-                    mod_rev: rev,
-                    create_rev: 0,
-                    version: 0,
-                    lease: 0,
-                },
-            );
+            let tombstone = KeyValue { key: key.clone(), mod_revision: rev.main, ..Default::default() };
+            self.store.index.put(key, KeyRev { mod_rev: rev, create_rev: 0, version: 0, lease: 0 });
             self.store.pending.insert(rev, tombstone.clone());
-            self.events.push(Event {
-                r#type: EventType::Delete as i32,
-                kv: Some(tombstone),
-                prev_kv: None,
-            });
+            self.events.push(Event { r#type: EventType::Delete as i32, kv: Some(tombstone), prev_kv: None });
         }
         Ok(DeleteRangeResponse {
-            header: Some(ResponseHeader {
-                revision: self.view(),
-                ..Default::default()
-            }),
+            header: Some(ResponseHeader { revision: self.view(), ..Default::default() }),
             deleted: victims.len() as i64,
             prev_kvs,
         })
@@ -168,18 +133,11 @@ impl<'a, B: Backend> WriteTxn<'a, B> {
 }
 
 impl<B: Backend> Store<B> {
-    pub fn put(
-        &mut self,
-        req: &PutRequest,
-        leases: LeaseCheck,
-    ) -> Result<Applied<PutResponse>, MvccError> {
+    pub fn put(&mut self, req: &PutRequest, leases: LeaseCheck) -> Result<Applied<PutResponse>, MvccError> {
         self.check_put(req, self.current, leases)?;
         let mut txn = WriteTxn::new(self);
         let response = txn.put(req)?;
-        Ok(Applied {
-            response,
-            events: txn.end(),
-        })
+        Ok(Applied { response, events: txn.end() })
     }
 
     pub fn delete_range(
@@ -189,31 +147,21 @@ impl<B: Backend> Store<B> {
         let mut txn = WriteTxn::new(self);
         let mut response = txn.delete_range(req)?;
         let events = txn.end();
-        response.header = Some(ResponseHeader {
-            revision: self.current,
-            ..Default::default()
-        });
+        response.header = Some(ResponseHeader { revision: self.current, ..Default::default() });
         Ok(Applied { response, events })
     }
 
     /// A Txn with writes. The path through nested transactions is decided by evaluating every compare
     /// against the state before the transaction (as etcd does), then every op on that path is checked, and
     /// only then is anything executed: a failing check leaves no trace.
-    pub fn txn(
-        &mut self,
-        req: &TxnRequest,
-        leases: LeaseCheck,
-    ) -> Result<Applied<TxnResponse>, MvccError> {
+    pub fn txn(&mut self, req: &TxnRequest, leases: LeaseCheck) -> Result<Applied<TxnResponse>, MvccError> {
         let now = self.current;
         let path = self.txn_path(req, now)?;
-        self.check_path(req, &mut path.iter().copied(), now, Some(leases))?;
+        self.check_path(req, &path, now, Some(leases))?;
         let mut txn = WriteTxn::new(self);
         let mut response = exec_txn(&mut txn, req, &mut path.iter().copied())?;
         let events = txn.end();
-        response.header = Some(ResponseHeader {
-            revision: self.current,
-            ..Default::default()
-        });
+        response.header = Some(ResponseHeader { revision: self.current, ..Default::default() });
         Ok(Applied { response, events })
     }
 
@@ -221,13 +169,10 @@ impl<B: Backend> Store<B> {
     pub fn txn_read(&self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
         let now = self.current;
         let path = self.txn_path(req, now)?;
-        self.check_path(req, &mut path.iter().copied(), now, None)?;
+        self.check_path(req, &path, now, None)?;
         let mut view = ReadView { store: self, now };
         let mut response = exec_txn(&mut view, req, &mut path.iter().copied())?;
-        response.header = Some(ResponseHeader {
-            revision: now,
-            ..Default::default()
-        });
+        response.header = Some(ResponseHeader { revision: now, ..Default::default() });
         Ok(response)
     }
 
@@ -250,12 +195,7 @@ impl<B: Backend> Store<B> {
         Ok(path)
     }
 
-    fn txn_path_into(
-        &self,
-        req: &TxnRequest,
-        now: i64,
-        path: &mut Vec<bool>,
-    ) -> Result<(), MvccError> {
+    fn txn_path_into(&self, req: &TxnRequest, now: i64, path: &mut Vec<bool>) -> Result<(), MvccError> {
         let mut ok = true;
         for c in &req.compare {
             if !self.compare(c, now)? {
@@ -272,35 +212,41 @@ impl<B: Backend> Store<B> {
         Ok(())
     }
 
+    /// etcd's `checkRequests`, run once per kind of check over the ops on the taken path: first every put
+    /// (writes only), then every range, so that the same request fails with the same error as on etcd.
     fn check_path(
         &self,
         req: &TxnRequest,
-        path: &mut impl Iterator<Item = bool>,
+        path: &[bool],
         now: i64,
         leases: Option<LeaseCheck>,
     ) -> Result<(), MvccError> {
-        let ops = if path.next().unwrap_or(false) {
-            &req.success
-        } else {
-            &req.failure
-        };
-        for op in ops {
-            match &op.request {
-                Some(Op::RequestRange(r)) if r.revision != 0 => {
-                    if r.revision > now {
-                        return Err(MvccError::FutureRev);
-                    }
-                    if r.revision < self.compacted {
-                        return Err(MvccError::Compacted);
-                    }
-                }
-                Some(Op::RequestPut(p)) => {
-                    if let Some(leases) = leases {
-                        self.check_put(p, now, leases)?;
-                    }
-                }
-                Some(Op::RequestTxn(t)) => self.check_path(t, path, now, leases)?,
-                _ => {}
+        if let Some(leases) = leases {
+            self.check_ops(req, &mut path.iter().copied(), &mut |op| match op {
+                Op::RequestPut(p) => self.check_put(p, now, leases),
+                _ => Ok(()),
+            })?;
+        }
+        self.check_ops(req, &mut path.iter().copied(), &mut |op| match op {
+            Op::RequestRange(r) if r.revision > now => Err(MvccError::FutureRev),
+            Op::RequestRange(r) if r.revision != 0 && r.revision < self.compacted => {
+                Err(MvccError::Compacted)
+            }
+            _ => Ok(()),
+        })
+    }
+
+    fn check_ops(
+        &self,
+        req: &TxnRequest,
+        path: &mut impl Iterator<Item = bool>,
+        check: &mut impl FnMut(&Op) -> Result<(), MvccError>,
+    ) -> Result<(), MvccError> {
+        let ops = if path.next().unwrap_or(false) { &req.success } else { &req.failure };
+        for op in ops.iter().filter_map(|op| op.request.as_ref()) {
+            match op {
+                Op::RequestTxn(t) => self.check_ops(t, path, check)?,
+                other => check(other)?,
             }
         }
         Ok(())
@@ -310,10 +256,8 @@ impl<B: Backend> Store<B> {
     /// empty KeyValue (version, revisions and lease 0), except that a VALUE compare then fails.
     pub(super) fn compare(&self, c: &Compare, now: i64) -> Result<bool, MvccError> {
         let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
-        let hits: Vec<(&[u8], &KeyRev)> = self
-            .index
-            .range(&c.key, RangeEnd::from_request(&c.range_end), now)
-            .collect();
+        let hits: Vec<(&[u8], &KeyRev)> =
+            self.index.range(&c.key, RangeEnd::from_request(&c.range_end), now).collect();
         if hits.is_empty() {
             if target == CompareTarget::Value {
                 return Ok(false);
@@ -321,11 +265,7 @@ impl<B: Backend> Store<B> {
             return Ok(compare_one(c, target, None, &[]));
         }
         for (_, kr) in hits {
-            let value = if target == CompareTarget::Value {
-                self.value_at(kr.mod_rev)?
-            } else {
-                Vec::new()
-            };
+            let value = if target == CompareTarget::Value { self.value_at(kr.mod_rev)? } else { Vec::new() };
             if !compare_one(c, target, Some(kr), &value) {
                 return Ok(false);
             }
@@ -346,9 +286,7 @@ fn compare_one(c: &Compare, target: CompareTarget, kr: Option<&KeyRev>, value: &
         }
         _ => {
             let (have, want) = match (target, &c.target_union) {
-                (CompareTarget::Version, Some(TargetUnion::Version(v))) => {
-                    (kr.map_or(0, |k| k.version), *v)
-                }
+                (CompareTarget::Version, Some(TargetUnion::Version(v))) => (kr.map_or(0, |k| k.version), *v),
                 (CompareTarget::Version, _) => (kr.map_or(0, |k| k.version), 0),
                 (CompareTarget::Create, Some(TargetUnion::CreateRevision(v))) => {
                     (kr.map_or(0, |k| k.create_rev), *v)
@@ -358,9 +296,7 @@ fn compare_one(c: &Compare, target: CompareTarget, kr: Option<&KeyRev>, value: &
                     (kr.map_or(0, |k| k.mod_rev.main), *v)
                 }
                 (CompareTarget::Mod, _) => (kr.map_or(0, |k| k.mod_rev.main), 0),
-                (CompareTarget::Lease, Some(TargetUnion::Lease(v))) => {
-                    (kr.map_or(0, |k| k.lease), *v)
-                }
+                (CompareTarget::Lease, Some(TargetUnion::Lease(v))) => (kr.map_or(0, |k| k.lease), *v),
                 (_, _) => (kr.map_or(0, |k| k.lease), 0),
             };
             have.cmp(&want)
@@ -403,14 +339,10 @@ impl<B: Backend> TxnOps for ReadView<'_, B> {
         self.store.range_as_of(req, self.now)
     }
     fn put(&mut self, _: &PutRequest) -> Result<PutResponse, MvccError> {
-        Err(MvccError::Backend(
-            "write in a read-only transaction".into(),
-        ))
+        Err(MvccError::Backend("write in a read-only transaction".into()))
     }
     fn delete_range(&mut self, _: &DeleteRangeRequest) -> Result<DeleteRangeResponse, MvccError> {
-        Err(MvccError::Backend(
-            "write in a read-only transaction".into(),
-        ))
+        Err(MvccError::Backend("write in a read-only transaction".into()))
     }
 }
 
@@ -420,29 +352,19 @@ fn exec_txn(
     path: &mut impl Iterator<Item = bool>,
 ) -> Result<TxnResponse, MvccError> {
     let succeeded = path.next().unwrap_or(false);
-    let branch = if succeeded {
-        &req.success
-    } else {
-        &req.failure
-    };
+    let branch = if succeeded { &req.success } else { &req.failure };
     let mut responses = Vec::with_capacity(branch.len());
     for op in branch {
         let response = match &op.request {
             Some(Op::RequestRange(r)) => Some(OpResponse::ResponseRange(ops.range(r)?)),
             Some(Op::RequestPut(p)) => Some(OpResponse::ResponsePut(ops.put(p)?)),
-            Some(Op::RequestDeleteRange(d)) => {
-                Some(OpResponse::ResponseDeleteRange(ops.delete_range(d)?))
-            }
+            Some(Op::RequestDeleteRange(d)) => Some(OpResponse::ResponseDeleteRange(ops.delete_range(d)?)),
             Some(Op::RequestTxn(t)) => Some(OpResponse::ResponseTxn(exec_txn(ops, t, path)?)),
             None => None,
         };
         responses.push(ResponseOp { response });
     }
-    Ok(TxnResponse {
-        header: Some(ResponseHeader::default()),
-        succeeded,
-        responses,
-    })
+    Ok(TxnResponse { header: Some(ResponseHeader::default()), succeeded, responses })
 }
 
 /// Whether a Txn, on either branch and at any depth, only reads.
@@ -468,25 +390,12 @@ mod tests {
     }
 
     fn put(s: &mut Store<MemBackend>, k: &str, v: &str) -> i64 {
-        let req = PutRequest {
-            key: k.into(),
-            value: v.into(),
-            ..Default::default()
-        };
-        s.put(&req, &no_leases)
-            .unwrap()
-            .response
-            .header
-            .unwrap()
-            .revision
+        let req = PutRequest { key: k.into(), value: v.into(), ..Default::default() };
+        s.put(&req, &no_leases).unwrap().response.header.unwrap().revision
     }
 
     fn get(s: &Store<MemBackend>, k: &str, rev: i64) -> Result<Option<KeyValue>, MvccError> {
-        let req = RangeRequest {
-            key: k.into(),
-            revision: rev,
-            ..Default::default()
-        };
+        let req = RangeRequest { key: k.into(), revision: rev, ..Default::default() };
         Ok(s.range(&req)?.kvs.into_iter().next())
     }
 
@@ -526,11 +435,8 @@ mod tests {
         assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
         assert_eq!(kv.value, b"2");
 
-        let del = s.delete_range(&DeleteRangeRequest {
-            key: "a".into(),
-            prev_kv: true,
-            ..Default::default()
-        });
+        let del =
+            s.delete_range(&DeleteRangeRequest { key: "a".into(), prev_kv: true, ..Default::default() });
         let del = del.unwrap();
         assert_eq!(del.response.deleted, 1);
         assert_eq!(del.response.prev_kvs[0].value, b"2");
@@ -538,26 +444,13 @@ mod tests {
         assert_eq!(del.events[0].r#type, EventType::Delete as i32);
 
         // Deleting nothing does not create a revision.
-        let none = s
-            .delete_range(&DeleteRangeRequest {
-                key: "a".into(),
-                ..Default::default()
-            })
-            .unwrap();
+        let none = s.delete_range(&DeleteRangeRequest { key: "a".into(), ..Default::default() }).unwrap();
         assert_eq!((none.response.deleted, s.current_revision()), (0, 4));
 
         assert_eq!(put(&mut s, "a", "3"), 5);
         let kv = get(&s, "a", 0).unwrap().unwrap();
-        assert_eq!(
-            (kv.create_revision, kv.version),
-            (5, 1),
-            "a re-created key starts over"
-        );
-        assert_eq!(
-            get(&s, "a", 3).unwrap().unwrap().value,
-            b"2",
-            "history read"
-        );
+        assert_eq!((kv.create_revision, kv.version), (5, 1), "a re-created key starts over");
+        assert_eq!(get(&s, "a", 3).unwrap().unwrap().value, b"2", "history read");
         assert_eq!(get(&s, "a", 4).unwrap(), None, "deleted at 4");
         assert_eq!(get(&s, "a", 6), Err(MvccError::FutureRev));
     }
@@ -569,21 +462,13 @@ mod tests {
             put(&mut s, "k", &i.to_string()); // revisions 2..=6
         }
         put(&mut s, "gone", "x"); // 7
-        s.delete_range(&DeleteRangeRequest {
-            key: "gone".into(),
-            ..Default::default()
-        })
-        .unwrap(); // 8
+        s.delete_range(&DeleteRangeRequest { key: "gone".into(), ..Default::default() }).unwrap(); // 8
         let mut s = flushed(s);
         assert_eq!(s.backend.len(), 7);
         s.compact(7).unwrap();
         let s2 = flushed(s);
         let mut s = s2;
-        assert_eq!(
-            s.backend.len(),
-            3,
-            "k@6 (visible at 7), gone@7, gone's tombstone@8"
-        );
+        assert_eq!(s.backend.len(), 3, "k@6 (visible at 7), gone@7, gone's tombstone@8");
         assert_eq!(get(&s, "k", 6), Err(MvccError::Compacted));
         assert_eq!(get(&s, "k", 7).unwrap().unwrap().value, b"4");
         assert_eq!(s.compact(7), Err(MvccError::Compacted));
@@ -616,44 +501,19 @@ mod tests {
         put(&mut s, "a", "3"); // 3
         put(&mut s, "b", "2"); // 4
         put(&mut s, "b", "2"); // 5
-        let all = RangeRequest {
-            key: vec![0],
-            range_end: vec![0],
-            ..Default::default()
-        };
+        let all = RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
         let keys = |r: &RangeResponse| {
-            r.kvs
-                .iter()
-                .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
-                .collect::<Vec<_>>()
+            r.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()).collect::<Vec<_>>()
         };
 
-        let r = s
-            .range(&RangeRequest {
-                limit: 2,
-                ..all.clone()
-            })
-            .unwrap();
-        assert_eq!(
-            (keys(&r), r.more, r.count),
-            (vec!["a".into(), "b".into()], true, 3)
-        );
+        let r = s.range(&RangeRequest { limit: 2, ..all.clone() }).unwrap();
+        assert_eq!((keys(&r), r.more, r.count), (vec!["a".into(), "b".into()], true, 3));
 
-        let r = s
-            .range(&RangeRequest {
-                count_only: true,
-                ..all.clone()
-            })
-            .unwrap();
+        let r = s.range(&RangeRequest { count_only: true, ..all.clone() }).unwrap();
         assert!(r.kvs.is_empty());
         assert_eq!(r.count, 3);
 
-        let r = s
-            .range(&RangeRequest {
-                keys_only: true,
-                ..all.clone()
-            })
-            .unwrap();
+        let r = s.range(&RangeRequest { keys_only: true, ..all.clone() }).unwrap();
         assert!(r.kvs.iter().all(|kv| kv.value.is_empty()));
 
         let by = |target: SortTarget, order: SortOrder| {
@@ -676,29 +536,13 @@ mod tests {
         assert_eq!(by(SortTarget::Mod, SortOrder::Descend), ["b", "a", "c"]);
         assert_eq!(by(SortTarget::Version, SortOrder::Descend)[0], "b");
 
-        let r = s
-            .range(&RangeRequest {
-                min_mod_revision: 3,
-                max_mod_revision: 4,
-                ..all.clone()
-            })
-            .unwrap();
+        let r = s.range(&RangeRequest { min_mod_revision: 3, max_mod_revision: 4, ..all.clone() }).unwrap();
         assert_eq!(keys(&r), ["a"]);
-        let r = s
-            .range(&RangeRequest {
-                min_create_revision: 3,
-                ..all.clone()
-            })
-            .unwrap();
+        let r = s.range(&RangeRequest { min_create_revision: 3, ..all.clone() }).unwrap();
         assert_eq!(keys(&r), ["a", "b"]);
 
-        let r = s
-            .range(&RangeRequest {
-                key: "a".into(),
-                range_end: "c".into(),
-                ..Default::default()
-            })
-            .unwrap();
+        let r =
+            s.range(&RangeRequest { key: "a".into(), range_end: "c".into(), ..Default::default() }).unwrap();
         assert_eq!(keys(&r), ["a", "b"]);
         assert_eq!(r.header.unwrap().revision, 5);
     }
@@ -714,46 +558,17 @@ mod tests {
             (cmp("k", T::Version, Equal, TargetUnion::Version(2)), true),
             (cmp("k", T::Version, Greater, TargetUnion::Version(1)), true),
             (cmp("k", T::Version, Less, TargetUnion::Version(2)), false),
-            (
-                cmp("k", T::Version, NotEqual, TargetUnion::Version(2)),
-                false,
-            ),
-            (
-                cmp("k", T::Create, Equal, TargetUnion::CreateRevision(2)),
-                true,
-            ),
+            (cmp("k", T::Version, NotEqual, TargetUnion::Version(2)), false),
+            (cmp("k", T::Create, Equal, TargetUnion::CreateRevision(2)), true),
             (cmp("k", T::Mod, Greater, TargetUnion::ModRevision(2)), true),
             (cmp("k", T::Mod, Less, TargetUnion::ModRevision(3)), false),
-            (
-                cmp("k", T::Value, Equal, TargetUnion::Value("m".into())),
-                true,
-            ),
-            (
-                cmp("k", T::Value, Greater, TargetUnion::Value("a".into())),
-                true,
-            ),
-            (
-                cmp("k", T::Value, Less, TargetUnion::Value("a".into())),
-                false,
-            ),
+            (cmp("k", T::Value, Equal, TargetUnion::Value("m".into())), true),
+            (cmp("k", T::Value, Greater, TargetUnion::Value("a".into())), true),
+            (cmp("k", T::Value, Less, TargetUnion::Value("a".into())), false),
             (cmp("k", T::Lease, Equal, TargetUnion::Lease(0)), true),
-            (
-                cmp("missing", T::Version, Equal, TargetUnion::Version(0)),
-                true,
-            ),
-            (
-                cmp("missing", T::Create, Equal, TargetUnion::CreateRevision(0)),
-                true,
-            ),
-            (
-                cmp(
-                    "missing",
-                    T::Value,
-                    NotEqual,
-                    TargetUnion::Value("x".into()),
-                ),
-                false,
-            ),
+            (cmp("missing", T::Version, Equal, TargetUnion::Version(0)), true),
+            (cmp("missing", T::Create, Equal, TargetUnion::CreateRevision(0)), true),
+            (cmp("missing", T::Value, NotEqual, TargetUnion::Value("x".into())), false),
         ];
         for (c, want) in cases {
             assert_eq!(s.compare(&c, s.current_revision()).unwrap(), want, "{c:?}");
@@ -783,10 +598,7 @@ mod tests {
                 put_op("x", "1"),
                 put_op("y", "2"),
                 RequestOp {
-                    request: Some(Op::RequestRange(RangeRequest {
-                        key: "x".into(),
-                        ..Default::default()
-                    })),
+                    request: Some(Op::RequestRange(RangeRequest { key: "x".into(), ..Default::default() })),
                 },
                 RequestOp {
                     request: Some(Op::RequestTxn(TxnRequest {
@@ -807,19 +619,10 @@ mod tests {
         assert!(applied.response.succeeded);
         assert_eq!(applied.response.header.unwrap().revision, 3);
         assert_eq!(applied.events.len(), 3);
-        let subs: Vec<_> = applied
-            .events
-            .iter()
-            .map(|e| e.kv.as_ref().unwrap().mod_revision)
-            .collect();
+        let subs: Vec<_> = applied.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect();
         assert_eq!(subs, [3, 3, 3]);
-        let Some(OpResponse::ResponseRange(r)) = &applied.response.responses[2].response else {
-            panic!()
-        };
-        assert_eq!(
-            r.kvs[0].value, b"1",
-            "a read after a write in the same txn sees it"
-        );
+        let Some(OpResponse::ResponseRange(r)) = &applied.response.responses[2].response else { panic!() };
+        assert_eq!(r.kvs[0].value, b"1", "a read after a write in the same txn sees it");
         // The nested compare ran against the state before the txn, where "x" did not exist.
         assert_eq!(get(&s, "nested", 0).unwrap().unwrap().mod_revision, 3);
         assert_eq!(get(&s, "failed", 0).unwrap(), None);
@@ -846,42 +649,16 @@ mod tests {
     #[test]
     fn put_checks() {
         let mut s = Store::open(MemBackend::default(), 1, 0).unwrap();
-        let ignore = PutRequest {
-            key: "a".into(),
-            ignore_value: true,
-            ..Default::default()
-        };
-        assert_eq!(
-            s.put(&ignore, &no_leases).unwrap_err(),
-            MvccError::KeyNotFound
-        );
-        let leased = PutRequest {
-            key: "a".into(),
-            lease: 7,
-            ..Default::default()
-        };
-        assert_eq!(
-            s.put(&leased, &no_leases).unwrap_err(),
-            MvccError::LeaseNotFound
-        );
+        let ignore = PutRequest { key: "a".into(), ignore_value: true, ..Default::default() };
+        assert_eq!(s.put(&ignore, &no_leases).unwrap_err(), MvccError::KeyNotFound);
+        let leased = PutRequest { key: "a".into(), lease: 7, ..Default::default() };
+        assert_eq!(s.put(&leased, &no_leases).unwrap_err(), MvccError::LeaseNotFound);
         assert_eq!(s.current_revision(), 1);
         put(&mut s, "a", "v");
-        let r = s
-            .put(
-                &PutRequest {
-                    prev_kv: true,
-                    ..ignore
-                },
-                &no_leases,
-            )
-            .unwrap();
+        let r = s.put(&PutRequest { prev_kv: true, ..ignore }, &no_leases).unwrap();
         assert_eq!(r.response.prev_kv.unwrap().value, b"v");
         let kv = get(&s, "a", 0).unwrap().unwrap();
-        assert_eq!(
-            (kv.value.as_slice(), kv.version),
-            (&b"v"[..], 2),
-            "ignore_value keeps the value"
-        );
+        assert_eq!((kv.value.as_slice(), kv.version), (&b"v"[..], 2), "ignore_value keeps the value");
     }
 
     #[test]
@@ -890,18 +667,12 @@ mod tests {
         put(&mut s, "a", "1");
         let req = TxnRequest {
             success: vec![RequestOp {
-                request: Some(Op::RequestRange(RangeRequest {
-                    key: "a".into(),
-                    ..Default::default()
-                })),
+                request: Some(Op::RequestRange(RangeRequest { key: "a".into(), ..Default::default() })),
             }],
             ..Default::default()
         };
         assert!(is_read_only(&req));
-        assert!(!is_read_only(&TxnRequest {
-            failure: vec![put_op("a", "b")],
-            ..Default::default()
-        }));
+        assert!(!is_read_only(&TxnRequest { failure: vec![put_op("a", "b")], ..Default::default() }));
         let r = s.txn_read(&req).unwrap();
         assert!(r.succeeded);
         assert_eq!(r.header.unwrap().revision, 2);

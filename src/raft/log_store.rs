@@ -16,11 +16,7 @@ use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use super::{decode, encode};
 use crate::storage::{keys, Db};
 
-fn io_err(
-    subject: ErrorSubject<u64>,
-    verb: ErrorVerb,
-    e: impl std::error::Error + 'static,
-) -> StorageError {
+fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
     StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
 }
 
@@ -46,10 +42,7 @@ impl LogStore {
         LogStore { db, flusher: tx }
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &[u8],
-    ) -> Result<Option<T>, StorageError> {
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
         match self.db.raft.get(key).map_err(read_err)? {
             Some(v) => Ok(Some(decode(&v).map_err(read_err)?)),
             None => Ok(None),
@@ -64,10 +57,7 @@ impl LogStore {
 
     async fn sync(&self) -> Result<(), StorageError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.sync())
-            .await
-            .map_err(write_err)?
-            .map_err(write_err)
+        tokio::task::spawn_blocking(move || db.sync()).await.map_err(write_err)?.map_err(write_err)
     }
 }
 
@@ -132,10 +122,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|(_, v)| decode::<Entry>(&v).map(|e| *e.get_log_id()))
             .transpose()
             .map_err(read_err)?;
-        Ok(LogState {
-            last_purged_log_id: last_purged,
-            last_log_id: last.or(last_purged),
-        })
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -160,36 +147,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId>>(keys::COMMITTED)?.flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            batch.insert(
-                &keys::log(entry.log_id.index),
-                encode(&entry).map_err(write_err)?,
-            );
+            batch.insert(&keys::log(entry.log_id.index), encode(&entry).map_err(write_err)?);
         }
         self.db.raft.apply_batch(batch).map_err(write_err)?;
-        self.flusher
-            .send(callback)
-            .map_err(|_| write_err(std::io::Error::other("log flusher stopped")))?;
+        self.flusher.send(callback).map_err(|_| write_err(std::io::Error::other("log flusher stopped")))?;
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
-        for item in self
-            .db
-            .raft
-            .range(keys::log(log_id.index)..=keys::log(u64::MAX))
-        {
+        for item in self.db.raft.range(keys::log(log_id.index)..=keys::log(u64::MAX)) {
             batch.remove(item.map_err(write_err)?.0);
         }
         self.db.raft.apply_batch(batch).map_err(write_err)?;

@@ -20,8 +20,6 @@ pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, bincode::err
     bincode::serde::encode_to_vec(v, bincode::config::standard())
 }
 
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(
-    b: &[u8],
-) -> Result<T, bincode::error::DecodeError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, bincode::error::DecodeError> {
     bincode::serde::decode_from_slice(b, bincode::config::standard()).map(|(v, _)| v)
 }

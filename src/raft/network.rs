@@ -4,9 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -27,11 +25,8 @@ pub struct Network {
 
 impl Network {
     pub fn channel(&self, id: u64, member: &Member) -> Result<Channel, String> {
-        let url = member
-            .peer_urls
-            .first()
-            .cloned()
-            .ok_or_else(|| format!("member {id:x} has no peer URL"))?;
+        let url =
+            member.peer_urls.first().cloned().ok_or_else(|| format!("member {id:x} has no peer URL"))?;
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((u, ch)) = map.get(&id) {
             if *u == url {
@@ -63,10 +58,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &Member) -> PeerClient {
-        PeerClient {
-            target,
-            client: self.client(target, node),
-        }
+        PeerClient { target, client: self.client(target, node) }
     }
 }
 
@@ -82,9 +74,10 @@ impl PeerClient {
         Resp: serde::de::DeserializeOwned,
         E: std::error::Error + serde::de::DeserializeOwned,
     {
-        let client = self.client.as_mut().map_err(|e| {
-            RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.clone())))
-        })?;
+        let client = self
+            .client
+            .as_mut()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.clone()))))?;
         let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(RaftPayload { data });
         request.set_timeout(option.hard_ttl());
@@ -97,8 +90,8 @@ impl PeerClient {
             tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&s)),
             _ => RPCError::Network(NetworkError::new(&s)),
         })?;
-        let result: Result<Resp, E> = decode(&reply.into_inner().data)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, E> =
+            decode(&reply.into_inner().data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -122,10 +115,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<u64>,
-        RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>,
-    > {
+    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>>
+    {
         self.call(&rpc, &option, Method::Snapshot).await
     }
 

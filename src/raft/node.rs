@@ -76,24 +76,13 @@ impl RaftNode {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    async fn forward(
-        &self,
-        leader: u64,
-        node: &Member,
-        req: &Request,
-    ) -> Result<Response, NodeError> {
-        let mut client = self
-            .network
-            .client(leader, node)
-            .map_err(NodeError::Internal)?;
+    async fn forward(&self, leader: u64, node: &Member, req: &Request) -> Result<Response, NodeError> {
+        let mut client = self.network.client(leader, node).map_err(NodeError::Internal)?;
         let data = encode(req).map_err(|e| NodeError::Internal(e.to_string()))?;
-        let reply = client
-            .forward(RaftPayload { data })
-            .await
-            .map_err(|s| match s.code() {
-                tonic::Code::Unavailable => NodeError::NoLeader,
-                _ => NodeError::Internal(s.message().to_string()),
-            })?;
+        let reply = client.forward(RaftPayload { data }).await.map_err(|s| match s.code() {
+            tonic::Code::Unavailable => NodeError::NoLeader,
+            _ => NodeError::Internal(s.message().to_string()),
+        })?;
         let result: Result<Response, NodeError> =
             decode(&reply.into_inner().data).map_err(|e| NodeError::Internal(e.to_string()))?;
         result
@@ -101,8 +90,7 @@ impl RaftNode {
 
     fn single_voter(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
-        m.current_leader == Some(self.id)
-            && m.membership_config.membership().voter_ids().count() == 1
+        m.current_leader == Some(self.id) && m.membership_config.membership().voter_ids().count() == 1
     }
 
     /// Waits until a read of the local state is linearizable: this member has applied everything that was
@@ -133,22 +121,14 @@ impl RaftNode {
                     };
                 }
                 Some(l) => {
-                    let node = self
-                        .raft
-                        .metrics()
-                        .borrow()
-                        .membership_config
-                        .membership()
-                        .get_node(&l)
-                        .cloned();
+                    let node =
+                        self.raft.metrics().borrow().membership_config.membership().get_node(&l).cloned();
                     if let Some(node) = node {
-                        let mut client =
-                            self.network.client(l, &node).map_err(NodeError::Internal)?;
+                        let mut client = self.network.client(l, &node).map_err(NodeError::Internal)?;
                         let reply = client.read_index(RaftPayload { data: Vec::new() }).await;
                         if let Ok(reply) = reply {
-                            let result: Result<u64, NodeError> =
-                                decode(&reply.into_inner().data)
-                                    .map_err(|e| NodeError::Internal(e.to_string()))?;
+                            let result: Result<u64, NodeError> = decode(&reply.into_inner().data)
+                                .map_err(|e| NodeError::Internal(e.to_string()))?;
                             return result;
                         }
                     }

@@ -13,9 +13,7 @@ pub struct PeerService {
 }
 
 fn payload<T: serde::Serialize>(v: &T) -> Result<GrpcResponse<RaftPayload>, Status> {
-    encode(v)
-        .map(|data| GrpcResponse::new(RaftPayload { data }))
-        .map_err(|e| Status::internal(e.to_string()))
+    encode(v).map(|data| GrpcResponse::new(RaftPayload { data })).map_err(|e| Status::internal(e.to_string()))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(req: GrpcRequest<RaftPayload>) -> Result<T, Status> {
@@ -32,10 +30,7 @@ impl RaftPeer for PeerService {
         payload(&self.node.raft.append_entries(rpc).await)
     }
 
-    async fn vote(
-        &self,
-        req: GrpcRequest<RaftPayload>,
-    ) -> Result<GrpcResponse<RaftPayload>, Status> {
+    async fn vote(&self, req: GrpcRequest<RaftPayload>) -> Result<GrpcResponse<RaftPayload>, Status> {
         let rpc = parse(req)?;
         payload(&self.node.raft.vote(rpc).await)
     }
@@ -48,19 +43,13 @@ impl RaftPeer for PeerService {
         payload(&self.node.raft.install_snapshot(rpc).await)
     }
 
-    async fn forward(
-        &self,
-        req: GrpcRequest<RaftPayload>,
-    ) -> Result<GrpcResponse<RaftPayload>, Status> {
+    async fn forward(&self, req: GrpcRequest<RaftPayload>) -> Result<GrpcResponse<RaftPayload>, Status> {
         let request: Request = parse(req)?;
         let result: Result<_, NodeError> = self.node.write(request).await;
         payload(&result)
     }
 
-    async fn read_index(
-        &self,
-        _req: GrpcRequest<RaftPayload>,
-    ) -> Result<GrpcResponse<RaftPayload>, Status> {
+    async fn read_index(&self, _req: GrpcRequest<RaftPayload>) -> Result<GrpcResponse<RaftPayload>, Status> {
         let result = self.node.read_index().await;
         payload(&result)
     }

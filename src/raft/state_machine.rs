@@ -15,27 +15,18 @@ use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, BufWriter};
 
 use super::types::{
-    Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
-    TypeConfig,
+    Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 use super::{decode, encode};
 use crate::mvcc::{Changes, Store};
 use crate::storage::{keys, Db, SledBackend};
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
-    StorageError::from_io_error(
-        ErrorSubject::StateMachine,
-        verb,
-        std::io::Error::other(e.to_string()),
-    )
+    StorageError::from_io_error(ErrorSubject::StateMachine, verb, std::io::Error::other(e.to_string()))
 }
 
 fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
-    StorageError::from_io_error(
-        ErrorSubject::Snapshot(None),
-        verb,
-        std::io::Error::other(e.to_string()),
-    )
+    StorageError::from_io_error(ErrorSubject::Snapshot(None), verb, std::io::Error::other(e.to_string()))
 }
 
 /// The applied state, shared by the Raft core (which applies) and the API (which reads).
@@ -68,10 +59,7 @@ impl StateMachine {
         Ok(Arc::new(StateMachine {
             db,
             store: RwLock::new(store),
-            meta: Mutex::new(Applied {
-                last_applied,
-                membership,
-            }),
+            meta: Mutex::new(Applied { last_applied, membership }),
             snapshot_dir,
         }))
     }
@@ -84,7 +72,8 @@ impl StateMachine {
             }
         };
         let current = read_i64(keys::CURRENT_REV)?.unwrap_or(1);
-        let compacted = read_i64(keys::COMPACT_REV)?.unwrap_or(0);
+        // -1 like etcd: "nothing compacted yet", so that compacting at revision 0 succeeds once.
+        let compacted = read_i64(keys::COMPACT_REV)?.unwrap_or(-1);
         Store::open(SledBackend::new(db.state.clone()), current, compacted)
             .map_err(|e| sm_err(ErrorVerb::Read, e))
     }
@@ -97,18 +86,11 @@ impl StateMachine {
     }
 
     pub fn last_applied(&self) -> Option<LogId> {
-        self.meta
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .last_applied
+        self.meta.lock().unwrap_or_else(|p| p.into_inner()).last_applied
     }
 
     pub fn membership(&self) -> StoredMembership {
-        self.meta
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .membership
-            .clone()
+        self.meta.lock().unwrap_or_else(|p| p.into_inner()).membership.clone()
     }
 
     pub fn db(&self) -> &Arc<Db> {
@@ -131,15 +113,11 @@ impl StateMachine {
                 }
                 EntryPayload::Normal(req) => {
                     let result = match req {
-                        Request::Put(r) => {
-                            store.put(&r, &no_leases).map(|a| Response::Put(a.response))
+                        Request::Put(r) => store.put(&r, &no_leases).map(|a| Response::Put(a.response)),
+                        Request::DeleteRange(r) => {
+                            store.delete_range(&r).map(|a| Response::DeleteRange(a.response))
                         }
-                        Request::DeleteRange(r) => store
-                            .delete_range(&r)
-                            .map(|a| Response::DeleteRange(a.response)),
-                        Request::Txn(r) => {
-                            store.txn(&r, &no_leases).map(|a| Response::Txn(a.response))
-                        }
+                        Request::Txn(r) => store.txn(&r, &no_leases).map(|a| Response::Txn(a.response)),
                         Request::Compact(r) => store.compact(r.revision).map(|()| {
                             Response::Compact(crate::pb::etcdserverpb::CompactionResponse {
                                 header: Some(crate::pb::etcdserverpb::ResponseHeader {
@@ -171,18 +149,9 @@ impl StateMachine {
         }
         batch.insert(keys::APPLIED, encode(&meta.last_applied).map_err(w)?);
         batch.insert(keys::MEMBERSHIP, encode(&meta.membership).map_err(w)?);
-        batch.insert(
-            keys::CURRENT_REV,
-            encode(&changes.current_revision).map_err(w)?,
-        );
-        batch.insert(
-            keys::COMPACT_REV,
-            encode(&changes.compact_revision).map_err(w)?,
-        );
-        self.db
-            .state
-            .apply_batch(batch)
-            .map_err(|e| sm_err(ErrorVerb::Write, e))
+        batch.insert(keys::CURRENT_REV, encode(&changes.current_revision).map_err(w)?);
+        batch.insert(keys::COMPACT_REV, encode(&changes.compact_revision).map_err(w)?);
+        self.db.state.apply_batch(batch).map_err(|e| sm_err(ErrorVerb::Write, e))
     }
 
     fn snapshot_path(&self, id: &str) -> PathBuf {
@@ -198,10 +167,7 @@ pub struct StateMachineStore {
 
 /// Snapshot file layout: `u32` length + bincode `SnapshotMeta`, then records of `u32` key length, key,
 /// `u32` value length, value — every key of the state machine tree, in order.
-async fn write_snapshot(
-    sm: &StateMachine,
-    tmp: &std::path::Path,
-) -> Result<SnapshotMeta, StorageError> {
+async fn write_snapshot(sm: &StateMachine, tmp: &std::path::Path) -> Result<SnapshotMeta, StorageError> {
     let we = |e: std::io::Error| snap_err(ErrorVerb::Write, e);
     // Applies wait while the dump runs, so records and applied id agree.
     let (meta, pairs) = {
@@ -252,18 +218,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let tmp = self.sm.snapshot_dir.join("building.tmp");
         let meta = write_snapshot(&self.sm, &tmp).await?;
         let path = self.sm.snapshot_path(&meta.snapshot_id);
-        tokio::fs::rename(&tmp, &path)
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        tokio::fs::rename(&tmp, &path).await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
         remove_other_snapshots(&self.sm.snapshot_dir, &path).await;
         tracing::info!(snapshot = %meta.snapshot_id, "built snapshot");
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(file),
-        })
+        let file = tokio::fs::File::open(&path).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
 }
 
@@ -282,12 +241,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        let meta = self
-            .sm
-            .meta
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let meta = self.sm.meta.lock().unwrap_or_else(|p| p.into_inner()).clone();
         Ok((meta.last_applied, meta.membership))
     }
 
@@ -325,9 +279,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let re = |e: std::io::Error| snap_err(ErrorVerb::Read, e);
         snapshot.sync_all().await.map_err(re)?;
         let path = self.sm.snapshot_path(&meta.snapshot_id);
-        tokio::fs::rename(self.sm.snapshot_dir.join("receiving.tmp"), &path)
-            .await
-            .map_err(re)?;
+        tokio::fs::rename(self.sm.snapshot_dir.join("receiving.tmp"), &path).await.map_err(re)?;
         remove_other_snapshots(&self.sm.snapshot_dir, &path).await;
         read_snapshot_meta(&mut snapshot).await.map_err(re)?;
         let mut r = BufReader::new(*snapshot);
@@ -360,10 +312,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             sm.db.state.apply_batch(batch).map_err(we)?;
             sm.db.sync().map_err(|e| snap_err(ErrorVerb::Write, e))?;
             *store = StateMachine::open_store(&sm.db)?;
-            *sm.meta.lock().unwrap_or_else(|p| p.into_inner()) = Applied {
-                last_applied: meta.last_log_id,
-                membership: meta.last_membership.clone(),
-            };
+            *sm.meta.lock().unwrap_or_else(|p| p.into_inner()) =
+                Applied { last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
             tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot from the leader");
             Ok(())
         })
@@ -379,19 +329,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         while let Ok(Some(e)) = rd.next_entry().await {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "snap") {
-                let mut file = tokio::fs::File::open(&p)
-                    .await
-                    .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-                let meta = read_snapshot_meta(&mut file)
-                    .await
-                    .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-                file.seek(SeekFrom::Start(0))
-                    .await
-                    .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-                return Ok(Some(Snapshot {
-                    meta,
-                    snapshot: Box::new(file),
-                }));
+                let mut file = tokio::fs::File::open(&p).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                let meta = read_snapshot_meta(&mut file).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                file.seek(SeekFrom::Start(0)).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                return Ok(Some(Snapshot { meta, snapshot: Box::new(file) }));
             }
         }
         Ok(None)

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::mvcc::MvccError;
 use crate::pb::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    TxnRequest, TxnResponse,
 };
 
 /// A write request, as the client sent it (already validated by the API layer).

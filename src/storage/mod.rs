@@ -93,14 +93,7 @@ impl Db {
         let raft = db.open_tree("raft")?;
         let state = (*db).clone();
         let file = File::open(path.join("db"))?;
-        Ok(Db {
-            db,
-            raft,
-            state,
-            path,
-            file,
-            synced_blobs: Mutex::new(HashSet::new()),
-        })
+        Ok(Db { db, raft, state, path, file, synced_blobs: Mutex::new(HashSet::new()) })
     }
 
     /// Makes every write done so far durable. Blocking: call from a blocking-capable context.

@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 
 /// A free port on 127.0.0.1, found by binding port 0.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 pub struct Member {
@@ -41,18 +38,8 @@ impl Member {
         let child = Command::new(env!("CARGO_BIN_EXE_concord"))
             .args(["--name", &self.name])
             .args(["--data-dir", self.data_dir.to_str().unwrap()])
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-token", "concord-test"])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
@@ -80,8 +67,7 @@ impl Member {
     pub async fn client(&self) -> etcd_client::Client {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let opts =
-                etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
+            let opts = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
             if let Ok(mut c) = etcd_client::Client::connect([self.endpoint()], Some(opts)).await {
                 if c.status().await.is_ok() {
                     return c;
@@ -166,9 +152,8 @@ impl Cluster {
             if let Some((leader, _)) = seen.first() {
                 if *leader != 0 && seen.iter().all(|(l, _)| l == leader) {
                     if let Some(i) = seen.iter().position(|(_, id)| id == leader) {
-                        let running: Vec<usize> = (0..self.members.len())
-                            .filter(|i| self.members[*i].is_running())
-                            .collect();
+                        let running: Vec<usize> =
+                            (0..self.members.len()).filter(|i| self.members[*i].is_running()).collect();
                         return running[i];
                     }
                 }

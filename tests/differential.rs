@@ -1,0 +1,290 @@
+//! Differential test: the same random KV requests against real etcd and against concord, compared
+//! response by response (everything but the member-specific header fields) and error by error.
+//!
+//! Set `ETCD_BIN` to choose the etcd binary (default: `etcd` on PATH, Debian's 3.4).
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, Cluster};
+use concord::pb::etcdserverpb::compare::{CompareTarget, TargetUnion};
+use concord::pb::etcdserverpb::kv_client::KvClient;
+use concord::pb::etcdserverpb::request_op::Request as Op;
+use concord::pb::etcdserverpb::response_op::Response as OpResp;
+use concord::pb::etcdserverpb::*;
+use tonic::transport::Channel;
+
+struct Etcd {
+    child: Child,
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, peer) = (free_port(), free_port());
+        let client = format!("http://127.0.0.1:{port}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into());
+        let child = Command::new(&bin)
+            .args(["--name", "ref", "--data-dir", dir.path().join("d").to_str().unwrap()])
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("ref={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {bin} (install Debian's etcd-server): {e}"));
+        Etcd { child, _dir: dir, port }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn connect(port: u16) -> KvClient<Channel> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut c) = KvClient::connect(format!("http://127.0.0.1:{port}")).await {
+            let probe = RangeRequest { key: b"probe".to_vec(), ..Default::default() };
+            if c.range(probe).await.is_ok() {
+                return c;
+            }
+        }
+        assert!(Instant::now() < deadline, "server on {port} did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A small deterministic PRNG (xorshift), so a failure can be replayed from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+}
+
+const KEYS: &[&str] = &["a", "a/1", "a/2", "b", "b/1", "c", "d"];
+const VALUES: &[&str] = &["", "x", "y", "zz"];
+
+fn key_range(r: &mut Rng) -> (Vec<u8>, Vec<u8>) {
+    let key = r.pick(KEYS).as_bytes().to_vec();
+    let end = match r.below(5) {
+        0 | 1 => vec![],
+        2 => vec![0],
+        3 => {
+            let mut e = key.clone();
+            *e.last_mut().unwrap() += 1;
+            e
+        }
+        _ => r.pick(KEYS).as_bytes().to_vec(),
+    };
+    (key, end)
+}
+
+fn gen_range(r: &mut Rng, rev: i64) -> RangeRequest {
+    let (key, range_end) = key_range(r);
+    RangeRequest {
+        key,
+        range_end,
+        limit: if r.chance(30) { r.below(3) as i64 } else { 0 },
+        revision: if r.chance(30) { r.below(rev as u64 + 2) as i64 } else { 0 },
+        sort_order: if r.chance(30) { r.below(3) as i32 } else { 0 },
+        sort_target: if r.chance(30) { r.below(5) as i32 } else { 0 },
+        serializable: r.chance(20),
+        keys_only: r.chance(15),
+        count_only: r.chance(10),
+        min_mod_revision: if r.chance(10) { r.below(rev as u64 + 1) as i64 } else { 0 },
+        max_mod_revision: if r.chance(10) { r.below(rev as u64 + 1) as i64 } else { 0 },
+        min_create_revision: if r.chance(10) { r.below(rev as u64 + 1) as i64 } else { 0 },
+        max_create_revision: if r.chance(10) { r.below(rev as u64 + 1) as i64 } else { 0 },
+    }
+}
+
+fn gen_put(r: &mut Rng) -> PutRequest {
+    let ignore_value = r.chance(10);
+    PutRequest {
+        key: r.pick(KEYS).as_bytes().to_vec(),
+        value: if ignore_value && r.chance(70) { vec![] } else { r.pick(VALUES).as_bytes().to_vec() },
+        lease: 0,
+        prev_kv: r.chance(40),
+        ignore_value,
+        ignore_lease: r.chance(5),
+    }
+}
+
+fn gen_delete(r: &mut Rng) -> DeleteRangeRequest {
+    let (key, range_end) = key_range(r);
+    DeleteRangeRequest { key, range_end, prev_kv: r.chance(50) }
+}
+
+fn gen_compare(r: &mut Rng, rev: i64) -> Compare {
+    let (key, range_end) =
+        if r.chance(80) { (r.pick(KEYS).as_bytes().to_vec(), vec![]) } else { key_range(r) };
+    let target = r.below(5) as i32;
+    let n = r.below(rev as u64 + 2) as i64;
+    let target_union = Some(match CompareTarget::try_from(target).unwrap() {
+        CompareTarget::Version => TargetUnion::Version(r.below(4) as i64),
+        CompareTarget::Create => TargetUnion::CreateRevision(n),
+        CompareTarget::Mod => TargetUnion::ModRevision(n),
+        CompareTarget::Value => TargetUnion::Value(r.pick(VALUES).as_bytes().to_vec()),
+        CompareTarget::Lease => TargetUnion::Lease(0),
+    });
+    Compare { result: r.below(4) as i32, target, key, target_union, range_end }
+}
+
+fn gen_ops(r: &mut Rng, rev: i64, depth: u32) -> Vec<RequestOp> {
+    (0..r.below(4))
+        .map(|_| {
+            let request = match r.below(if depth < 2 { 4 } else { 3 }) {
+                0 => Op::RequestRange(gen_range(r, rev)),
+                1 => Op::RequestPut(gen_put(r)),
+                2 => Op::RequestDeleteRange(gen_delete(r)),
+                _ => Op::RequestTxn(gen_txn(r, rev, depth + 1)),
+            };
+            RequestOp { request: Some(request) }
+        })
+        .collect()
+}
+
+fn gen_txn(r: &mut Rng, rev: i64, depth: u32) -> TxnRequest {
+    let mut t = TxnRequest {
+        compare: (0..r.below(3)).map(|_| gen_compare(r, rev)).collect(),
+        success: gen_ops(r, rev, depth),
+        failure: gen_ops(r, rev, depth),
+    };
+    if depth == 0 && has_delete(&t) {
+        // etcd 3.4 panics (and exits) on a put with ignore_value/ignore_lease of a key that an earlier op
+        // of the same txn deleted: its check runs before the txn, its apply finds no key. concord answers
+        // such a txn, so it cannot be compared; keep those flags out of txns that delete.
+        clear_ignore_flags(&mut t);
+    }
+    t
+}
+
+fn has_delete(t: &TxnRequest) -> bool {
+    t.success.iter().chain(&t.failure).any(|op| match &op.request {
+        Some(Op::RequestDeleteRange(_)) => true,
+        Some(Op::RequestTxn(n)) => has_delete(n),
+        _ => false,
+    })
+}
+
+fn clear_ignore_flags(t: &mut TxnRequest) {
+    for op in t.success.iter_mut().chain(t.failure.iter_mut()) {
+        match &mut op.request {
+            Some(Op::RequestPut(p)) => {
+                p.ignore_value = false;
+                p.ignore_lease = false;
+            }
+            Some(Op::RequestTxn(n)) => clear_ignore_flags(n),
+            _ => {}
+        }
+    }
+}
+
+fn scrub(h: &mut Option<ResponseHeader>) {
+    if let Some(h) = h {
+        h.cluster_id = 0;
+        h.member_id = 0;
+        h.raft_term = 0;
+    }
+}
+
+fn scrub_txn(t: &mut TxnResponse) {
+    scrub(&mut t.header);
+    for r in &mut t.responses {
+        match &mut r.response {
+            Some(OpResp::ResponseRange(x)) => scrub(&mut x.header),
+            Some(OpResp::ResponsePut(x)) => scrub(&mut x.header),
+            Some(OpResp::ResponseDeleteRange(x)) => scrub(&mut x.header),
+            Some(OpResp::ResponseTxn(x)) => scrub_txn(x),
+            None => {}
+        }
+    }
+}
+
+fn outcome<T: std::fmt::Debug>(
+    r: Result<tonic::Response<T>, tonic::Status>,
+    f: impl FnOnce(&mut T),
+) -> String {
+    match r {
+        Ok(resp) => {
+            let mut v = resp.into_inner();
+            f(&mut v);
+            format!("{v:?}")
+        }
+        Err(s) => format!("error {:?}: {}", s.code(), s.message()),
+    }
+}
+
+async fn run(c: &mut KvClient<Channel>, req: &Request) -> String {
+    match req.clone() {
+        Request::Range(x) => outcome(c.range(x).await, |v| scrub(&mut v.header)),
+        Request::Put(x) => outcome(c.put(x).await, |v| scrub(&mut v.header)),
+        Request::Delete(x) => outcome(c.delete_range(x).await, |v| scrub(&mut v.header)),
+        Request::Txn(x) => outcome(c.txn(x).await, scrub_txn),
+        Request::Compact(x) => outcome(c.compact(x).await, |v| scrub(&mut v.header)),
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Request {
+    Range(RangeRequest),
+    Put(PutRequest),
+    Delete(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compact(CompactionRequest),
+}
+
+#[tokio::test]
+async fn random_kv_requests_match_real_etcd() {
+    let etcd = Etcd::start();
+    let cluster = Cluster::start(1, &[]);
+    cluster.members[0].client().await;
+    let mut reference = connect(etcd.port).await;
+    let mut ours = connect(cluster.members[0].client_port).await;
+
+    let seed = std::env::var("DIFF_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_c0c0_u64);
+    let steps: usize = std::env::var("DIFF_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let mut r = Rng(seed);
+    let mut rev = 1i64;
+    for step in 0..steps {
+        let req = match r.below(100) {
+            0..=29 => Request::Range(gen_range(&mut r, rev)),
+            30..=54 => Request::Put(gen_put(&mut r)),
+            55..=64 => Request::Delete(gen_delete(&mut r)),
+            65..=96 => Request::Txn(gen_txn(&mut r, rev, 0)),
+            _ => Request::Compact(CompactionRequest {
+                revision: r.below(rev as u64 + 2) as i64,
+                physical: r.chance(50),
+            }),
+        };
+        let want = run(&mut reference, &req).await;
+        let got = run(&mut ours, &req).await;
+        assert_eq!(got, want, "step {step} (seed {seed:#x}) diverged on {req:?}");
+        // Track etcd's revision so generated revisions stay near the interesting range.
+        let probe = RangeRequest { key: b"a".to_vec(), serializable: true, ..Default::default() };
+        rev = reference.range(probe).await.unwrap().into_inner().header.map_or(rev, |h| h.revision);
+    }
+}
