@@ -203,6 +203,12 @@ impl Server {
             )));
         }
 
+        tasks.push(tokio::spawn(publish(
+            node.clone(),
+            config.advertise_client_urls.clone(),
+            stop_rx.clone(),
+        )));
+
         tracing::info!(name = %config.name, id = format!("{id:x}"), cluster = format!("{cluster_id:x}"), "concord member started");
         Ok(Server { node, db, client_addrs, peer_addrs, stop, tasks })
     }
@@ -232,5 +238,27 @@ impl Server {
             .await
             .map_err(|e| ServerError::Raft(e.to_string()))??;
         Ok(())
+    }
+}
+
+/// Announces this member's client URLs through Raft (once per change), so every member lists them.
+async fn publish(
+    node: RaftNode,
+    client_urls: Vec<String>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
+    loop {
+        if node.sm.client_urls().get(&node.id) == Some(&client_urls) {
+            return Ok(());
+        }
+        let req = crate::raft::Request::Publish { id: node.id, client_urls: client_urls.clone() };
+        match node.write(req).await {
+            Ok(_) => return Ok(()),
+            Err(e) => tracing::warn!("publishing client URLs: {e}; will retry"),
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }

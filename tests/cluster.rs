@@ -38,6 +38,21 @@ async fn three_members_replicate_and_survive_the_leader_crashing() {
         assert_eq!(cl.member_list().await.unwrap().header().unwrap().cluster_id(), cluster_id);
     }
 
+    // Each member publishes its client URLs through Raft; every member then lists all of them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = fc.member_list().await.unwrap();
+        let mut listed: Vec<String> = list.members().iter().flat_map(|m| m.client_urls().to_vec()).collect();
+        listed.sort();
+        let mut want: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
+        want.sort();
+        if listed == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "client URLs never published: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     // Writes through a follower are forwarded to the leader.
     let mut acked = Vec::new();
     for i in 0..20 {

@@ -14,13 +14,14 @@ pub struct ClusterService {
 impl ClusterService {
     fn members(&self) -> Vec<Member> {
         let m = self.node.raft.metrics().borrow().membership_config.clone();
+        let published = self.node.sm.client_urls();
         m.membership()
             .nodes()
             .map(|(id, node)| Member {
                 id: *id,
                 name: node.name.clone(),
                 peer_ur_ls: node.peer_urls.clone(),
-                client_ur_ls: node.client_urls.clone(),
+                client_ur_ls: published.get(id).cloned().unwrap_or_else(|| node.client_urls.clone()),
                 is_learner: !m.membership().voter_ids().any(|v| v == *id),
             })
             .collect()

@@ -20,8 +20,12 @@ pub struct KvService {
 }
 
 impl KvService {
+    /// etcd measures the request as it goes into its Raft log: wrapped in an `InternalRaftRequest` with a
+    /// request header. Count that wrapping too, so a request right at the limit gets the same answer.
     fn check_size(&self, m: &impl Message) -> Result<(), Status> {
-        if m.encoded_len() > self.max_request_bytes {
+        const HEADER: usize = 2 + 10; // RequestHeader { ID }: tag, length, a 64-bit varint at most
+        let inner = m.encoded_len();
+        if 1 + prost::length_delimiter_len(inner) + inner + HEADER > self.max_request_bytes {
             return Err(errors::request_too_large());
         }
         Ok(())
@@ -35,13 +39,13 @@ impl KvService {
     }
 }
 
-/// A txn whose every range is serializable is served from local state, as etcd does.
+/// A read-only txn whose every range is serializable is served from local state (etcd's
+/// `isTxnSerializable`).
 fn txn_serializable(t: &TxnRequest) -> bool {
-    t.success.iter().chain(&t.failure).all(|op| match &op.request {
-        Some(Op::RequestRange(r)) => r.serializable,
-        Some(Op::RequestTxn(t)) => txn_serializable(t),
-        _ => true,
-    })
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| matches!(&op.request, Some(Op::RequestRange(r)) if r.serializable))
 }
 
 fn unexpected() -> Status {
@@ -89,13 +93,13 @@ impl Kv for KvService {
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = request.into_inner();
         validate::txn(&req, self.max_txn_ops)?;
-        self.check_size(&req)?;
         let mut resp = if is_read_only(&req) {
             if !txn_serializable(&req) {
                 self.node.read_barrier().await.map_err(node_status)?;
             }
             self.node.sm.read(|s| s.txn_read(&req)).map_err(mvcc_status)?
         } else {
+            self.check_size(&req)?;
             let raft::Response::Txn(resp) = self.write(raft::Request::Txn(req)).await? else {
                 return Err(unexpected());
             };

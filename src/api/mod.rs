@@ -33,6 +33,9 @@ pub mod errors {
     pub fn lease_provided() -> Status {
         Status::new(Code::InvalidArgument, "etcdserver: lease is provided")
     }
+    pub fn invalid_sort_option() -> Status {
+        Status::new(Code::InvalidArgument, "etcdserver: invalid sort option")
+    }
     pub fn request_too_large() -> Status {
         Status::new(Code::InvalidArgument, "etcdserver: request is too large")
     }

@@ -5,12 +5,18 @@ use std::collections::HashSet;
 use tonic::Status;
 
 use super::errors;
+use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::pb::etcdserverpb::request_op::Request as Op;
 use crate::pb::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
 
 pub fn range(r: &RangeRequest) -> Result<(), Status> {
     if r.key.is_empty() {
         return Err(errors::empty_key());
+    }
+    // etcd 3.4 ignores an unknown sort order and crashes on an unknown sort target; later etcd refuses
+    // both, which is what a client can rely on.
+    if SortOrder::try_from(r.sort_order).is_err() || SortTarget::try_from(r.sort_target).is_err() {
+        return Err(errors::invalid_sort_option());
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use crate::pb::etcdserverpb::request_op::Request as Op;
 use crate::pb::etcdserverpb::response_op::Response as OpResponse;
 use crate::pb::etcdserverpb::{
     Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use crate::pb::mvccpb::{event::EventType, Event, KeyValue};
 
@@ -134,6 +134,10 @@ impl<'a, B: Backend> WriteTxn<'a, B> {
 
 impl<B: Backend> Store<B> {
     pub fn put(&mut self, req: &PutRequest, leases: LeaseCheck) -> Result<Applied<PutResponse>, MvccError> {
+        // A lone Put checks the lease before the key (etcd's applier); a put in a Txn the other way round.
+        if req.lease != 0 && !leases(req.lease) {
+            return Err(MvccError::LeaseNotFound);
+        }
         self.check_put(req, self.current, leases)?;
         let mut txn = WriteTxn::new(self);
         let response = txn.put(req)?;
@@ -255,17 +259,19 @@ impl<B: Backend> Store<B> {
     /// One compare. Over a range it must hold for every key; with no key at all, etcd compares against an
     /// empty KeyValue (version, revisions and lease 0), except that a VALUE compare then fails.
     pub(super) fn compare(&self, c: &Compare, now: i64) -> Result<bool, MvccError> {
-        let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
+        // An unknown target compares as "equal" in etcd; keep it as None.
+        let target = CompareTarget::try_from(c.target).ok();
         let hits: Vec<(&[u8], &KeyRev)> =
             self.index.range(&c.key, RangeEnd::from_request(&c.range_end), now).collect();
         if hits.is_empty() {
-            if target == CompareTarget::Value {
+            if target == Some(CompareTarget::Value) {
                 return Ok(false);
             }
             return Ok(compare_one(c, target, None, &[]));
         }
         for (_, kr) in hits {
-            let value = if target == CompareTarget::Value { self.value_at(kr.mod_rev)? } else { Vec::new() };
+            let value =
+                if target == Some(CompareTarget::Value) { self.value_at(kr.mod_rev)? } else { Vec::new() };
             if !compare_one(c, target, Some(kr), &value) {
                 return Ok(false);
             }
@@ -274,8 +280,11 @@ impl<B: Backend> Store<B> {
     }
 }
 
-fn compare_one(c: &Compare, target: CompareTarget, kr: Option<&KeyRev>, value: &[u8]) -> bool {
+fn compare_one(c: &Compare, target: Option<CompareTarget>, kr: Option<&KeyRev>, value: &[u8]) -> bool {
     use std::cmp::Ordering;
+    let Some(target) = target else {
+        return compare_result(c.result, Ordering::Equal);
+    };
     let ord: Ordering = match target {
         CompareTarget::Value => {
             let want: &[u8] = match &c.target_union {
@@ -302,11 +311,18 @@ fn compare_one(c: &Compare, target: CompareTarget, kr: Option<&KeyRev>, value: &
             have.cmp(&want)
         }
     };
-    match CompareResult::try_from(c.result).unwrap_or(CompareResult::Equal) {
-        CompareResult::Equal => ord == Ordering::Equal,
-        CompareResult::NotEqual => ord != Ordering::Equal,
-        CompareResult::Greater => ord == Ordering::Greater,
-        CompareResult::Less => ord == Ordering::Less,
+    compare_result(c.result, ord)
+}
+
+/// An unknown result holds, as in etcd's `compareKV`.
+fn compare_result(result: i32, ord: std::cmp::Ordering) -> bool {
+    use std::cmp::Ordering;
+    match CompareResult::try_from(result) {
+        Ok(CompareResult::Equal) => ord == Ordering::Equal,
+        Ok(CompareResult::NotEqual) => ord != Ordering::Equal,
+        Ok(CompareResult::Greater) => ord == Ordering::Greater,
+        Ok(CompareResult::Less) => ord == Ordering::Less,
+        Err(_) => true,
     }
 }
 
@@ -367,16 +383,10 @@ fn exec_txn(
     Ok(TxnResponse { header: Some(ResponseHeader::default()), succeeded, responses })
 }
 
-/// Whether a Txn, on either branch and at any depth, only reads.
+/// Whether a Txn only reads, by etcd's rule (`isTxnReadonly`): every op on both branches is a Range. A
+/// nested Txn counts as a write, whatever it holds.
 pub fn is_read_only(req: &TxnRequest) -> bool {
-    fn ops_read_only(ops: &[RequestOp]) -> bool {
-        ops.iter().all(|op| match &op.request {
-            Some(Op::RequestPut(_)) | Some(Op::RequestDeleteRange(_)) => false,
-            Some(Op::RequestTxn(t)) => is_read_only(t),
-            _ => true,
-        })
-    }
-    ops_read_only(&req.success) && ops_read_only(&req.failure)
+    req.success.iter().chain(&req.failure).all(|op| matches!(op.request, Some(Op::RequestRange(_))))
 }
 
 #[cfg(test)]
@@ -384,6 +394,7 @@ mod tests {
     use super::*;
     use crate::mvcc::MemBackend;
     use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
+    use crate::pb::etcdserverpb::RequestOp;
 
     fn no_leases(_: i64) -> bool {
         false

@@ -5,6 +5,7 @@
 //! is re-applied from the log after the recorded applied id. sled recovers a prefix of its write order, so
 //! the state machine is never ahead of what it records, and the log is never purged past a snapshot.
 
+use std::collections::BTreeMap;
 use std::io::SeekFrom;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -41,27 +42,34 @@ pub struct StateMachine {
 struct Applied {
     last_applied: Option<LogId>,
     membership: StoredMembership,
+    client_urls: BTreeMap<u64, Vec<String>>,
 }
 
 impl StateMachine {
     pub fn open(db: Arc<Db>, snapshot_dir: PathBuf) -> Result<Arc<Self>, StorageError> {
         std::fs::create_dir_all(&snapshot_dir).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let store = Self::open_store(&db)?;
-        let get = |k: &[u8]| db.state.get(k).map_err(|e| sm_err(ErrorVerb::Read, e));
-        let last_applied = match get(keys::APPLIED)? {
-            Some(v) => decode(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?,
-            None => None,
-        };
-        let membership = match get(keys::MEMBERSHIP)? {
-            Some(v) => decode(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?,
-            None => StoredMembership::default(),
-        };
-        Ok(Arc::new(StateMachine {
-            db,
-            store: RwLock::new(store),
-            meta: Mutex::new(Applied { last_applied, membership }),
-            snapshot_dir,
-        }))
+        let meta = Self::load_meta(&db)?;
+        Ok(Arc::new(StateMachine { db, store: RwLock::new(store), meta: Mutex::new(meta), snapshot_dir }))
+    }
+
+    fn load_meta(db: &Db) -> Result<Applied, StorageError> {
+        fn get<T: serde::de::DeserializeOwned + Default>(db: &Db, k: &[u8]) -> Result<T, StorageError> {
+            match db.state.get(k).map_err(|e| sm_err(ErrorVerb::Read, e))? {
+                Some(v) => decode(&v).map_err(|e| sm_err(ErrorVerb::Read, e)),
+                None => Ok(T::default()),
+            }
+        }
+        Ok(Applied {
+            last_applied: get(db, keys::APPLIED)?,
+            membership: get(db, keys::MEMBERSHIP)?,
+            client_urls: get(db, keys::CLIENT_URLS)?,
+        })
+    }
+
+    /// The client URLs each member published (etcd's member attributes).
+    pub fn client_urls(&self) -> BTreeMap<u64, Vec<String>> {
+        self.meta.lock().unwrap_or_else(|p| p.into_inner()).client_urls.clone()
     }
 
     fn open_store(db: &Db) -> Result<Store<SledBackend>, StorageError> {
@@ -118,6 +126,10 @@ impl StateMachine {
                             store.delete_range(&r).map(|a| Response::DeleteRange(a.response))
                         }
                         Request::Txn(r) => store.txn(&r, &no_leases).map(|a| Response::Txn(a.response)),
+                        Request::Publish { id, client_urls } => {
+                            meta.client_urls.insert(id, client_urls);
+                            Ok(Response::None)
+                        }
                         Request::Compact(r) => store.compact(r.revision).map(|()| {
                             Response::Compact(crate::pb::etcdserverpb::CompactionResponse {
                                 header: Some(crate::pb::etcdserverpb::ResponseHeader {
@@ -149,6 +161,7 @@ impl StateMachine {
         }
         batch.insert(keys::APPLIED, encode(&meta.last_applied).map_err(w)?);
         batch.insert(keys::MEMBERSHIP, encode(&meta.membership).map_err(w)?);
+        batch.insert(keys::CLIENT_URLS, encode(&meta.client_urls).map_err(w)?);
         batch.insert(keys::CURRENT_REV, encode(&changes.current_revision).map_err(w)?);
         batch.insert(keys::COMPACT_REV, encode(&changes.compact_revision).map_err(w)?);
         self.db.state.apply_batch(batch).map_err(|e| sm_err(ErrorVerb::Write, e))
@@ -312,8 +325,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             sm.db.state.apply_batch(batch).map_err(we)?;
             sm.db.sync().map_err(|e| snap_err(ErrorVerb::Write, e))?;
             *store = StateMachine::open_store(&sm.db)?;
-            *sm.meta.lock().unwrap_or_else(|p| p.into_inner()) =
-                Applied { last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
+            *sm.meta.lock().unwrap_or_else(|p| p.into_inner()) = StateMachine::load_meta(&sm.db)?;
             tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot from the leader");
             Ok(())
         })

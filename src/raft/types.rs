@@ -17,6 +17,11 @@ pub enum Request {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact(CompactionRequest),
+    /// A member announces the client URLs it serves on (etcd's "publish" of member attributes).
+    Publish {
+        id: u64,
+        client_urls: Vec<String>,
+    },
 }
 
 /// The outcome of applying one log entry. Errors that depend on the state (a compacted revision, a

@@ -47,6 +47,7 @@ pub mod keys {
     pub const MEMBERSHIP: &[u8] = b"m/membership";
     pub const CURRENT_REV: &[u8] = b"m/current";
     pub const COMPACT_REV: &[u8] = b"m/compacted";
+    pub const CLIENT_URLS: &[u8] = b"m/client-urls";
     pub const CLUSTER_ID: &[u8] = b"cluster-id";
 
     pub fn record(rev: crate::mvcc::Revision) -> [u8; 17] {
