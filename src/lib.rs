@@ -6,6 +6,7 @@
 //! api → raft (log, replicate, commit) → apply → mvcc → (watchers, later).
 
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod mvcc;
 pub mod pb;

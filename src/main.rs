@@ -1,12 +1,48 @@
-//! The `concord` binary: etcd's command line in front of `concord::Server`.
+//! The `concord` binary: etcd's command line in front of `concord::Server`, plus `concord bench`.
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use concord::bench::BenchArgs;
 use concord::{Config, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "concord",
+    version,
+    about = "An etcd-compatible coordination server",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load generator speaking etcd v3 gRPC (runs against concord or etcd).
+    Bench(BenchArgs),
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Bench(args)) => {
+            let report = concord::bench::run(&args).await?;
+            if args.common.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
+        }
+        None => serve(cli.config).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(format!("{},openraft=warn", config.log_level))
         .with_context(|| format!("--log-level {}", config.log_level))?;
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

@@ -156,6 +156,7 @@ impl Server {
         let node = RaftNode {
             id,
             cluster_id,
+            batcher: crate::raft::batcher::Batcher::start(raft.clone()),
             raft,
             sm,
             network,

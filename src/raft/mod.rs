@@ -5,6 +5,7 @@
 //! add a conversion at every trait boundary.
 #![allow(clippy::result_large_err)]
 
+pub mod batcher;
 pub mod log_store;
 pub mod network;
 pub mod node;

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 
+use super::batcher::{Batcher, ProposeError};
 use super::network::Network;
 use super::state_machine::StateMachine;
 use super::types::{Member, Raft, Request, Response};
@@ -30,6 +31,7 @@ pub struct RaftNode {
     pub raft: Raft,
     pub sm: Arc<StateMachine>,
     pub network: Network,
+    pub batcher: Batcher,
     /// How long a request waits for a leader to appear before failing like etcd's "no leader".
     pub leader_wait: Duration,
 }
@@ -45,22 +47,17 @@ impl RaftNode {
 
     /// Proposes a write and waits until it is applied here (on the leader) and acknowledged.
     pub async fn write(&self, req: Request) -> Result<Response, NodeError> {
+        let size = req.encoded_len();
         let deadline = tokio::time::Instant::now() + self.leader_wait;
         loop {
-            match self.raft.client_write(req.clone()).await {
-                Ok(resp) => return Ok(resp.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
-                    match (fwd.leader_id, fwd.leader_node) {
-                        (Some(id), Some(node)) if id != self.id => {
-                            return self.forward(id, &node, &req).await
-                        }
-                        _ => {}
-                    }
+            match self.batcher.propose(req.clone(), size).await {
+                Ok(resp) => return Ok(resp),
+                // Not appended anywhere (or truncated away), so sending it on cannot apply it twice.
+                Err(ProposeError::NotLeader(Some((id, node)))) if id != self.id => {
+                    return self.forward(id, &node, &req).await
                 }
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                    return Err(NodeError::Internal(e.to_string()))
-                }
-                Err(RaftError::Fatal(_)) => return Err(NodeError::Stopped),
+                Err(ProposeError::NotLeader(_)) => {}
+                Err(ProposeError::Fatal(e)) => return Err(NodeError::Internal(e)),
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(NodeError::NoLeader);

@@ -109,8 +109,6 @@ impl StateMachine {
         let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
         let mut meta = self.meta.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut responses = Vec::with_capacity(entries.len());
-        // Leases arrive with the Lease service; until then no lease exists.
-        let no_leases = |_: i64| false;
         for entry in entries {
             meta.last_applied = Some(entry.log_id);
             let response = match entry.payload {
@@ -119,28 +117,7 @@ impl StateMachine {
                     meta.membership = StoredMembership::new(Some(entry.log_id), m);
                     Response::None
                 }
-                EntryPayload::Normal(req) => {
-                    let result = match req {
-                        Request::Put(r) => store.put(&r, &no_leases).map(|a| Response::Put(a.response)),
-                        Request::DeleteRange(r) => {
-                            store.delete_range(&r).map(|a| Response::DeleteRange(a.response))
-                        }
-                        Request::Txn(r) => store.txn(&r, &no_leases).map(|a| Response::Txn(a.response)),
-                        Request::Publish { id, client_urls } => {
-                            meta.client_urls.insert(id, client_urls);
-                            Ok(Response::None)
-                        }
-                        Request::Compact(r) => store.compact(r.revision).map(|()| {
-                            Response::Compact(crate::pb::etcdserverpb::CompactionResponse {
-                                header: Some(crate::pb::etcdserverpb::ResponseHeader {
-                                    revision: store.current_revision(),
-                                    ..Default::default()
-                                }),
-                            })
-                        }),
-                    };
-                    result.unwrap_or_else(Response::Error)
-                }
+                EntryPayload::Normal(req) => apply_request(&mut store, &mut meta, req),
             };
             responses.push(response);
         }
@@ -170,6 +147,31 @@ impl StateMachine {
     fn snapshot_path(&self, id: &str) -> PathBuf {
         self.snapshot_dir.join(format!("{id}.snap"))
     }
+}
+
+/// Applies one request. Deterministic: the same request on the same state gives the same result on
+/// every member.
+fn apply_request(store: &mut Store<SledBackend>, meta: &mut Applied, req: Request) -> Response {
+    use crate::pb::etcdserverpb::{CompactionResponse, ResponseHeader};
+    // Leases arrive with the Lease service; until then no lease exists.
+    let no_leases = |_: i64| false;
+    let result = match req {
+        Request::Put(r) => store.put(&r, &no_leases).map(|a| Response::Put(a.response)),
+        Request::DeleteRange(r) => store.delete_range(&r).map(|a| Response::DeleteRange(a.response)),
+        Request::Txn(r) => store.txn(&r, &no_leases).map(|a| Response::Txn(a.response)),
+        Request::Compact(r) => store.compact(r.revision).map(|()| {
+            let header = Some(ResponseHeader { revision: store.current_revision(), ..Default::default() });
+            Response::Compact(CompactionResponse { header })
+        }),
+        Request::Publish { id, client_urls } => {
+            meta.client_urls.insert(id, client_urls);
+            Ok(Response::None)
+        }
+        Request::Batch(reqs) => {
+            Ok(Response::Batch(reqs.into_iter().map(|r| apply_request(store, meta, r)).collect()))
+        }
+    };
+    result.unwrap_or_else(Response::Error)
 }
 
 /// The handle openraft owns; cheap to clone.

@@ -22,6 +22,25 @@ pub enum Request {
         id: u64,
         client_urls: Vec<String>,
     },
+    /// Concurrent requests proposed as one entry (see `batcher`); applied in order, one revision each.
+    Batch(Vec<Request>),
+}
+
+impl Request {
+    /// Approximate encoded size, used to bound batches.
+    pub fn encoded_len(&self) -> usize {
+        use prost::Message;
+        match self {
+            Request::Put(r) => r.encoded_len(),
+            Request::DeleteRange(r) => r.encoded_len(),
+            Request::Txn(r) => r.encoded_len(),
+            Request::Compact(r) => r.encoded_len(),
+            Request::Publish { client_urls, .. } => {
+                8 + client_urls.iter().map(|u| u.len() + 2).sum::<usize>()
+            }
+            Request::Batch(rs) => rs.iter().map(Request::encoded_len).sum(),
+        }
+    }
 }
 
 /// The outcome of applying one log entry. Errors that depend on the state (a compacted revision, a
@@ -35,6 +54,8 @@ pub enum Response {
     Error(MvccError),
     /// Blank and membership entries.
     None,
+    /// The responses to a `Request::Batch`, in order.
+    Batch(Vec<Response>),
 }
 
 /// A member as Raft knows it: enough to reach it and to list it like etcd's MemberList.

@@ -1,0 +1,121 @@
+//! The proposal batcher: concurrent client writes become one Raft entry.
+//!
+//! openraft 0.9's core waits for every log append to be flushed before it takes the next message, so one
+//! `client_write` costs one fsync however the log store batches. Group commit therefore happens here:
+//! while one entry is being made durable, the writes that arrive gather, and the next entry carries them
+//! all. Each request inside keeps its own revision and response; only the fsync is shared.
+
+use tokio::sync::{mpsc, oneshot};
+
+use openraft::error::{ClientWriteError, RaftError};
+
+use super::types::{Member, Raft, Request, Response};
+
+/// Upper bounds for one entry: enough to amortise an fsync over hundreds of writers, small enough that a
+/// follower can take the entry in one message.
+const MAX_BATCH_REQUESTS: usize = 512;
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Debug)]
+pub enum ProposeError {
+    /// This member is not the leader; the leader, if known.
+    NotLeader(Option<(u64, Member)>),
+    /// Raft stopped, or a membership error that a client request cannot cause.
+    Fatal(String),
+}
+
+struct Pending {
+    req: Request,
+    size: usize,
+    reply: oneshot::Sender<Result<Response, ProposeError>>,
+}
+
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::UnboundedSender<Pending>,
+}
+
+impl Batcher {
+    /// Starts the batching task; it ends when every `Batcher` handle is dropped.
+    pub fn start(raft: Raft) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(raft, rx));
+        Batcher { tx }
+    }
+
+    /// Proposes `req` (of about `size` bytes encoded) and waits for its outcome.
+    pub async fn propose(&self, req: Request, size: usize) -> Result<Response, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Pending { req, size, reply })
+            .map_err(|_| ProposeError::Fatal("batcher stopped".into()))?;
+        rx.await.map_err(|_| ProposeError::Fatal("batcher stopped".into()))?
+    }
+}
+
+async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let mut carry: Option<Pending> = None;
+    loop {
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let mut bytes = first.size;
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_REQUESTS {
+            match rx.try_recv() {
+                Ok(p) if bytes + p.size > MAX_BATCH_BYTES => {
+                    carry = Some(p);
+                    break;
+                }
+                Ok(p) => {
+                    bytes += p.size;
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        submit(&raft, batch).await;
+    }
+}
+
+async fn submit(raft: &Raft, mut batch: Vec<Pending>) {
+    let entry = if batch.len() == 1 {
+        batch[0].req.clone()
+    } else {
+        Request::Batch(batch.iter().map(|p| p.req.clone()).collect())
+    };
+    let result = raft.client_write(entry).await;
+    let err = |e: &RaftError<u64, ClientWriteError<u64, Member>>| match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            ProposeError::NotLeader(f.leader_id.zip(f.leader_node.clone()))
+        }
+        other => ProposeError::Fatal(other.to_string()),
+    };
+    match result {
+        Ok(resp) => match resp.data {
+            Response::Batch(responses) if batch.len() > 1 && responses.len() == batch.len() => {
+                for (p, r) in batch.drain(..).zip(responses) {
+                    let _ = p.reply.send(Ok(r));
+                }
+            }
+            single if batch.len() == 1 => {
+                let _ = batch.remove(0).reply.send(Ok(single));
+            }
+            other => {
+                let msg = format!("batch of {} answered with {other:?}", batch.len());
+                for p in batch {
+                    let _ = p.reply.send(Err(ProposeError::Fatal(msg.clone())));
+                }
+            }
+        },
+        Err(e) => {
+            for p in batch {
+                let _ = p.reply.send(Err(err(&e)));
+            }
+        }
+    }
+}
