@@ -127,7 +127,8 @@ impl Server {
 
         let sm = StateMachine::open(db.clone(), data_dir.join("snap"))
             .map_err(|e| ServerError::Raft(e.to_string()))?;
-        let log_store = LogStore::new(db.clone());
+        let log_store = LogStore::open(db.clone(), &data_dir.join("wal"))
+            .map_err(|e| ServerError::Raft(e.to_string()))?;
         let network = Network::default();
         let raft = openraft::Raft::new(
             id,

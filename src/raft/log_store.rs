@@ -1,52 +1,70 @@
-//! The Raft log in sled, with group commit.
+//! The Raft log: entries in our own write-ahead log ([`crate::storage::wal`]), vote, committed and purge
+//! point in sled.
 //!
-//! `append` inserts the entries (readable at once) and hands openraft's completion callback to a flusher
-//! task. The flusher takes every callback that arrived since its last sync, makes them durable with one
-//! flush + fdatasync, then completes them all: concurrent clients share one disk sync.
+//! `append` writes the entries (readable at once) and hands openraft's completion callback to the syncer
+//! thread, which makes everything appended so far durable with one `fdatasync` and then completes every
+//! callback that was waiting. openraft 0.9 waits for each append's callback before the next one, so the
+//! batching of concurrent writes into one entry happens earlier, in [`super::batcher`].
 
 use std::fmt::Debug;
-use std::ops::RangeBounds;
-use std::sync::Arc;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{mpsc, Arc};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogId};
-use tokio::sync::mpsc;
 
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use super::{decode, encode};
+use crate::storage::wal::Wal;
 use crate::storage::{keys, Db};
 
-fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
-    StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
+fn io_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    StorageError::from_io_error(ErrorSubject::Logs, verb, std::io::Error::other(e.to_string()))
 }
 
-fn read_err(e: impl std::error::Error + 'static) -> StorageError {
-    io_err(ErrorSubject::Logs, ErrorVerb::Read, e)
+fn read_err(e: impl std::fmt::Display) -> StorageError {
+    io_err(ErrorVerb::Read, e)
 }
 
-fn write_err(e: impl std::error::Error + 'static) -> StorageError {
-    io_err(ErrorSubject::Logs, ErrorVerb::Write, e)
+fn write_err(e: impl std::fmt::Display) -> StorageError {
+    io_err(ErrorVerb::Write, e)
 }
 
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Db>,
-    flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    wal: Arc<Wal>,
+    syncer: mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
 impl LogStore {
-    /// Must be called inside a tokio runtime: it starts the flusher task.
-    pub fn new(db: Arc<Db>) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(flusher(db.clone(), rx));
-        LogStore { db, flusher: tx }
-    }
-
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
-        match self.db.raft.get(key).map_err(read_err)? {
-            Some(v) => Ok(Some(decode(&v).map_err(read_err)?)),
-            None => Ok(None),
-        }
+    /// Opens the log in `wal_dir` and starts the syncer thread, which ends with the last handle.
+    ///
+    /// The sync runs on a thread of its own, not on the Raft core's tokio worker: a worker blocked in
+    /// `fdatasync` holds back every task queued behind it (measured: 1,700 puts/s with this thread,
+    /// 780/s syncing inline, 260/s with `block_in_place`).
+    pub fn open(db: Arc<Db>, wal_dir: &std::path::Path) -> Result<Self, StorageError> {
+        let purged: Option<LogId> = get_meta(&db, keys::PURGED)?;
+        let wal = Arc::new(Wal::open(wal_dir, purged.map(|p| p.index)).map_err(read_err)?);
+        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let w = wal.clone();
+        std::thread::Builder::new()
+            .name("concord-wal-sync".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    let err = w.sync().err().map(|e| e.to_string());
+                    for cb in batch {
+                        cb.log_io_completed(match &err {
+                            None => Ok(()),
+                            Some(e) => Err(std::io::Error::other(e.clone())),
+                        });
+                    }
+                }
+            })
+            .map_err(write_err)?;
+        Ok(LogStore { db, wal, syncer: tx })
     }
 
     fn put_meta<T: serde::Serialize>(&self, key: &[u8], v: &T) -> Result<(), StorageError> {
@@ -55,28 +73,21 @@ impl LogStore {
         Ok(())
     }
 
-    async fn sync(&self) -> Result<(), StorageError> {
+    async fn sync_db(&self) -> Result<(), StorageError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.sync()).await.map_err(write_err)?.map_err(write_err)
     }
+
+    /// Bytes of log on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.wal.disk_bytes()
+    }
 }
 
-async fn flusher(db: Arc<Db>, mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
-    let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, usize::MAX).await > 0 {
-        let db = db.clone();
-        let result = tokio::task::spawn_blocking(move || db.sync()).await;
-        let err = match result {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(e.to_string()),
-        };
-        for cb in batch.drain(..) {
-            cb.log_io_completed(match &err {
-                None => Ok(()),
-                Some(e) => Err(std::io::Error::other(e.clone())),
-            });
-        }
+fn get_meta<T: serde::de::DeserializeOwned>(db: &Db, key: &[u8]) -> Result<Option<T>, StorageError> {
+    match db.raft.get(key).map_err(read_err)? {
+        Some(v) => Ok(Some(decode(&v).map_err(read_err)?)),
+        None => Ok(None),
     }
 }
 
@@ -85,25 +96,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        use std::ops::Bound;
-        let start = match range.start_bound() {
+        let from = match range.start_bound() {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i + 1,
             Bound::Unbounded => 0,
         };
-        let mut out = Vec::new();
-        for item in self.db.raft.range(keys::log(start)..) {
-            let (k, v) = item.map_err(read_err)?;
-            if k.first() != Some(&keys::LOG_PREFIX) {
-                break;
-            }
-            let idx = u64::from_be_bytes(k[1..9].try_into().map_err(read_err)?);
-            if !range.contains(&idx) {
-                break;
-            }
-            out.push(decode(&v).map_err(read_err)?);
-        }
-        Ok(out)
+        let to = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        let records = self.wal.read(from, to).map_err(read_err)?;
+        records.into_iter().map(|(_, payload)| decode(&payload).map_err(read_err)).collect()
     }
 }
 
@@ -111,17 +115,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = self.get_meta(keys::PURGED)?;
-        let last = self
-            .db
-            .raft
-            .scan_prefix([keys::LOG_PREFIX])
-            .next_back()
-            .transpose()
-            .map_err(read_err)?
-            .map(|(_, v)| decode::<Entry>(&v).map(|e| *e.get_log_id()))
-            .transpose()
-            .map_err(read_err)?;
+        let last_purged: Option<LogId> = get_meta(&self.db, keys::PURGED)?;
+        let last = match self.wal.bounds().1 {
+            Some(i) => {
+                let rec = self.wal.read(i, i + 1).map_err(read_err)?;
+                match rec.first() {
+                    Some((_, payload)) => Some(*decode::<Entry>(payload).map_err(read_err)?.get_log_id()),
+                    None => None,
+                }
+            }
+            None => None,
+        };
         Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
     }
 
@@ -131,11 +135,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         self.put_meta(keys::VOTE, vote)?;
-        self.sync().await
+        self.sync_db().await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.get_meta(keys::VOTE)
+        get_meta(&self.db, keys::VOTE)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -144,7 +148,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.get_meta::<Option<LogId>>(keys::COMMITTED)?.flatten())
+        Ok(get_meta::<Option<LogId>>(&self.db, keys::COMMITTED)?.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
@@ -152,31 +156,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            batch.insert(&keys::log(entry.log_id.index), encode(&entry).map_err(write_err)?);
-        }
-        self.db.raft.apply_batch(batch).map_err(write_err)?;
-        self.flusher.send(callback).map_err(|_| write_err(std::io::Error::other("log flusher stopped")))?;
+        let records = entries
+            .into_iter()
+            .map(|e| Ok((e.log_id.index, encode(&e).map_err(write_err)?)))
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        self.wal.append(&records).map_err(write_err)?;
+        self.syncer.send(callback).map_err(|_| write_err("log syncer stopped"))?;
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for item in self.db.raft.range(keys::log(log_id.index)..=keys::log(u64::MAX)) {
-            batch.remove(item.map_err(write_err)?.0);
-        }
-        self.db.raft.apply_batch(batch).map_err(write_err)?;
-        self.sync().await
+        let wal = self.wal.clone();
+        tokio::task::spawn_blocking(move || wal.truncate(log_id.index))
+            .await
+            .map_err(write_err)?
+            .map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Record the purge point durably first, and with it every state machine write so far: the state
+        // machine covers these entries only once that is on disk (apply itself never syncs).
         self.put_meta(keys::PURGED, &log_id)?;
-        let mut batch = sled::Batch::default();
-        for item in self.db.raft.range(keys::log(0)..=keys::log(log_id.index)) {
-            batch.remove(item.map_err(write_err)?.0);
-        }
-        self.db.raft.apply_batch(batch).map_err(write_err)?;
-        Ok(())
+        self.sync_db().await?;
+        let wal = self.wal.clone();
+        tokio::task::spawn_blocking(move || wal.purge(log_id.index))
+            .await
+            .map_err(write_err)?
+            .map_err(write_err)
     }
 }

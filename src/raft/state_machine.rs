@@ -38,11 +38,15 @@ pub struct StateMachine {
     snapshot_dir: PathBuf,
 }
 
+/// What `m/applied` holds: the last applied log id, the current and the compacted revision.
+type Position = (Option<LogId>, i64, i64);
+
 #[derive(Clone, Default)]
 struct Applied {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     client_urls: BTreeMap<u64, Vec<String>>,
+    client_urls_changed: bool,
 }
 
 impl StateMachine {
@@ -60,10 +64,12 @@ impl StateMachine {
                 None => Ok(T::default()),
             }
         }
+        let (last_applied, _, _): Position = get(db, keys::APPLIED)?;
         Ok(Applied {
-            last_applied: get(db, keys::APPLIED)?,
+            last_applied,
             membership: get(db, keys::MEMBERSHIP)?,
             client_urls: get(db, keys::CLIENT_URLS)?,
+            client_urls_changed: false,
         })
     }
 
@@ -73,15 +79,14 @@ impl StateMachine {
     }
 
     fn open_store(db: &Db) -> Result<Store<SledBackend>, StorageError> {
-        let read_i64 = |k: &[u8]| -> Result<Option<i64>, StorageError> {
-            match db.state.get(k).map_err(|e| sm_err(ErrorVerb::Read, e))? {
-                Some(v) => Ok(Some(decode(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?)),
-                None => Ok(None),
-            }
-        };
-        let current = read_i64(keys::CURRENT_REV)?.unwrap_or(1);
-        // -1 like etcd: "nothing compacted yet", so that compacting at revision 0 succeeds once.
-        let compacted = read_i64(keys::COMPACT_REV)?.unwrap_or(-1);
+        let position: Option<Position> =
+            match db.state.get(keys::APPLIED).map_err(|e| sm_err(ErrorVerb::Read, e))? {
+                Some(v) => Some(decode(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?),
+                None => None,
+            };
+        // An empty store is at revision 1 with nothing compacted (-1, like etcd, so that compacting at
+        // revision 0 succeeds once).
+        let (_, current, compacted) = position.unwrap_or((None, 1, -1));
         Store::open(SledBackend::new(db.state.clone()), current, compacted)
             .map_err(|e| sm_err(ErrorVerb::Read, e))
     }
@@ -107,7 +112,8 @@ impl StateMachine {
 
     fn apply_entries(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StorageError> {
         let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
-        let mut meta = self.meta.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut meta = self.meta.lock().unwrap_or_else(|p| p.into_inner());
+        let (membership_before, clients_before) = (*meta.membership.log_id(), meta.client_urls.len());
         let mut responses = Vec::with_capacity(entries.len());
         for entry in entries {
             meta.last_applied = Some(entry.log_id);
@@ -121,13 +127,18 @@ impl StateMachine {
             };
             responses.push(response);
         }
+        let members_changed = *meta.membership.log_id() != membership_before
+            || meta.client_urls.len() != clients_before
+            || meta.client_urls_changed;
+        meta.client_urls_changed = false;
         let changes = store.take_changes();
-        self.persist(changes, &meta)?;
-        *self.meta.lock().unwrap_or_else(|p| p.into_inner()) = meta;
+        self.persist(changes, &meta, members_changed)?;
         Ok(responses)
     }
 
-    fn persist(&self, changes: Changes, meta: &Applied) -> Result<(), StorageError> {
+    /// One sled batch per apply: the records, then the applied position (with the revisions, so that
+    /// they can never disagree), and the member data only when it changed.
+    fn persist(&self, changes: Changes, meta: &Applied, members_changed: bool) -> Result<(), StorageError> {
         let w = |e: bincode::error::EncodeError| sm_err(ErrorVerb::Write, e);
         let mut batch = sled::Batch::default();
         for (rev, kv) in &changes.puts {
@@ -136,11 +147,12 @@ impl StateMachine {
         for rev in &changes.deletes {
             batch.remove(&keys::record(*rev));
         }
-        batch.insert(keys::APPLIED, encode(&meta.last_applied).map_err(w)?);
-        batch.insert(keys::MEMBERSHIP, encode(&meta.membership).map_err(w)?);
-        batch.insert(keys::CLIENT_URLS, encode(&meta.client_urls).map_err(w)?);
-        batch.insert(keys::CURRENT_REV, encode(&changes.current_revision).map_err(w)?);
-        batch.insert(keys::COMPACT_REV, encode(&changes.compact_revision).map_err(w)?);
+        let position = (meta.last_applied, changes.current_revision, changes.compact_revision);
+        batch.insert(keys::APPLIED, encode(&position).map_err(w)?);
+        if members_changed {
+            batch.insert(keys::MEMBERSHIP, encode(&meta.membership).map_err(w)?);
+            batch.insert(keys::CLIENT_URLS, encode(&meta.client_urls).map_err(w)?);
+        }
         self.db.state.apply_batch(batch).map_err(|e| sm_err(ErrorVerb::Write, e))
     }
 
@@ -165,6 +177,7 @@ fn apply_request(store: &mut Store<SledBackend>, meta: &mut Applied, req: Reques
         }),
         Request::Publish { id, client_urls } => {
             meta.client_urls.insert(id, client_urls);
+            meta.client_urls_changed = true;
             Ok(Response::None)
         }
         Request::Batch(reqs) => {

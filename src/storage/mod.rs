@@ -12,6 +12,7 @@
 //! therefore follows `flush()` with `fdatasync` of the `db` file and `fsync` of any new blob file.
 
 mod backend;
+pub mod wal;
 
 pub use backend::SledBackend;
 
@@ -45,8 +46,6 @@ pub mod keys {
     pub const RECORD_PREFIX: u8 = b'r';
     pub const APPLIED: &[u8] = b"m/applied";
     pub const MEMBERSHIP: &[u8] = b"m/membership";
-    pub const CURRENT_REV: &[u8] = b"m/current";
-    pub const COMPACT_REV: &[u8] = b"m/compacted";
     pub const CLIENT_URLS: &[u8] = b"m/client-urls";
     pub const CLUSTER_ID: &[u8] = b"cluster-id";
 
@@ -87,9 +86,9 @@ impl Db {
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(cache_bytes)
-            // Our own flusher syncs every batch of appends; sled's background flusher would only add
-            // unsynced writes on a timer.
-            .flush_every_ms(None)
+            // The state machine needs no sync per write (the Raft log is the durability point), but a
+            // timely write-out keeps the log replay after a process crash short.
+            .flush_every_ms(Some(1000))
             .open()?;
         let raft = db.open_tree("raft")?;
         let state = (*db).clone();
