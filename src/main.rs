@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use concord::bench::BenchArgs;
 use concord::{Config, Server};
 
+
 #[derive(Parser)]
 #[command(
     name = "concord",

@@ -82,39 +82,40 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
     }
 }
 
-async fn submit(raft: &Raft, mut batch: Vec<Pending>) {
-    let entry = if batch.len() == 1 {
-        batch[0].req.clone()
-    } else {
-        Request::Batch(batch.iter().map(|p| p.req.clone()).collect())
+async fn submit(raft: &Raft, batch: Vec<Pending>) {
+    let (mut reqs, replies): (Vec<Request>, Vec<_>) = batch.into_iter().map(|p| (p.req, p.reply)).unzip();
+    let entry = match reqs.len() {
+        1 => reqs.pop().unwrap_or(Request::Batch(Vec::new())),
+        _ => Request::Batch(reqs),
     };
     let result = raft.client_write(entry).await;
-    let err = |e: &RaftError<u64, ClientWriteError<u64, Member>>| match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-            ProposeError::NotLeader(f.leader_id.zip(f.leader_node.clone()))
-        }
-        other => ProposeError::Fatal(other.to_string()),
-    };
     match result {
         Ok(resp) => match resp.data {
-            Response::Batch(responses) if batch.len() > 1 && responses.len() == batch.len() => {
-                for (p, r) in batch.drain(..).zip(responses) {
-                    let _ = p.reply.send(Ok(r));
+            Response::Batch(responses) if replies.len() > 1 && responses.len() == replies.len() => {
+                for (reply, r) in replies.into_iter().zip(responses) {
+                    let _ = reply.send(Ok(r));
                 }
             }
-            single if batch.len() == 1 => {
-                let _ = batch.remove(0).reply.send(Ok(single));
+            single if replies.len() == 1 => {
+                for reply in replies {
+                    let _ = reply.send(Ok(single.clone()));
+                }
             }
             other => {
-                let msg = format!("batch of {} answered with {other:?}", batch.len());
-                for p in batch {
-                    let _ = p.reply.send(Err(ProposeError::Fatal(msg.clone())));
+                let msg = format!("batch of {} answered with {other:?}", replies.len());
+                for reply in replies {
+                    let _ = reply.send(Err(ProposeError::Fatal(msg.clone())));
                 }
             }
         },
         Err(e) => {
-            for p in batch {
-                let _ = p.reply.send(Err(err(&e)));
+            for reply in replies {
+                let _ = reply.send(Err(match &e {
+                    RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                        ProposeError::NotLeader(f.leader_id.zip(f.leader_node.clone()))
+                    }
+                    other => ProposeError::Fatal(other.to_string()),
+                }));
             }
         }
     }
