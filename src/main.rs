@@ -5,7 +5,6 @@ use clap::{Parser, Subcommand};
 use concord::bench::BenchArgs;
 use concord::{Config, Server};
 
-
 #[derive(Parser)]
 #[command(
     name = "concord",

@@ -10,6 +10,7 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod peer_service;
+pub mod read_index;
 pub mod state_machine;
 pub mod types;
 

@@ -3,10 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::RaftError;
-
 use super::batcher::{Batcher, ProposeError};
 use super::network::Network;
+use super::read_index::ReadIndexer;
 use super::state_machine::StateMachine;
 use super::types::{Member, Raft, Request, Response};
 use super::{decode, encode};
@@ -32,6 +31,7 @@ pub struct RaftNode {
     pub sm: Arc<StateMachine>,
     pub network: Network,
     pub batcher: Batcher,
+    pub reads: ReadIndexer,
     /// How long a request waits for a leader to appear before failing like etcd's "no leader".
     pub leader_wait: Duration,
 }
@@ -101,42 +101,10 @@ impl RaftNode {
         self.wait_applied(index).await
     }
 
-    /// The commit index a linearizable read must wait for, confirmed by the leader with a quorum.
+    /// The commit index a linearizable read must wait for, confirmed by the leader with a quorum; shared
+    /// by every read that arrives while the previous confirmation was in flight.
     pub async fn read_index(&self) -> Result<u64, NodeError> {
-        let deadline = tokio::time::Instant::now() + self.leader_wait;
-        loop {
-            match self.leader() {
-                Some(l) if l == self.id => {
-                    return match self.raft.get_read_log_id().await {
-                        Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
-                        Err(RaftError::Fatal(_)) => Err(NodeError::Stopped),
-                        Err(RaftError::APIError(_)) if tokio::time::Instant::now() < deadline => {
-                            self.wait_for_leader(deadline).await;
-                            continue;
-                        }
-                        Err(RaftError::APIError(_)) => Err(NodeError::NoLeader),
-                    };
-                }
-                Some(l) => {
-                    let node =
-                        self.raft.metrics().borrow().membership_config.membership().get_node(&l).cloned();
-                    if let Some(node) = node {
-                        let mut client = self.network.client(l, &node).map_err(NodeError::Internal)?;
-                        let reply = client.read_index(RaftPayload { data: Vec::new() }).await;
-                        if let Ok(reply) = reply {
-                            let result: Result<u64, NodeError> = decode(&reply.into_inner().data)
-                                .map_err(|e| NodeError::Internal(e.to_string()))?;
-                            return result;
-                        }
-                    }
-                }
-                None => {}
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(NodeError::NoLeader);
-            }
-            self.wait_for_leader(deadline).await;
-        }
+        self.reads.read_index().await
     }
 
     pub async fn wait_applied(&self, index: u64) -> Result<(), NodeError> {

@@ -1,0 +1,99 @@
+//! Batched read index: every linearizable read that arrives while one leadership check is in flight
+//! shares the next one (etcd's `linearizableReadLoop`). 64 concurrent readers cost one heartbeat round,
+//! not 64.
+
+use std::time::Duration;
+
+use openraft::error::RaftError;
+use tokio::sync::{mpsc, oneshot};
+
+use super::decode;
+use super::network::Network;
+use super::node::NodeError;
+use super::types::Raft;
+use crate::pb::concordraft::RaftPayload;
+
+type Waiter = oneshot::Sender<Result<u64, NodeError>>;
+
+#[derive(Clone)]
+pub struct ReadIndexer {
+    tx: mpsc::UnboundedSender<Waiter>,
+}
+
+/// What one round needs; owned by the loop, so the loop ends when the last `ReadIndexer` is dropped.
+pub struct Source {
+    pub id: u64,
+    pub raft: Raft,
+    pub network: Network,
+    pub leader_wait: Duration,
+}
+
+impl ReadIndexer {
+    pub fn start(source: Source) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
+        tokio::spawn(async move {
+            let mut waiters = Vec::new();
+            // Readers that arrive during a round are not covered by it (its index may predate their
+            // arrival); they wait in the channel for the next round.
+            while rx.recv_many(&mut waiters, usize::MAX).await > 0 {
+                let result = source.fetch().await;
+                for w in waiters.drain(..) {
+                    let _ = w.send(result.clone());
+                }
+            }
+        });
+        ReadIndexer { tx }
+    }
+
+    /// The commit index a linearizable read arriving now must wait for.
+    pub async fn read_index(&self) -> Result<u64, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(tx).map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+}
+
+impl Source {
+    fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    async fn wait_for_leader(&self, deadline: tokio::time::Instant) {
+        let mut m = self.raft.metrics();
+        let _ = tokio::time::timeout_at(deadline, m.wait_for(|m| m.current_leader.is_some())).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    /// One round: on the leader, a quorum confirms leadership; elsewhere, the leader answers.
+    async fn fetch(&self) -> Result<u64, NodeError> {
+        let deadline = tokio::time::Instant::now() + self.leader_wait;
+        loop {
+            match self.leader() {
+                Some(l) if l == self.id => match self.raft.get_read_log_id().await {
+                    Ok((read, _)) => return Ok(read.map_or(0, |l| l.index)),
+                    Err(RaftError::Fatal(_)) => return Err(NodeError::Stopped),
+                    Err(RaftError::APIError(_)) => {}
+                },
+                Some(l) => {
+                    let node =
+                        self.raft.metrics().borrow().membership_config.membership().get_node(&l).cloned();
+                    if let Some(node) = node {
+                        let mut client = self.network.client(l, &node).map_err(NodeError::Internal)?;
+                        match client.read_index(RaftPayload { data: Vec::new() }).await {
+                            Ok(reply) => {
+                                return decode::<Result<u64, NodeError>>(&reply.into_inner().data)
+                                    .map_err(|e| NodeError::Internal(e.to_string()))?
+                            }
+                            Err(e) => tracing::debug!("read index from leader {l:x}: {e}"),
+                        }
+                    }
+                }
+                None => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NodeError::NoLeader);
+            }
+            self.wait_for_leader(deadline).await;
+        }
+    }
+}
