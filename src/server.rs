@@ -251,9 +251,13 @@ impl Server {
         }
         self.node.raft.shutdown().await.map_err(|e| ServerError::Raft(e.to_string()))?;
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.sync())
-            .await
-            .map_err(|e| ServerError::Raft(e.to_string()))??;
+        let sm = self.node.sm.clone();
+        tokio::task::spawn_blocking(move || {
+            sm.wait_persisted().map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            db.sync()
+        })
+        .await
+        .map_err(|e| ServerError::Raft(e.to_string()))??;
         Ok(())
     }
 }

@@ -16,9 +16,11 @@ pub struct Store<B> {
     pub(super) current: i64,
     pub(super) compacted: i64,
     pub(super) backend: B,
-    /// Records applied but not yet handed to the owner for persisting; reads look here first.
+    /// Records applied but not yet persisted by the owner; reads look here first. Those above `taken`
+    /// have not been handed out by [`Store::take_changes`] yet.
     pub(super) pending: BTreeMap<Revision, KeyValue>,
     pub(super) pending_deletes: Vec<Revision>,
+    taken: Revision,
 }
 
 impl<B: Backend> Store<B> {
@@ -40,6 +42,7 @@ impl<B: Backend> Store<B> {
             backend,
             pending: BTreeMap::new(),
             pending_deletes: Vec::new(),
+            taken: Revision::default(),
         })
     }
 
@@ -60,20 +63,31 @@ impl<B: Backend> Store<B> {
         self.index.len()
     }
 
-    /// Hands the records written since the last call to the owner, who must persist them (atomically with
-    /// its own bookkeeping) before anything else reads the backend directly.
+    /// Hands the records written since the last call to the owner, who persists them (atomically with its
+    /// own bookkeeping) and then calls [`Store::release`]. Until then the store keeps serving them itself,
+    /// so persisting can happen off the write path.
     pub fn take_changes(&mut self) -> Changes {
+        use std::ops::Bound;
+        let puts: Vec<(Revision, KeyValue)> = self
+            .pending
+            .range((Bound::Excluded(self.taken), Bound::Unbounded))
+            .map(|(r, kv)| (*r, kv.clone()))
+            .collect();
+        if let Some((r, _)) = puts.last() {
+            self.taken = *r;
+        }
         Changes {
-            puts: std::mem::take(&mut self.pending).into_iter().collect(),
+            puts,
             deletes: std::mem::take(&mut self.pending_deletes),
             current_revision: self.current,
             compact_revision: self.compacted,
         }
     }
 
-    /// Whether applied records are waiting for [`Store::take_changes`].
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty() || !self.pending_deletes.is_empty()
+    /// The owner has persisted every record up to `through`: stop keeping copies of them.
+    pub fn release(&mut self, through: Revision) {
+        let keep = self.pending.split_off(&Revision::new(through.main, through.sub + 1));
+        self.pending = keep;
     }
 
     pub(super) fn value_at(&self, rev: Revision) -> Result<Vec<u8>, MvccError> {

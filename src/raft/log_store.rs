@@ -34,6 +34,7 @@ fn write_err(e: impl std::fmt::Display) -> StorageError {
 pub struct LogStore {
     db: Arc<Db>,
     wal: Arc<Wal>,
+    recent: Recent,
     syncer: mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
@@ -64,7 +65,7 @@ impl LogStore {
                 }
             })
             .map_err(write_err)?;
-        Ok(LogStore { db, wal, syncer: tx })
+        Ok(LogStore { db, wal, recent: Recent::default(), syncer: tx })
     }
 
     fn put_meta<T: serde::Serialize>(&self, key: &[u8], v: &T) -> Result<(), StorageError> {
@@ -81,6 +82,69 @@ impl LogStore {
     /// Bytes of log on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.wal.disk_bytes()
+    }
+}
+
+/// The entries appended last, kept decoded: openraft reads every entry back right after appending it (to
+/// apply it, and on a leader to replicate it), and a clone is cheaper than a read, a checksum and a decode.
+#[derive(Clone, Default)]
+struct Recent {
+    inner: Arc<std::sync::Mutex<RecentInner>>,
+}
+
+#[derive(Default)]
+struct RecentInner {
+    entries: std::collections::VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+/// Bound on the cache, in encoded bytes.
+const RECENT_BYTES: usize = 8 * 1024 * 1024;
+
+impl Recent {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RecentInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, entries: Vec<Entry>, bytes: usize) {
+        let mut r = self.lock();
+        // Appends follow each other; anything else (a leader change overwriting a suffix) starts afresh.
+        let follows = match (r.entries.back(), entries.first()) {
+            (Some((last, _)), Some(first)) => first.log_id.index == last.log_id.index + 1,
+            _ => true,
+        };
+        if !follows {
+            r.entries.clear();
+            r.bytes = 0;
+        }
+        let per = bytes / entries.len().max(1);
+        for e in entries {
+            r.entries.push_back((e, per));
+            r.bytes += per;
+        }
+        while r.bytes > RECENT_BYTES && r.entries.len() > 1 {
+            if let Some((_, b)) = r.entries.pop_front() {
+                r.bytes -= b;
+            }
+        }
+    }
+
+    /// Clones of `[from, to)` if the cache holds all of them.
+    fn get(&self, from: u64, to: u64) -> Option<Vec<Entry>> {
+        let r = self.lock();
+        let first = r.entries.front()?.0.log_id.index;
+        let last = r.entries.back()?.0.log_id.index;
+        if from < first || to > last + 1 || from >= to {
+            return None;
+        }
+        let start = (from - first) as usize;
+        Some(r.entries.range(start..start + (to - from) as usize).map(|(e, _)| e.clone()).collect())
+    }
+
+    fn clear(&self) {
+        let mut r = self.lock();
+        r.entries.clear();
+        r.bytes = 0;
     }
 }
 
@@ -106,6 +170,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => *i,
             Bound::Unbounded => u64::MAX,
         };
+        if let Some(hit) = self.recent.get(from, to) {
+            return Ok(hit);
+        }
         let records = self.wal.read(from, to).map_err(read_err)?;
         records.into_iter().map(|(_, payload)| decode(&payload).map_err(read_err)).collect()
     }
@@ -156,16 +223,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let records = entries
-            .into_iter()
-            .map(|e| Ok((e.log_id.index, encode(&e).map_err(write_err)?)))
+            .iter()
+            .map(|e| Ok((e.log_id.index, encode(e).map_err(write_err)?)))
             .collect::<Result<Vec<_>, StorageError>>()?;
         self.wal.append(&records).map_err(write_err)?;
+        self.recent.push(entries, records.iter().map(|(_, r)| r.len()).sum());
         self.syncer.send(callback).map_err(|_| write_err("log syncer stopped"))?;
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent.clear();
         let wal = self.wal.clone();
         tokio::task::spawn_blocking(move || wal.truncate(log_id.index))
             .await
