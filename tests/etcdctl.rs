@@ -29,7 +29,7 @@ fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String,
 }
 
 fn etcdctl_with(bin: &str, endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut child = Command::new(&bin)
+    let mut child = Command::new(bin)
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))
         .args(args)
