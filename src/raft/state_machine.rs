@@ -41,20 +41,30 @@ pub struct StateMachine {
 
 /// Writes applied batches to sled on a thread of its own, in apply order, so that sled's insert cost is
 /// off the write path (it was ~80% of apply at 64 clients). Until a batch is written, the store serves
-/// its records from memory; `drain` waits for everything sent so far (snapshots, install, shutdown).
+/// its records from memory; the next apply lets go of the copies that are in sled by then. `drain` waits
+/// for everything sent so far (snapshots, install, shutdown).
+///
+/// The thread never takes the store's lock: a snapshot holds it while it drains, and a persister
+/// waiting for the lock could then never finish the batches the snapshot waits for.
 struct Persister {
     tx: std::sync::mpsc::SyncSender<(sled::Batch, mvcc::Revision)>,
     progress: Arc<(Mutex<Progress>, std::sync::Condvar)>,
 }
 
-/// (batches sent, batches written, the first write error)
-type Progress = (u64, u64, Option<String>);
+#[derive(Default)]
+struct Progress {
+    sent: u64,
+    written: u64,
+    /// Every record up to here is in sled.
+    written_through: mvcc::Revision,
+    error: Option<String>,
+}
 
 /// Applies that may wait in the persister's queue before apply itself has to wait.
 const PERSIST_QUEUE: usize = 256;
 
 impl Persister {
-    fn start(db: Arc<Db>, store: Arc<RwLock<Store<SledBackend>>>) -> Result<Persister, StorageError> {
+    fn start(db: Arc<Db>) -> Result<Persister, StorageError> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<(sled::Batch, mvcc::Revision)>(PERSIST_QUEUE);
         let progress = Arc::new((Mutex::new(Progress::default()), std::sync::Condvar::new()));
         let p = progress.clone();
@@ -63,15 +73,14 @@ impl Persister {
             .spawn(move || {
                 while let Ok((batch, through)) = rx.recv() {
                     let err = db.state.apply_batch(batch).err().map(|e| e.to_string());
-                    {
-                        let mut g = p.0.lock().unwrap_or_else(|e| e.into_inner());
-                        g.1 += 1;
-                        if err.is_some() {
-                            g.2 = err;
-                        }
+                    let mut g = p.0.lock().unwrap_or_else(|e| e.into_inner());
+                    g.written += 1;
+                    g.written_through = g.written_through.max(through);
+                    if g.error.is_none() {
+                        g.error = err;
                     }
+                    drop(g);
                     p.1.notify_all();
-                    store.write().unwrap_or_else(|e| e.into_inner()).release(through);
                 }
             })
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
@@ -81,23 +90,27 @@ impl Persister {
     fn send(&self, batch: sled::Batch, through: mvcc::Revision) -> Result<(), StorageError> {
         {
             let mut g = self.progress.0.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(e) = &g.2 {
+            if let Some(e) = &g.error {
                 return Err(sm_err(ErrorVerb::Write, e));
             }
-            g.0 += 1;
+            g.sent += 1;
         }
         self.tx
             .send((batch, through))
             .map_err(|_| sm_err(ErrorVerb::Write, "state machine persister stopped"))
     }
 
+    fn written_through(&self) -> mvcc::Revision {
+        self.progress.0.lock().unwrap_or_else(|e| e.into_inner()).written_through
+    }
+
     /// Blocks until every batch sent so far is in sled.
     fn drain(&self) -> Result<(), StorageError> {
         let mut g = self.progress.0.lock().unwrap_or_else(|e| e.into_inner());
-        while g.1 < g.0 && g.2.is_none() {
+        while g.written < g.sent && g.error.is_none() {
             g = self.progress.1.wait(g).unwrap_or_else(|e| e.into_inner());
         }
-        match &g.2 {
+        match &g.error {
             Some(e) => Err(sm_err(ErrorVerb::Write, e)),
             None => Ok(()),
         }
@@ -120,7 +133,7 @@ impl StateMachine {
         std::fs::create_dir_all(&snapshot_dir).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let store = Arc::new(RwLock::new(Self::open_store(&db)?));
         let meta = Self::load_meta(&db)?;
-        let persister = Persister::start(db.clone(), store.clone())?;
+        let persister = Persister::start(db.clone())?;
         Ok(Arc::new(StateMachine { db, store, meta: Mutex::new(meta), snapshot_dir, persister }))
     }
 
@@ -179,6 +192,7 @@ impl StateMachine {
 
     fn apply_entries(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StorageError> {
         let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
+        store.release(self.persister.written_through());
         let mut meta = self.meta.lock().unwrap_or_else(|p| p.into_inner());
         let (membership_before, clients_before) = (*meta.membership.log_id(), meta.client_urls.len());
         let mut responses = Vec::with_capacity(entries.len());
