@@ -141,7 +141,7 @@ impl Server {
 
         let sm = StateMachine::open(db.clone(), data_dir.join("snap"))
             .map_err(|e| ServerError::Raft(e.to_string()))?;
-        let log_store = LogStore::open(db.clone(), &data_dir.join("wal"))
+        let log_store = LogStore::open(db.clone(), &data_dir.join("wal"), sm.clone())
             .map_err(|e| ServerError::Raft(e.to_string()))?;
         let network = Network::default();
         let raft = openraft::Raft::new(

@@ -85,9 +85,15 @@ impl RaftNode {
         result
     }
 
+    /// The only voter, and leader with this term's first entry applied. After a restart the state machine
+    /// can be behind acknowledged writes until the log is re-applied; a leader that has applied an entry of
+    /// its own term has applied everything committed before it.
     fn single_voter(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
-        m.current_leader == Some(self.id) && m.membership_config.membership().voter_ids().count() == 1
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.current_leader == Some(self.id)
+            && m.membership_config.membership().voter_ids().count() == 1
+            && m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term)
     }
 
     /// Waits until a read of the local state is linearizable: this member has applied everything that was

@@ -50,6 +50,11 @@ impl RaftPeer for PeerService {
     }
 
     async fn read_index(&self, _req: GrpcRequest<RaftPayload>) -> Result<GrpcResponse<RaftPayload>, Status> {
+        // Only the leader answers; passing the question on could make two members that each think the
+        // other leads wait on each other's read loops.
+        if self.node.leader() != Some(self.node.id) {
+            return payload(&Err::<u64, _>(NodeError::NoLeader));
+        }
         let result = self.node.read_index().await;
         payload(&result)
     }

@@ -79,12 +79,19 @@ impl Source {
                         self.raft.metrics().borrow().membership_config.membership().get_node(&l).cloned();
                     if let Some(node) = node {
                         let mut client = self.network.client(l, &node).map_err(NodeError::Internal)?;
-                        match client.read_index(RaftPayload { data: Vec::new() }).await {
-                            Ok(reply) => {
-                                return decode::<Result<u64, NodeError>>(&reply.into_inner().data)
-                                    .map_err(|e| NodeError::Internal(e.to_string()))?
+                        let call = client.read_index(RaftPayload { data: Vec::new() });
+                        match tokio::time::timeout_at(deadline, call).await {
+                            Ok(Ok(reply)) => {
+                                match decode::<Result<u64, NodeError>>(&reply.into_inner().data) {
+                                    Ok(Ok(index)) => return Ok(index),
+                                    // The member we took for the leader is not (any more): ask again.
+                                    Ok(Err(NodeError::NoLeader)) => {}
+                                    Ok(Err(e)) => return Err(e),
+                                    Err(e) => return Err(NodeError::Internal(e.to_string())),
+                                }
                             }
-                            Err(e) => tracing::debug!("read index from leader {l:x}: {e}"),
+                            Ok(Err(e)) => tracing::debug!("read index from leader {l:x}: {e}"),
+                            Err(_) => return Err(NodeError::Timeout),
                         }
                     }
                 }

@@ -37,6 +37,8 @@ pub struct StateMachine {
     meta: Mutex<Applied>,
     snapshot_dir: PathBuf,
     persister: Persister,
+    /// The last applied log index, for those who wait for apply (the log purge).
+    applied_tx: tokio::sync::watch::Sender<u64>,
 }
 
 /// Writes applied batches to sled on a thread of its own, in apply order, so that sled's insert cost is
@@ -75,9 +77,11 @@ impl Persister {
                     let err = db.state.apply_batch(batch).err().map(|e| e.to_string());
                     let mut g = p.0.lock().unwrap_or_else(|e| e.into_inner());
                     g.written += 1;
-                    g.written_through = g.written_through.max(through);
-                    if g.error.is_none() {
-                        g.error = err;
+                    match err {
+                        // Only records that are in sled may be let go of.
+                        None => g.written_through = g.written_through.max(through),
+                        Some(e) if g.error.is_none() => g.error = Some(e),
+                        Some(_) => {}
                     }
                     drop(g);
                     p.1.notify_all();
@@ -134,7 +138,8 @@ impl StateMachine {
         let store = Arc::new(RwLock::new(Self::open_store(&db)?));
         let meta = Self::load_meta(&db)?;
         let persister = Persister::start(db.clone())?;
-        Ok(Arc::new(StateMachine { db, store, meta: Mutex::new(meta), snapshot_dir, persister }))
+        let applied_tx = tokio::sync::watch::Sender::new(meta.last_applied.map_or(0, |l| l.index));
+        Ok(Arc::new(StateMachine { db, store, meta: Mutex::new(meta), snapshot_dir, persister, applied_tx }))
     }
 
     fn load_meta(db: &Db) -> Result<Applied, StorageError> {
@@ -214,11 +219,20 @@ impl StateMachine {
         meta.client_urls_changed = false;
         let changes = store.take_changes();
         self.persist(changes, &meta, members_changed)?;
+        if let Some(l) = meta.last_applied {
+            self.applied_tx.send_replace(l.index);
+        }
         Ok(responses)
     }
 
     /// One sled batch per apply: the records, then the applied position (with the revisions, so that
     /// they can never disagree), and the member data only when it changed.
+    /// Waits until the state machine has applied (or installed a snapshot covering) `index`.
+    pub async fn wait_applied(&self, index: u64) {
+        let mut rx = self.applied_tx.subscribe();
+        let _ = rx.wait_for(|a| *a >= index).await;
+    }
+
     /// Waits until every applied batch is in sled (not necessarily synced).
     pub fn wait_persisted(&self) -> Result<(), StorageError> {
         self.persister.drain()
@@ -336,21 +350,47 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let meta = write_snapshot(&self.sm, &tmp).await?;
         let path = self.sm.snapshot_path(&meta.snapshot_id);
         tokio::fs::rename(&tmp, &path).await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        remove_other_snapshots(&self.sm.snapshot_dir, &path).await;
+        remove_older_snapshots(&self.sm.snapshot_dir, &path).await;
         tracing::info!(snapshot = %meta.snapshot_id, "built snapshot");
         let file = tokio::fs::File::open(&path).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
         Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
 }
 
-async fn remove_other_snapshots(dir: &std::path::Path, keep: &std::path::Path) {
+/// The log index a snapshot file covers, from its name (`<term>-<index>-<records>.snap`).
+fn snapshot_index(p: &std::path::Path) -> Option<u64> {
+    if p.extension()? != "snap" {
+        return None;
+    }
+    p.file_stem()?.to_str()?.split('-').nth(1)?.parse().ok()
+}
+
+/// Snapshot files in `dir`, newest (highest index) first.
+async fn snapshots(dir: &std::path::Path) -> Vec<(u64, PathBuf)> {
+    let mut out = Vec::new();
     if let Ok(mut rd) = tokio::fs::read_dir(dir).await {
         while let Ok(Some(e)) = rd.next_entry().await {
             let p = e.path();
-            if p != keep && p.extension().is_some_and(|x| x == "snap") {
-                let _ = tokio::fs::remove_file(p).await;
+            if let Some(i) = snapshot_index(&p) {
+                out.push((i, p));
             }
         }
+    }
+    out.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+    out
+}
+
+/// Removes snapshots older than the one at `keep` (a build and an install can finish in either order:
+/// never let the older one delete the newer).
+async fn remove_older_snapshots(dir: &std::path::Path, keep: &std::path::Path) {
+    let Some(keep_index) = snapshot_index(keep) else { return };
+    for (i, p) in snapshots(dir).await {
+        if i < keep_index {
+            let _ = tokio::fs::remove_file(p).await;
+        }
+    }
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
     }
 }
 
@@ -395,9 +435,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), StorageError> {
         let re = |e: std::io::Error| snap_err(ErrorVerb::Read, e);
         snapshot.sync_all().await.map_err(re)?;
-        let path = self.sm.snapshot_path(&meta.snapshot_id);
-        tokio::fs::rename(self.sm.snapshot_dir.join("receiving.tmp"), &path).await.map_err(re)?;
-        remove_other_snapshots(&self.sm.snapshot_dir, &path).await;
         read_snapshot_meta(&mut snapshot).await.map_err(re)?;
         let mut r = BufReader::new(*snapshot);
         let mut pairs = Vec::new();
@@ -415,6 +452,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             pairs.push((k, v));
         }
         let sm = self.sm.clone();
+        let snapshot_id = meta.snapshot_id.clone();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
             let we = |e: sled::Error| snap_err(ErrorVerb::Write, e);
@@ -432,27 +470,26 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             sm.db.sync().map_err(|e| snap_err(ErrorVerb::Write, e))?;
             *store = StateMachine::open_store(&sm.db)?;
             *sm.meta.lock().unwrap_or_else(|p| p.into_inner()) = StateMachine::load_meta(&sm.db)?;
+            if let Some(l) = meta.last_log_id {
+                sm.applied_tx.send_replace(l.index);
+            }
             tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot from the leader");
             Ok(())
         })
         .await
-        .map_err(|e| snap_err(ErrorVerb::Write, e))?
+        .map_err(|e| snap_err(ErrorVerb::Write, e))??;
+        // Only once the state is durable does the file become the current snapshot.
+        let path = self.sm.snapshot_path(&snapshot_id);
+        tokio::fs::rename(self.sm.snapshot_dir.join("receiving.tmp"), &path).await.map_err(re)?;
+        remove_older_snapshots(&self.sm.snapshot_dir, &path).await;
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let mut rd = match tokio::fs::read_dir(&self.sm.snapshot_dir).await {
-            Ok(rd) => rd,
-            Err(_) => return Ok(None),
-        };
-        while let Ok(Some(e)) = rd.next_entry().await {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "snap") {
-                let mut file = tokio::fs::File::open(&p).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
-                let meta = read_snapshot_meta(&mut file).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
-                file.seek(SeekFrom::Start(0)).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
-                return Ok(Some(Snapshot { meta, snapshot: Box::new(file) }));
-            }
-        }
-        Ok(None)
+        let Some((_, p)) = snapshots(&self.sm.snapshot_dir).await.into_iter().next() else { return Ok(None) };
+        let mut file = tokio::fs::File::open(&p).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let meta = read_snapshot_meta(&mut file).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        file.seek(SeekFrom::Start(0)).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
     }
 }

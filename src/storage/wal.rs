@@ -82,6 +82,7 @@ impl Inner {
 pub struct Wal {
     dir: PathBuf,
     inner: Mutex<Inner>,
+    sync_lock: Mutex<()>,
 }
 
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
@@ -145,12 +146,34 @@ impl Wal {
                 inner.first = p + 1;
             }
         }
-        let wal = Wal { dir: dir.to_path_buf(), inner: Mutex::new(inner) };
+        let wal = Wal { dir: dir.to_path_buf(), inner: Mutex::new(inner), sync_lock: Mutex::new(()) };
         if seqs.is_empty() {
             let mut inner = wal.lock();
             wal.new_segment(&mut inner, 1, 0)?;
+        } else {
+            wal.zero_tail()?;
         }
         Ok(wal)
+    }
+
+    /// Zeroes the last segment after its last valid record. A crash can leave a torn record there; new
+    /// records would overwrite only its start, and its rest (or an old record lined up behind a new one)
+    /// could be read back at the next replay.
+    fn zero_tail(&self) -> Result<(), WalError> {
+        let (file, from, cap) = {
+            let inner = self.lock();
+            let seg = &inner.segments[&inner.active];
+            (seg.file.clone(), inner.write_off, seg.cap)
+        };
+        let zeros = vec![0u8; 1 << 20];
+        let mut off = from;
+        while off < cap {
+            let n = (cap - off).min(zeros.len() as u64) as usize;
+            file.write_all_at(&zeros[..n], off)?;
+            off += n as u64;
+        }
+        file.sync_data()?;
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -228,6 +251,8 @@ impl Wal {
 
     /// Makes every append so far durable.
     pub fn sync(&self) -> Result<(), WalError> {
+        // One sync at a time: a second caller must not see `dirty` cleared by a sync still running.
+        let _one = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
         let file = {
             let mut inner = self.lock();
             if !inner.dirty {
@@ -357,11 +382,15 @@ fn replay_segment(file: &Arc<File>, seq: u64, is_last: bool, inner: &mut Inner) 
             KIND_ENTRY => {
                 match inner.last() {
                     Some(last) if index <= last => inner.cut(index),
+                    // A jump forward: a snapshot was installed and everything before it purged, then the
+                    // log went on after the snapshot. The purge point (durable before that append)
+                    // drops what is left of the old entries once replay is done.
+                    Some(last) if index > last + 1 => {
+                        inner.locs.clear();
+                        inner.first = index;
+                    }
                     None => inner.first = index,
                     _ => {}
-                }
-                if inner.last().is_some_and(|last| index != last + 1) {
-                    return Err(WalError::Corrupt(format!("segment {seq:x}: entry {index} leaves a gap")));
                 }
                 if inner.locs.is_empty() {
                     inner.first = index;
@@ -466,6 +495,49 @@ mod tests {
         drop(w);
         let w = Wal::open(dir.path(), Some(5)).unwrap();
         assert_eq!(w.read(8, 9).unwrap()[0].1.len(), SEGMENT_BYTES as usize + 10);
+    }
+
+    #[test]
+    fn a_snapshot_jump_survives_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Wal::open(dir.path(), None).unwrap();
+        w.append(&entries(1..=50, "a")).unwrap();
+        // A snapshot at 100 arrives: everything up to it is purged, the log goes on at 101.
+        w.purge(100).unwrap();
+        w.append(&entries(101..=102, "b")).unwrap();
+        w.sync().unwrap();
+        drop(w);
+        let w = Wal::open(dir.path(), Some(100)).unwrap();
+        assert_eq!(w.bounds(), (101, Some(102)));
+        assert_eq!(payloads(&w, 0, 200), ["b101", "b102"]);
+    }
+
+    #[test]
+    fn stale_bytes_after_a_torn_tail_are_never_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Wal::open(dir.path(), None).unwrap();
+        w.append(&entries(1..=2, "a")).unwrap();
+        w.sync().unwrap();
+        let end = w.lock().write_off;
+        let file = w.lock().segments[&1].file.clone();
+        drop(w);
+        // Never acknowledged: a torn record for 3, then a whole one for 4 behind it.
+        let mut junk = Vec::new();
+        encode_record(KIND_ENTRY, 3, b"old-three-long-payload", &mut junk);
+        let torn_len = junk.len() - 2;
+        junk.truncate(torn_len);
+        encode_record(KIND_ENTRY, 4, b"old4", &mut junk);
+        file.write_all_at(&junk, end).unwrap();
+        let w = Wal::open(dir.path(), None).unwrap();
+        assert_eq!(w.bounds(), (1, Some(2)));
+        // A new 3 exactly as long as the torn one: it ends where the stale 4 begins, which a replay that
+        // had not zeroed the tail would take as the next entry.
+        let payload_len = torn_len - HEADER - 9;
+        w.append(&[(3, vec![b'n'; payload_len])]).unwrap();
+        w.sync().unwrap();
+        drop(w);
+        let w = Wal::open(dir.path(), None).unwrap();
+        assert_eq!(w.bounds(), (1, Some(3)));
     }
 
     #[test]
