@@ -101,7 +101,7 @@ struct RecentInner {
 }
 
 /// Bound on the cache, in encoded bytes.
-const RECENT_BYTES: usize = 8 * 1024 * 1024;
+const RECENT_BYTES: usize = 2 * 1024 * 1024;
 
 impl Recent {
     fn lock(&self) -> std::sync::MutexGuard<'_, RecentInner> {

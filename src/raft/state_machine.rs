@@ -63,7 +63,7 @@ struct Progress {
 }
 
 /// Applies that may wait in the persister's queue before apply itself has to wait.
-const PERSIST_QUEUE: usize = 256;
+const PERSIST_QUEUE: usize = 16;
 
 impl Persister {
     fn start(db: Arc<Db>) -> Result<Persister, StorageError> {
