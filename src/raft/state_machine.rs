@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, BufReader};
 
 use super::types::{
     Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -295,44 +295,40 @@ pub struct StateMachineStore {
 }
 
 /// Snapshot file layout: `u32` length + bincode `SnapshotMeta`, then records of `u32` key length, key,
-/// `u32` value length, value — every key of the state machine tree, in order.
-async fn write_snapshot(sm: &StateMachine, tmp: &std::path::Path) -> Result<SnapshotMeta, StorageError> {
+/// `u32` value length, value — every key of the state machine tree, in order (integers big-endian).
+async fn write_snapshot(sm: Arc<StateMachine>, tmp: PathBuf) -> Result<SnapshotMeta, StorageError> {
+    tokio::task::spawn_blocking(move || dump(&sm, &tmp)).await.map_err(|e| snap_err(ErrorVerb::Write, e))?
+}
+
+/// Streams the state machine tree into `tmp`, on a blocking thread (never a tokio worker): memory stays
+/// flat whatever the store's size. Applies wait while the dump runs, so the records and the applied
+/// position agree.
+fn dump(sm: &StateMachine, tmp: &std::path::Path) -> Result<SnapshotMeta, StorageError> {
+    use std::io::Write;
     let we = |e: std::io::Error| snap_err(ErrorVerb::Write, e);
-    // Applies wait while the dump runs, so records and applied id agree.
-    let (meta, pairs) = {
-        let _store = sm.store.read().unwrap_or_else(|p| p.into_inner());
-        // No apply can run now; let the ones before reach sled, which the dump reads.
-        sm.persister.drain()?;
-        let applied = sm.meta.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut pairs = Vec::new();
-        for item in sm.db.state.iter() {
-            let (k, v) = item.map_err(|e| snap_err(ErrorVerb::Read, e))?;
-            pairs.push((k, v));
-        }
-        let id = match applied.last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, pairs.len()),
-            None => format!("0-0-{}", pairs.len()),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: applied.last_applied,
-            last_membership: applied.membership,
-            snapshot_id: id,
-        };
-        (meta, pairs)
+    let _store = sm.store.read().unwrap_or_else(|p| p.into_inner());
+    // No apply can run now; let the ones before reach sled, which the dump reads.
+    sm.persister.drain()?;
+    let applied = sm.meta.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let snapshot_id = match applied.last_applied {
+        Some(l) => format!("{}-{}", l.leader_id.term, l.index),
+        None => "0-0".to_string(),
     };
-    let file = tokio::fs::File::create(tmp).await.map_err(we)?;
-    let mut w = BufWriter::new(file);
+    let meta =
+        SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.membership, snapshot_id };
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(tmp).map_err(we)?);
     let header = encode(&meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-    w.write_u32(header.len() as u32).await.map_err(we)?;
-    w.write_all(&header).await.map_err(we)?;
-    for (k, v) in pairs {
-        w.write_u32(k.len() as u32).await.map_err(we)?;
-        w.write_all(&k).await.map_err(we)?;
-        w.write_u32(v.len() as u32).await.map_err(we)?;
-        w.write_all(&v).await.map_err(we)?;
+    w.write_all(&(header.len() as u32).to_be_bytes()).map_err(we)?;
+    w.write_all(&header).map_err(we)?;
+    for item in sm.db.state.iter() {
+        let (k, v) = item.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        w.write_all(&(k.len() as u32).to_be_bytes()).map_err(we)?;
+        w.write_all(&k).map_err(we)?;
+        w.write_all(&(v.len() as u32).to_be_bytes()).map_err(we)?;
+        w.write_all(&v).map_err(we)?;
     }
-    w.flush().await.map_err(we)?;
-    w.into_inner().sync_all().await.map_err(we)?;
+    let file = w.into_inner().map_err(|e| we(e.into_error()))?;
+    file.sync_all().map_err(we)?;
     Ok(meta)
 }
 
@@ -346,8 +342,11 @@ async fn read_snapshot_meta(file: &mut tokio::fs::File) -> std::io::Result<Snaps
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let tmp = self.sm.snapshot_dir.join("building.tmp");
-        let meta = write_snapshot(&self.sm, &tmp).await?;
+        // Each build its own file: a build may overlap another (openraft spawns them).
+        static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.sm.snapshot_dir.join(format!("building-{n}.tmp"));
+        let meta = write_snapshot(self.sm.clone(), tmp.clone()).await?;
         let path = self.sm.snapshot_path(&meta.snapshot_id);
         tokio::fs::rename(&tmp, &path).await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
         remove_older_snapshots(&self.sm.snapshot_dir, &path).await;
