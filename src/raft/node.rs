@@ -45,7 +45,8 @@ impl RaftNode {
         self.raft.metrics().borrow().current_leader
     }
 
-    /// Proposes a write and waits until it is applied here (on the leader) and acknowledged.
+    /// Proposes a write and waits until it is applied (on the leader) and acknowledged. Any member
+    /// takes writes: a follower sends them to the leader.
     pub async fn write(&self, req: Request) -> Result<Response, NodeError> {
         let size = req.encoded_len();
         let deadline = tokio::time::Instant::now() + self.leader_wait;
@@ -54,7 +55,11 @@ impl RaftNode {
                 Ok(resp) => return Ok(resp),
                 // Not appended anywhere (or truncated away), so sending it on cannot apply it twice.
                 Err(ProposeError::NotLeader(Some((id, node)))) if id != self.id => {
-                    return self.forward(id, &node, &req).await
+                    match self.forward(id, &node, &req, deadline).await {
+                        // The member we took for the leader said it is not: nothing was proposed; retry.
+                        Err(NodeError::NoLeader) => {}
+                        other => return other,
+                    }
                 }
                 Err(ProposeError::NotLeader(_)) => {}
                 Err(ProposeError::Fatal(e)) => return Err(NodeError::Internal(e)),
@@ -73,16 +78,39 @@ impl RaftNode {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    async fn forward(&self, leader: u64, node: &Member, req: &Request) -> Result<Response, NodeError> {
+    /// Proposes on the leader only: a member that is not the leader answers `NoLeader` instead of passing
+    /// the request on (two members that each take the other for the leader must not bounce it).
+    pub async fn write_as_leader(&self, req: Request) -> Result<Response, NodeError> {
+        let size = req.encoded_len();
+        match self.batcher.propose(req, size).await {
+            Ok(resp) => Ok(resp),
+            Err(ProposeError::NotLeader(_)) => Err(NodeError::NoLeader),
+            Err(ProposeError::Fatal(e)) => Err(NodeError::Internal(e)),
+        }
+    }
+
+    /// Sends a write to the leader. Only the leader's own "not leader" answer comes back as `NoLeader`
+    /// (safe to retry); a failed call may or may not have reached it, so it is never retried here.
+    async fn forward(
+        &self,
+        leader: u64,
+        node: &Member,
+        req: &Request,
+        deadline: tokio::time::Instant,
+    ) -> Result<Response, NodeError> {
         let mut client = self.network.client(leader, node).map_err(NodeError::Internal)?;
         let data = encode(req).map_err(|e| NodeError::Internal(e.to_string()))?;
-        let reply = client.forward(RaftPayload { data }).await.map_err(|s| match s.code() {
-            tonic::Code::Unavailable => NodeError::NoLeader,
-            _ => NodeError::Internal(s.message().to_string()),
-        })?;
-        let result: Result<Response, NodeError> =
-            decode(&reply.into_inner().data).map_err(|e| NodeError::Internal(e.to_string()))?;
-        result
+        let reply = match tokio::time::timeout_at(deadline, client.forward(RaftPayload { data })).await {
+            Err(_) => return Err(NodeError::Timeout),
+            Ok(Err(s)) if s.code() == tonic::Code::Unavailable && s.message().contains("connect") => {
+                // Refused before anything was sent: the request never left this member.
+                return Err(NodeError::NoLeader);
+            }
+            Ok(Err(_)) => return Err(NodeError::Timeout),
+            Ok(Ok(reply)) => reply,
+        };
+        decode::<Result<Response, NodeError>>(&reply.into_inner().data)
+            .map_err(|e| NodeError::Internal(e.to_string()))?
     }
 
     /// The only voter, and leader with this term's first entry applied. After a restart the state machine

@@ -45,7 +45,7 @@ impl RaftPeer for PeerService {
 
     async fn forward(&self, req: GrpcRequest<RaftPayload>) -> Result<GrpcResponse<RaftPayload>, Status> {
         let request: Request = parse(req)?;
-        let result: Result<_, NodeError> = self.node.write(request).await;
+        let result: Result<_, NodeError> = self.node.write_as_leader(request).await;
         payload(&result)
     }
 
