@@ -131,8 +131,7 @@ impl Server {
             heartbeat_interval: config.heartbeat_interval,
             election_timeout_min: config.election_timeout,
             election_timeout_max: config.election_timeout * 3 / 2 + 1,
-            // Snapshots are triggered by the state machine after --snapshot-count requests (see below).
-            snapshot_policy: openraft::SnapshotPolicy::Never,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count.max(1)),
             // Like etcd's SnapshotCatchUpEntries: a follower this far behind still catches up from the log.
             max_in_snapshot_log_to_keep: config.snapshot_count.min(5000),
             ..Default::default()
@@ -140,7 +139,7 @@ impl Server {
         .validate()
         .map_err(|e| ServerError::Raft(e.to_string()))?;
 
-        let sm = StateMachine::open(db.clone(), data_dir.join("snap"), config.snapshot_count)
+        let sm = StateMachine::open(db.clone(), data_dir.join("snap"))
             .map_err(|e| ServerError::Raft(e.to_string()))?;
         let log_store = LogStore::open(db.clone(), &data_dir.join("wal"), sm.clone())
             .map_err(|e| ServerError::Raft(e.to_string()))?;
@@ -221,7 +220,6 @@ impl Server {
             })));
         }
 
-        tasks.push(tokio::spawn(snapshot_trigger(node.clone(), stop_rx.clone())));
         tasks.push(tokio::spawn(publish(
             node.clone(),
             config.advertise_client_urls.clone(),
@@ -282,28 +280,6 @@ async fn publish(
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return Ok(()),
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-}
-
-/// Asks Raft for a snapshot whenever the state machine has applied `--snapshot-count` requests since the
-/// last one, as etcd counts them (openraft's own policy counts entries, and an entry carries a batch).
-async fn snapshot_trigger(
-    node: RaftNode,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), tonic::transport::Error> {
-    loop {
-        tokio::select! {
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    return Ok(());
-                }
-            }
-            _ = node.sm.snapshot_due.notified() => {
-                if node.raft.trigger().snapshot().await.is_err() {
-                    return Ok(());
-                }
-            }
         }
     }
 }

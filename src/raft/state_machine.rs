@@ -39,12 +39,6 @@ pub struct StateMachine {
     persister: Persister,
     /// The last applied log index, for those who wait for apply (the log purge).
     applied_tx: tokio::sync::watch::Sender<u64>,
-    /// Client requests applied since the last snapshot, and how many call for the next one. etcd's
-    /// `--snapshot-count` counts requests; one Raft entry here carries a whole batch of them.
-    since_snapshot: std::sync::atomic::AtomicU64,
-    snapshot_every: u64,
-    /// Woken when `since_snapshot` reaches `snapshot_every`.
-    pub snapshot_due: tokio::sync::Notify,
 }
 
 /// Writes applied batches to sled on a thread of its own, in apply order, so that sled's insert cost is
@@ -139,23 +133,13 @@ struct Applied {
 }
 
 impl StateMachine {
-    pub fn open(db: Arc<Db>, snapshot_dir: PathBuf, snapshot_every: u64) -> Result<Arc<Self>, StorageError> {
+    pub fn open(db: Arc<Db>, snapshot_dir: PathBuf) -> Result<Arc<Self>, StorageError> {
         std::fs::create_dir_all(&snapshot_dir).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let store = Arc::new(RwLock::new(Self::open_store(&db)?));
         let meta = Self::load_meta(&db)?;
         let persister = Persister::start(db.clone())?;
         let applied_tx = tokio::sync::watch::Sender::new(meta.last_applied.map_or(0, |l| l.index));
-        Ok(Arc::new(StateMachine {
-            db,
-            store,
-            meta: Mutex::new(meta),
-            snapshot_dir,
-            persister,
-            applied_tx,
-            since_snapshot: std::sync::atomic::AtomicU64::new(0),
-            snapshot_every: snapshot_every.max(1),
-            snapshot_due: tokio::sync::Notify::new(),
-        }))
+        Ok(Arc::new(StateMachine { db, store, meta: Mutex::new(meta), snapshot_dir, persister, applied_tx }))
     }
 
     fn load_meta(db: &Db) -> Result<Applied, StorageError> {
@@ -217,14 +201,7 @@ impl StateMachine {
         let mut meta = self.meta.lock().unwrap_or_else(|p| p.into_inner());
         let (membership_before, clients_before) = (*meta.membership.log_id(), meta.client_urls.len());
         let mut responses = Vec::with_capacity(entries.len());
-        let mut requests = 0u64;
         for entry in entries {
-            if let EntryPayload::Normal(req) = &entry.payload {
-                requests += match req {
-                    Request::Batch(rs) => rs.len() as u64,
-                    _ => 1,
-                };
-            }
             meta.last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => Response::None,
@@ -244,11 +221,6 @@ impl StateMachine {
         self.persist(changes, &meta, members_changed)?;
         if let Some(l) = meta.last_applied {
             self.applied_tx.send_replace(l.index);
-        }
-        use std::sync::atomic::Ordering;
-        let before = self.since_snapshot.fetch_add(requests, Ordering::Relaxed);
-        if before < self.snapshot_every && before + requests >= self.snapshot_every {
-            self.snapshot_due.notify_one();
         }
         Ok(responses)
     }
@@ -337,7 +309,6 @@ fn dump(sm: &StateMachine, tmp: &std::path::Path) -> Result<SnapshotMeta, Storag
     let _store = sm.store.read().unwrap_or_else(|p| p.into_inner());
     // No apply can run now; let the ones before reach sled, which the dump reads.
     sm.persister.drain()?;
-    sm.since_snapshot.store(0, std::sync::atomic::Ordering::Relaxed);
     let applied = sm.meta.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let snapshot_id = match applied.last_applied {
         Some(l) => format!("{}-{}", l.leader_id.term, l.index),
