@@ -35,13 +35,17 @@ impl<B: Backend> Store<B> {
                 KeyRev { mod_rev: rev, create_rev: kv.create_revision, version: kv.version, lease: kv.lease },
             );
         })?;
+        // Records a compaction meant to delete may survive a crash (deletions are persisted after the
+        // compaction itself); compacting the rebuilt index again finds them, and they go with the next
+        // changes.
+        let leftovers = if compacted > 0 { index.compact(compacted) } else { Vec::new() };
         Ok(Store {
             index,
             current: current.max(max_seen),
             compacted,
             backend,
             pending: BTreeMap::new(),
-            pending_deletes: Vec::new(),
+            pending_deletes: leftovers,
             taken: Revision::default(),
         })
     }
