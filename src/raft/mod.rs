@@ -17,6 +17,14 @@ pub mod types;
 pub use node::RaftNode;
 pub use types::{Member, Request, Response, TypeConfig};
 
+/// Waits (until `deadline` at most) for a leader to be known, then a moment more: a new leader may not
+/// take requests the instant it is elected. Used between retries of writes and read-index rounds.
+pub(crate) async fn wait_for_leader(raft: &types::Raft, deadline: tokio::time::Instant) {
+    let mut m = raft.metrics();
+    let _ = tokio::time::timeout_at(deadline, m.wait_for(|m| m.current_leader.is_some())).await;
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+}
+
 /// bincode with the standard configuration: the encoding of everything concord writes for itself.
 pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, bincode::error::EncodeError> {
     bincode::serde::encode_to_vec(v, bincode::config::standard())

@@ -67,15 +67,8 @@ impl RaftNode {
             if tokio::time::Instant::now() >= deadline {
                 return Err(NodeError::NoLeader);
             }
-            self.wait_for_leader(deadline).await;
+            super::wait_for_leader(&self.raft, deadline).await;
         }
-    }
-
-    async fn wait_for_leader(&self, deadline: tokio::time::Instant) {
-        let mut m = self.raft.metrics();
-        let _ = tokio::time::timeout_at(deadline, m.wait_for(|m| m.current_leader.is_some())).await;
-        // A leader that is known but not yet able to accept writes: give it a moment.
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
     /// Proposes on the leader only: a member that is not the leader answers `NoLeader` instead of passing

@@ -58,12 +58,6 @@ impl Source {
         self.raft.metrics().borrow().current_leader
     }
 
-    async fn wait_for_leader(&self, deadline: tokio::time::Instant) {
-        let mut m = self.raft.metrics();
-        let _ = tokio::time::timeout_at(deadline, m.wait_for(|m| m.current_leader.is_some())).await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-
     /// One round: on the leader, a quorum confirms leadership; elsewhere, the leader answers.
     async fn fetch(&self) -> Result<u64, NodeError> {
         let deadline = tokio::time::Instant::now() + self.leader_wait;
@@ -100,7 +94,7 @@ impl Source {
             if tokio::time::Instant::now() >= deadline {
                 return Err(NodeError::NoLeader);
             }
-            self.wait_for_leader(deadline).await;
+            super::wait_for_leader(&self.raft, deadline).await;
         }
     }
 }

