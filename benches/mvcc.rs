@@ -20,15 +20,7 @@ fn filled(keys: u64) -> Store<MemBackend> {
         let req = PutRequest { key: key(i), value: vec![b'v'; 256], ..Default::default() };
         s.put(&req, &|_| false).expect("put");
     }
-    let changes = s.take_changes();
-    let through = changes.puts.last().map(|(r, _)| *r);
-    let mut backend = MemBackend::default();
-    backend.commit(changes);
-    let (cur, comp) = (s.current_revision(), s.compact_revision());
-    let mut s = Store::open(backend, cur, comp).expect("reopen");
-    if let Some(r) = through {
-        s.release(r);
-    }
+    s.commit().expect("commit");
     s
 }
 

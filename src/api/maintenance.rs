@@ -28,17 +28,17 @@ impl Maintenance for MaintenanceService {
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let m = self.node.raft.metrics().borrow().clone();
-        let db_size = self.node.sm.db().size_on_disk() as i64;
+        let (db_size, db_size_in_use) = self.node.sm.db_size();
         Ok(Response::new(StatusResponse {
             header: header(&self.node),
             version: ETCD_VERSION.into(),
-            db_size,
+            db_size: db_size as i64,
             leader: m.current_leader.unwrap_or(0),
             raft_index: m.last_log_index.unwrap_or(0),
             raft_term: m.current_term,
             raft_applied_index: m.last_applied.map_or(0, |l| l.index),
             errors: vec![],
-            db_size_in_use: db_size,
+            db_size_in_use: db_size_in_use as i64,
             is_learner: false,
         }))
     }

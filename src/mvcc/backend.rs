@@ -1,8 +1,9 @@
 //! Where the MVCC store keeps its records: one per revision, holding the full `KeyValue`.
 //!
-//! The store itself never writes to a backend. It collects the records of applied writes as [`Changes`],
-//! and the owner persists them together with whatever else must be atomic with them (for concord, the
-//! Raft applied log id). That keeps this module free of Raft and of any storage engine.
+//! The store collects the records of a batch of writes in memory and hands them to the backend as
+//! [`Changes`] when its owner calls [`Store::commit`](super::Store::commit). Durability is the owner's
+//! business (for concord, the Raft log and the state machine's checkpoints), which keeps this module free
+//! of Raft and of any storage engine.
 
 use std::collections::BTreeMap;
 
@@ -16,15 +17,17 @@ pub trait Backend {
 
     /// Every record in revision order; used to rebuild the key index on open.
     fn for_each(&self, f: &mut dyn FnMut(Revision, KeyValue)) -> Result<(), MvccError>;
+
+    /// Takes new records (in ascending revision order, above every record it holds) and forgets the ones
+    /// compaction dropped. Records must be readable through [`Backend::get`] when this returns.
+    fn commit(&mut self, changes: Changes) -> Result<(), MvccError>;
 }
 
-/// Records written and deleted since the owner last persisted.
+/// Records written and dropped since the last commit.
 #[derive(Debug, Default)]
 pub struct Changes {
     pub puts: Vec<(Revision, KeyValue)>,
     pub deletes: Vec<Revision>,
-    pub current_revision: i64,
-    pub compact_revision: i64,
 }
 
 impl Changes {
@@ -40,15 +43,6 @@ pub struct MemBackend {
 }
 
 impl MemBackend {
-    pub fn commit(&mut self, changes: Changes) {
-        for (rev, kv) in changes.puts {
-            self.records.insert(rev, kv);
-        }
-        for rev in changes.deletes {
-            self.records.remove(&rev);
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.records.len()
     }
@@ -66,6 +60,16 @@ impl Backend for MemBackend {
     fn for_each(&self, f: &mut dyn FnMut(Revision, KeyValue)) -> Result<(), MvccError> {
         for (rev, kv) in &self.records {
             f(*rev, kv.clone());
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, changes: Changes) -> Result<(), MvccError> {
+        for (rev, kv) in changes.puts {
+            self.records.insert(rev, kv);
+        }
+        for rev in changes.deletes {
+            self.records.remove(&rev);
         }
         Ok(())
     }

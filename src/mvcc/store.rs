@@ -16,38 +16,47 @@ pub struct Store<B> {
     pub(super) current: i64,
     pub(super) compacted: i64,
     pub(super) backend: B,
-    /// Records applied but not yet persisted by the owner; reads look here first. Those above `taken`
-    /// have not been handed out by [`Store::take_changes`] yet.
+    /// Records written since the last [`Store::commit`]; reads look here first.
     pub(super) pending: BTreeMap<Revision, KeyValue>,
     pub(super) pending_deletes: Vec<Revision>,
-    taken: Revision,
 }
 
 impl<B: Backend> Store<B> {
     /// Opens a store over `backend`, rebuilding the key index from its records.
     pub fn open(backend: B, current: i64, compacted: i64) -> Result<Self, MvccError> {
+        let mut store = Store {
+            index: KeyIndex::default(),
+            current,
+            compacted,
+            backend,
+            pending: BTreeMap::new(),
+            pending_deletes: Vec::new(),
+        };
+        store.rebuild(current, compacted)?;
+        Ok(store)
+    }
+
+    /// Rebuilds the key index from the backend's records, at the given revisions (after the backend's
+    /// records were replaced, e.g. by a snapshot).
+    pub fn rebuild(&mut self, current: i64, compacted: i64) -> Result<(), MvccError> {
         let mut index = KeyIndex::default();
         let mut max_seen = 1;
-        backend.for_each(&mut |rev, kv| {
+        self.backend.for_each(&mut |rev, kv| {
             max_seen = max_seen.max(rev.main);
             index.put(
                 &kv.key,
                 KeyRev { mod_rev: rev, create_rev: kv.create_revision, version: kv.version, lease: kv.lease },
             );
         })?;
-        // Records a compaction meant to delete may survive a crash (deletions are persisted after the
-        // compaction itself); compacting the rebuilt index again finds them, and they go with the next
-        // changes.
-        let leftovers = if compacted > 0 { index.compact(compacted) } else { Vec::new() };
-        Ok(Store {
-            index,
-            current: current.max(max_seen),
-            compacted,
-            backend,
-            pending: BTreeMap::new(),
-            pending_deletes: leftovers,
-            taken: Revision::default(),
-        })
+        // Records a compaction dropped may still be in the backend if its owner keeps them until some
+        // later point (concord forgets them at its next checkpoint); compacting the rebuilt index again
+        // finds them, and they go with the next commit.
+        self.pending_deletes = if compacted > 0 { index.compact(compacted) } else { Vec::new() };
+        self.pending.clear();
+        self.index = index;
+        self.current = current.max(max_seen);
+        self.compacted = compacted;
+        Ok(())
     }
 
     pub fn current_revision(&self) -> i64 {
@@ -67,31 +76,19 @@ impl<B: Backend> Store<B> {
         self.index.len()
     }
 
-    /// Hands the records written since the last call to the owner, who persists them (atomically with its
-    /// own bookkeeping) and then calls [`Store::release`]. Until then the store keeps serving them itself,
-    /// so persisting can happen off the write path.
-    pub fn take_changes(&mut self) -> Changes {
-        use std::ops::Bound;
-        let puts: Vec<(Revision, KeyValue)> = self
-            .pending
-            .range((Bound::Excluded(self.taken), Bound::Unbounded))
-            .map(|(r, kv)| (*r, kv.clone()))
-            .collect();
-        if let Some((r, _)) = puts.last() {
-            self.taken = *r;
-        }
-        Changes {
-            puts,
-            deletes: std::mem::take(&mut self.pending_deletes),
-            current_revision: self.current,
-            compact_revision: self.compacted,
-        }
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
     }
 
-    /// The owner has persisted every record up to `through`: stop keeping copies of them.
-    pub fn release(&mut self, through: Revision) {
-        let keep = self.pending.split_off(&Revision::new(through.main, through.sub + 1));
-        self.pending = keep;
+    /// Hands the records written (and dropped) since the last commit to the backend. The owner calls it
+    /// after a batch of writes; until then the store serves the new records from memory.
+    pub fn commit(&mut self) -> Result<(), MvccError> {
+        if self.pending.is_empty() && self.pending_deletes.is_empty() {
+            return Ok(());
+        }
+        let puts = std::mem::take(&mut self.pending).into_iter().collect();
+        let deletes = std::mem::take(&mut self.pending_deletes);
+        self.backend.commit(Changes { puts, deletes })
     }
 
     pub(super) fn value_at(&self, rev: Revision) -> Result<Vec<u8>, MvccError> {

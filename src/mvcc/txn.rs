@@ -411,12 +411,7 @@ mod tests {
     }
 
     fn flushed(mut s: Store<MemBackend>) -> Store<MemBackend> {
-        let changes = s.take_changes();
-        let through = changes.puts.last().map(|(r, _)| *r);
-        s.backend.commit(changes);
-        if let Some(r) = through {
-            s.release(r);
-        }
+        s.commit().unwrap();
         s
     }
 

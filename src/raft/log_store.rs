@@ -247,11 +247,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // The state machine must cover what goes, durably. openraft can purge as soon as it has handed a
-        // received snapshot to the state machine, before the install is done: wait for it, then for its
-        // writes to reach sled, then sync them together with the purge point.
+        // received snapshot to the state machine, before the install is done: wait for it, then make the
+        // applied state durable before the purge point.
         self.sm.wait_applied(log_id.index).await;
         let sm = self.sm.clone();
-        tokio::task::spawn_blocking(move || sm.wait_persisted()).await.map_err(write_err)??;
+        tokio::task::spawn_blocking(move || sm.checkpoint()).await.map_err(write_err)??;
         self.put_meta(keys::PURGED, &log_id)?;
         self.sync_db().await?;
         let wal = self.wal.clone();

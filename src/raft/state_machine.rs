@@ -1,26 +1,27 @@
-//! The state machine: applies committed entries to the MVCC store and persists each batch of entries
-//! together with the applied log id in one atomic sled batch.
+//! The state machine: applies committed entries to the MVCC store, whose records go to the record log
+//! ([`crate::storage::records`]) as each batch of entries is applied.
 //!
-//! Apply does not sync. The Raft log is the durability point: on a crash, whatever the state machine lost
-//! is re-applied from the log after the recorded applied id. sled recovers a prefix of its write order, so
-//! the state machine is never ahead of what it records, and the log is never purged past a snapshot.
+//! Apply does not sync. The Raft log is the durability point: a checkpoint, taken in the background (and
+//! before the log is purged), makes the records durable together with the applied log id they match,
+//! and on restart openraft re-applies the log from there.
 
 use std::collections::BTreeMap;
-use std::io::SeekFrom;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::io::{Read, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, RwLock, Weak};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
-use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, BufReader};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::types::{
     Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 use super::{decode, encode};
-use crate::mvcc::{self, Changes, Store};
-use crate::storage::{keys, Db, SledBackend};
+use crate::mvcc::Store;
+use crate::storage::records::RecordLog;
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     StorageError::from_io_error(ErrorSubject::StateMachine, verb, std::io::Error::other(e.to_string()))
@@ -30,244 +31,289 @@ fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     StorageError::from_io_error(ErrorSubject::Snapshot(None), verb, std::io::Error::other(e.to_string()))
 }
 
+/// Live records moved per step when a segment is reclaimed; one step holds the store's write lock.
+const RECLAIM_BUDGET: usize = 1024;
+
 /// The applied state, shared by the Raft core (which applies) and the API (which reads).
 pub struct StateMachine {
-    db: Arc<Db>,
-    store: Arc<RwLock<Store<SledBackend>>>,
+    store: RwLock<Store<RecordLog>>,
     meta: Mutex<Applied>,
     snapshot_dir: PathBuf,
-    persister: Persister,
+    /// Checkpoints complete one at a time, in the order they were taken.
+    checkpoint_lock: Mutex<()>,
+    /// A failed sync leaves the page cache in an unknown state (it may have dropped the dirty pages):
+    /// like etcd, stop applying rather than claim durability later.
+    failed: AtomicBool,
     /// The last applied log index, for those who wait for apply (the log purge).
     applied_tx: tokio::sync::watch::Sender<u64>,
+    /// Wakes the maintenance thread (reclaiming segments, checkpoints).
+    maintenance: mpsc::SyncSender<()>,
+    /// Requests applied since the last snapshot, and how many call for the next (etcd's
+    /// `--snapshot-count`, which counts requests, not Raft entries: ours carry batches).
+    since_snapshot: AtomicU64,
+    snapshot_count: u64,
+    snapshot_due: tokio::sync::Notify,
+    /// The log index of the last snapshot: a snapshot sent to a lagging member must cover it, since the
+    /// log may be purged up to there.
+    snapshot_floor: AtomicU64,
+    /// openraft asks for the current snapshot once while starting; see `get_current_snapshot`.
+    probed: AtomicBool,
 }
 
-/// Writes applied batches to sled on a thread of its own, in apply order, so that sled's insert cost is
-/// off the write path (it was ~80% of apply at 64 clients). Until a batch is written, the store serves
-/// its records from memory; the next apply lets go of the copies that are in sled by then. `drain` waits
-/// for everything sent so far (snapshots, install, shutdown).
-///
-/// The thread never takes the store's lock: a snapshot holds it while it drains, and a persister
-/// waiting for the lock could then never finish the batches the snapshot waits for.
-struct Persister {
-    tx: std::sync::mpsc::SyncSender<(sled::Batch, mvcc::Revision)>,
-    progress: Arc<(Mutex<Progress>, std::sync::Condvar)>,
+/// What a checkpoint records next to the records: exactly the state they match.
+#[derive(Clone, Serialize, Deserialize)]
+struct Durable {
+    last_applied: Option<LogId>,
+    current: i64,
+    compacted: i64,
+    membership: StoredMembership,
+    client_urls: BTreeMap<u64, Vec<String>>,
 }
 
-#[derive(Default)]
-struct Progress {
-    sent: u64,
-    written: u64,
-    /// Every record up to here is in sled.
-    written_through: mvcc::Revision,
-    error: Option<String>,
-}
-
-/// Record deletions per sled batch when a compaction drops history.
-const DELETE_CHUNK: usize = 4096;
-
-/// Applies that may wait in the persister's queue before apply itself has to wait.
-const PERSIST_QUEUE: usize = 16;
-
-impl Persister {
-    fn start(db: Arc<Db>) -> Result<Persister, StorageError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(sled::Batch, mvcc::Revision)>(PERSIST_QUEUE);
-        let progress = Arc::new((Mutex::new(Progress::default()), std::sync::Condvar::new()));
-        let p = progress.clone();
-        std::thread::Builder::new()
-            .name("concord-sm-persist".into())
-            .spawn(move || {
-                while let Ok((batch, through)) = rx.recv() {
-                    let err = db.state.apply_batch(batch).err().map(|e| e.to_string());
-                    let mut g = p.0.lock().unwrap_or_else(|e| e.into_inner());
-                    g.written += 1;
-                    match err {
-                        // Only records that are in sled may be let go of.
-                        None => g.written_through = g.written_through.max(through),
-                        Some(e) if g.error.is_none() => g.error = Some(e),
-                        Some(_) => {}
-                    }
-                    drop(g);
-                    p.1.notify_all();
-                }
-            })
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        Ok(Persister { tx, progress })
-    }
-
-    fn send(&self, batch: sled::Batch, through: mvcc::Revision) -> Result<(), StorageError> {
-        {
-            let mut g = self.progress.0.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(e) = &g.error {
-                return Err(sm_err(ErrorVerb::Write, e));
-            }
-            g.sent += 1;
-        }
-        self.tx
-            .send((batch, through))
-            .map_err(|_| sm_err(ErrorVerb::Write, "state machine persister stopped"))
-    }
-
-    fn written_through(&self) -> mvcc::Revision {
-        self.progress.0.lock().unwrap_or_else(|e| e.into_inner()).written_through
-    }
-
-    /// Blocks until every batch sent so far is in sled.
-    fn drain(&self) -> Result<(), StorageError> {
-        let mut g = self.progress.0.lock().unwrap_or_else(|e| e.into_inner());
-        while g.written < g.sent && g.error.is_none() {
-            g = self.progress.1.wait(g).unwrap_or_else(|e| e.into_inner());
-        }
-        match &g.error {
-            Some(e) => Err(sm_err(ErrorVerb::Write, e)),
-            None => Ok(()),
+impl Default for Durable {
+    fn default() -> Self {
+        // An empty store is at revision 1 with nothing compacted (-1, like etcd, so that compacting at
+        // revision 0 succeeds once).
+        Durable {
+            last_applied: None,
+            current: 1,
+            compacted: -1,
+            membership: StoredMembership::default(),
+            client_urls: BTreeMap::new(),
         }
     }
 }
-
-/// What `m/applied` holds: the last applied log id, the current and the compacted revision.
-type Position = (Option<LogId>, i64, i64);
 
 #[derive(Clone, Default)]
 struct Applied {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     client_urls: BTreeMap<u64, Vec<String>>,
-    client_urls_changed: bool,
+}
+
+impl Applied {
+    fn durable(&self, store: &Store<RecordLog>) -> Durable {
+        Durable {
+            last_applied: self.last_applied,
+            current: store.current_revision(),
+            compacted: store.compact_revision(),
+            membership: self.membership.clone(),
+            client_urls: self.client_urls.clone(),
+        }
+    }
+}
+
+impl From<Durable> for Applied {
+    fn from(d: Durable) -> Applied {
+        Applied { last_applied: d.last_applied, membership: d.membership, client_urls: d.client_urls }
+    }
+}
+
+fn decode_durable(bytes: Option<Vec<u8>>) -> Result<Durable, StorageError> {
+    match bytes {
+        Some(b) => decode(&b).map_err(|e| sm_err(ErrorVerb::Read, e)),
+        None => Ok(Durable::default()),
+    }
 }
 
 impl StateMachine {
-    pub fn open(db: Arc<Db>, snapshot_dir: PathBuf) -> Result<Arc<Self>, StorageError> {
+    /// Opens the records in `records_dir` at their last checkpoint, and starts the maintenance thread
+    /// (it ends with the state machine).
+    pub fn open(
+        records_dir: &Path,
+        snapshot_dir: PathBuf,
+        snapshot_count: u64,
+    ) -> Result<Arc<Self>, StorageError> {
         std::fs::create_dir_all(&snapshot_dir).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        let store = Arc::new(RwLock::new(Self::open_store(&db)?));
-        let meta = Self::load_meta(&db)?;
-        let persister = Persister::start(db.clone())?;
-        let applied_tx = tokio::sync::watch::Sender::new(meta.last_applied.map_or(0, |l| l.index));
-        Ok(Arc::new(StateMachine { db, store, meta: Mutex::new(meta), snapshot_dir, persister, applied_tx }))
-    }
-
-    fn load_meta(db: &Db) -> Result<Applied, StorageError> {
-        fn get<T: serde::de::DeserializeOwned + Default>(db: &Db, k: &[u8]) -> Result<T, StorageError> {
-            match db.state.get(k).map_err(|e| sm_err(ErrorVerb::Read, e))? {
-                Some(v) => decode(&v).map_err(|e| sm_err(ErrorVerb::Read, e)),
-                None => Ok(T::default()),
-            }
-        }
-        let (last_applied, _, _): Position = get(db, keys::APPLIED)?;
-        Ok(Applied {
-            last_applied,
-            membership: get(db, keys::MEMBERSHIP)?,
-            client_urls: get(db, keys::CLIENT_URLS)?,
-            client_urls_changed: false,
-        })
+        let (log, meta) = RecordLog::open(records_dir).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let durable = decode_durable(meta)?;
+        let store =
+            Store::open(log, durable.current, durable.compacted).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let applied = durable.last_applied.map_or(0, |l| l.index);
+        let applied_tx = tokio::sync::watch::Sender::new(applied);
+        let (tx, rx) = mpsc::sync_channel(1);
+        let sm = Arc::new(StateMachine {
+            store: RwLock::new(store),
+            meta: Mutex::new(durable.into()),
+            snapshot_dir,
+            checkpoint_lock: Mutex::new(()),
+            failed: AtomicBool::new(false),
+            applied_tx,
+            maintenance: tx,
+            since_snapshot: AtomicU64::new(0),
+            snapshot_count: snapshot_count.max(1),
+            snapshot_due: tokio::sync::Notify::new(),
+            snapshot_floor: AtomicU64::new(applied),
+            probed: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&sm);
+        std::thread::Builder::new()
+            .name("concord-sm-maint".into())
+            .spawn(move || maintenance_loop(weak, rx))
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        Ok(sm)
     }
 
     /// The client URLs each member published (etcd's member attributes).
     pub fn client_urls(&self) -> BTreeMap<u64, Vec<String>> {
-        self.meta.lock().unwrap_or_else(|p| p.into_inner()).client_urls.clone()
+        self.meta().client_urls.clone()
     }
 
-    fn open_store(db: &Db) -> Result<Store<SledBackend>, StorageError> {
-        let position: Option<Position> =
-            match db.state.get(keys::APPLIED).map_err(|e| sm_err(ErrorVerb::Read, e))? {
-                Some(v) => Some(decode(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?),
-                None => None,
-            };
-        // An empty store is at revision 1 with nothing compacted (-1, like etcd, so that compacting at
-        // revision 0 succeeds once).
-        let (_, current, compacted) = position.unwrap_or((None, 1, -1));
-        Store::open(SledBackend::new(db.state.clone()), current, compacted)
-            .map_err(|e| sm_err(ErrorVerb::Read, e))
+    fn meta(&self) -> std::sync::MutexGuard<'_, Applied> {
+        self.meta.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn store_mut(&self) -> std::sync::RwLockWriteGuard<'_, Store<RecordLog>> {
+        self.store.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs `f` on the store as currently applied. Reads never wait for the disk, only for an apply that
-    /// is in progress (an in-memory index update and one unsynced sled batch).
-    pub fn read<T>(&self, f: impl FnOnce(&Store<SledBackend>) -> T) -> T {
+    /// is in progress (in-memory index updates and one unsynced append).
+    pub fn read<T>(&self, f: impl FnOnce(&Store<RecordLog>) -> T) -> T {
         let store = self.store.read().unwrap_or_else(|p| p.into_inner());
         f(&store)
     }
 
     pub fn last_applied(&self) -> Option<LogId> {
-        self.meta.lock().unwrap_or_else(|p| p.into_inner()).last_applied
+        self.meta().last_applied
     }
 
     pub fn membership(&self) -> StoredMembership {
-        self.meta.lock().unwrap_or_else(|p| p.into_inner()).membership.clone()
+        self.meta().membership.clone()
     }
 
-    pub fn db(&self) -> &Arc<Db> {
-        &self.db
+    /// Bytes of the record files, and the part of them still in use (etcd's db size and size in use).
+    pub fn db_size(&self) -> (u64, u64) {
+        self.read(|s| s.backend().size())
     }
 
     fn apply_entries(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StorageError> {
-        let mut store = self.store.write().unwrap_or_else(|p| p.into_inner());
-        store.release(self.persister.written_through());
-        let mut meta = self.meta.lock().unwrap_or_else(|p| p.into_inner());
-        let (membership_before, clients_before) = (*meta.membership.log_id(), meta.client_urls.len());
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(sm_err(ErrorVerb::Write, "an earlier sync of the records failed"));
+        }
+        let mut store = self.store_mut();
+        let mut meta = self.meta();
         let mut responses = Vec::with_capacity(entries.len());
+        let mut requests = 0;
         for entry in entries {
             meta.last_applied = Some(entry.log_id);
+            requests += 1;
             let response = match entry.payload {
                 EntryPayload::Blank => Response::None,
                 EntryPayload::Membership(m) => {
                     meta.membership = StoredMembership::new(Some(entry.log_id), m);
                     Response::None
                 }
-                EntryPayload::Normal(req) => apply_request(&mut store, &mut meta, req),
+                EntryPayload::Normal(req) => {
+                    if let Request::Batch(b) = &req {
+                        requests += b.len() as u64 - 1;
+                    }
+                    apply_request(&mut store, &mut meta, req)
+                }
             };
             responses.push(response);
         }
-        let members_changed = *meta.membership.log_id() != membership_before
-            || meta.client_urls.len() != clients_before
-            || meta.client_urls_changed;
-        meta.client_urls_changed = false;
-        let changes = store.take_changes();
-        self.persist(changes, &meta, members_changed)?;
+        store.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let due = store.backend().maintenance_due();
         if let Some(l) = meta.last_applied {
             self.applied_tx.send_replace(l.index);
+        }
+        drop((meta, store));
+        if self.since_snapshot.fetch_add(requests, Ordering::Relaxed) + requests >= self.snapshot_count {
+            self.snapshot_due.notify_one();
+        }
+        if due {
+            // Full means a wake-up is pending already.
+            let _ = self.maintenance.try_send(());
         }
         Ok(responses)
     }
 
-    /// One sled batch per apply: the records, then the applied position (with the revisions, so that
-    /// they can never disagree), and the member data only when it changed.
     /// Waits until the state machine has applied (or installed a snapshot covering) `index`.
     pub async fn wait_applied(&self, index: u64) {
         let mut rx = self.applied_tx.subscribe();
         let _ = rx.wait_for(|a| *a >= index).await;
     }
 
-    /// Waits until every applied batch is in sled (not necessarily synced).
-    pub fn wait_persisted(&self) -> Result<(), StorageError> {
-        self.persister.drain()
+    /// Resolves when enough requests were applied since the last snapshot (`--snapshot-count`).
+    pub async fn snapshot_due(&self) {
+        self.snapshot_due.notified().await
     }
 
-    fn persist(&self, changes: Changes, meta: &Applied, members_changed: bool) -> Result<(), StorageError> {
-        let Changes { puts, mut deletes, current_revision, compact_revision } = changes;
-        let w = |e: bincode::error::EncodeError| sm_err(ErrorVerb::Write, e);
-        let mut batch = sled::Batch::default();
-        for (rev, kv) in &puts {
-            batch.insert(&keys::record(*rev), kv.encode_to_vec());
+    /// Makes everything applied so far durable, with the applied position it matches.
+    /// Blocking: the syncs run without the store's lock, so applies and reads go on meanwhile.
+    pub fn checkpoint(&self) -> Result<(), StorageError> {
+        self.checkpoint_state().map(|_| ())
+    }
+
+    fn checkpoint_state(&self) -> Result<Durable, StorageError> {
+        let _one = self.checkpoint_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (point, durable) = {
+            let mut store = self.store_mut();
+            let durable = self.meta().durable(&store);
+            let bytes = encode(&durable).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            (store.backend_mut().sync_point(bytes), durable)
+        };
+        if let Err(e) = point.complete() {
+            self.failed.store(true, Ordering::Relaxed);
+            tracing::error!(error = %e, "syncing the records failed; this member stops applying");
+            return Err(sm_err(ErrorVerb::Write, e));
         }
-        // A compaction can drop millions of records, and one sled batch holds all its operations in memory
-        // (a 600,000-record compaction took 4 GB). Deletions go in batches of their own, in ascending
-        // revision order, after this one: a crash part-way leaves only records below the compaction point,
-        // which reads never reach and the next open drops (`Store::open` compacts again).
-        deletes.sort_unstable();
-        let position = (meta.last_applied, current_revision, compact_revision);
-        batch.insert(keys::APPLIED, encode(&position).map_err(w)?);
-        if members_changed {
-            batch.insert(keys::MEMBERSHIP, encode(&meta.membership).map_err(w)?);
-            batch.insert(keys::CLIENT_URLS, encode(&meta.client_urls).map_err(w)?);
+        self.store_mut().backend_mut().synced(&point);
+        Ok(durable)
+    }
+
+    /// Reclaims mostly-dead segments a step at a time, then checkpoints if that (or the amount written)
+    /// calls for it.
+    fn maintain(&self) -> Result<(), StorageError> {
+        while self
+            .store_mut()
+            .backend_mut()
+            .reclaim_step(RECLAIM_BUDGET)
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?
+        {}
+        if self.read(|s| s.backend().checkpoint_due()) {
+            self.checkpoint()?;
         }
-        let through = puts.last().map_or(mvcc::Revision::default(), |(r, _)| *r);
-        self.persister.send(batch, through)?;
-        for chunk in deletes.chunks(DELETE_CHUNK) {
-            let mut batch = sled::Batch::default();
-            for rev in chunk {
-                batch.remove(&keys::record(*rev));
+        Ok(())
+    }
+
+    /// Replaces the state with a snapshot's, read from `file` (blocking), and makes it durable.
+    fn install(&self, file: std::fs::File, snapshot_id: &str) -> Result<(), StorageError> {
+        let re = |e: std::io::Error| snap_err(ErrorVerb::Read, e);
+        let mut r = std::io::BufReader::with_capacity(1 << 20, file);
+        read_part(&mut r).map_err(re)?; // the SnapshotMeta openraft has read already
+        let durable: Durable =
+            decode(&read_part(&mut r).map_err(re)?).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let bytes = encode(&durable).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let _one = self.checkpoint_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let point = {
+            let mut store = self.store_mut();
+            // Half-replaced records are of no use to anyone: a failure here stops this member.
+            let replaced =
+                store.backend_mut().replace(&mut r).map_err(|e| snap_err(ErrorVerb::Read, e)).and_then(
+                    |()| {
+                        store
+                            .rebuild(durable.current, durable.compacted)
+                            .map_err(|e| snap_err(ErrorVerb::Read, e))
+                    },
+                );
+            if let Err(e) = replaced {
+                self.failed.store(true, Ordering::Relaxed);
+                return Err(e);
             }
-            self.persister.send(batch, through)?;
+            *self.meta() = durable.clone().into();
+            store.backend_mut().sync_point(bytes)
+        };
+        if let Err(e) = point.complete() {
+            self.failed.store(true, Ordering::Relaxed);
+            return Err(snap_err(ErrorVerb::Write, e));
         }
+        self.store_mut().backend_mut().synced(&point);
+        if let Some(l) = durable.last_applied {
+            self.applied_tx.send_replace(l.index);
+        }
+        tracing::info!(snapshot = %snapshot_id, "installed snapshot from the leader");
         Ok(())
     }
 
@@ -276,9 +322,18 @@ impl StateMachine {
     }
 }
 
+fn maintenance_loop(sm: Weak<StateMachine>, wake: mpsc::Receiver<()>) {
+    while wake.recv().is_ok() {
+        let Some(sm) = sm.upgrade() else { return };
+        if let Err(e) = sm.maintain() {
+            tracing::error!(error = %e, "state machine maintenance failed");
+        }
+    }
+}
+
 /// Applies one request. Deterministic: the same request on the same state gives the same result on
 /// every member.
-fn apply_request(store: &mut Store<SledBackend>, meta: &mut Applied, req: Request) -> Response {
+fn apply_request(store: &mut Store<RecordLog>, meta: &mut Applied, req: Request) -> Response {
     use crate::pb::etcdserverpb::{CompactionResponse, ResponseHeader};
     // Leases arrive with the Lease service; until then no lease exists.
     let no_leases = |_: i64| false;
@@ -292,7 +347,6 @@ fn apply_request(store: &mut Store<SledBackend>, meta: &mut Applied, req: Reques
         }),
         Request::Publish { id, client_urls } => {
             meta.client_urls.insert(id, client_urls);
-            meta.client_urls_changed = true;
             Ok(Response::None)
         }
         Request::Batch(reqs) => {
@@ -308,42 +362,39 @@ pub struct StateMachineStore {
     pub sm: Arc<StateMachine>,
 }
 
-/// Snapshot file layout: `u32` length + bincode `SnapshotMeta`, then records of `u32` key length, key,
-/// `u32` value length, value — every key of the state machine tree, in order (integers big-endian).
+/// Snapshot file layout: `u32` length + bincode `SnapshotMeta`, `u32` length + bincode `Durable`, then
+/// every record in revision order, in the record log's format (integers big-endian here).
 async fn write_snapshot(sm: Arc<StateMachine>, tmp: PathBuf) -> Result<SnapshotMeta, StorageError> {
     tokio::task::spawn_blocking(move || dump(&sm, &tmp)).await.map_err(|e| snap_err(ErrorVerb::Write, e))?
 }
 
-/// Streams the state machine tree into `tmp`, on a blocking thread (never a tokio worker): memory stays
-/// flat whatever the store's size. Applies wait while the dump runs, so the records and the applied
-/// position agree.
-fn dump(sm: &StateMachine, tmp: &std::path::Path) -> Result<SnapshotMeta, StorageError> {
-    use std::io::Write;
+/// Streams the state into `tmp`, on a blocking thread (never a tokio worker). Only taking the view holds
+/// the store's lock: applies go on while the records are copied.
+fn dump(sm: &StateMachine, tmp: &Path) -> Result<SnapshotMeta, StorageError> {
     let we = |e: std::io::Error| snap_err(ErrorVerb::Write, e);
-    let _store = sm.store.read().unwrap_or_else(|p| p.into_inner());
-    // No apply can run now; let the ones before reach sled, which the dump reads.
-    sm.persister.drain()?;
-    let applied = sm.meta.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let snapshot_id = match applied.last_applied {
-        Some(l) => format!("{}-{}", l.leader_id.term, l.index),
-        None => "0-0".to_string(),
+    let (view, durable) = {
+        let store = sm.store.read().unwrap_or_else(|p| p.into_inner());
+        (store.backend().view(), sm.meta().durable(&store))
     };
-    let meta =
-        SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.membership, snapshot_id };
+    let meta = snapshot_meta(&durable);
     let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(tmp).map_err(we)?);
-    let header = encode(&meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-    w.write_all(&(header.len() as u32).to_be_bytes()).map_err(we)?;
-    w.write_all(&header).map_err(we)?;
-    for item in sm.db.state.iter() {
-        let (k, v) = item.map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        w.write_all(&(k.len() as u32).to_be_bytes()).map_err(we)?;
-        w.write_all(&k).map_err(we)?;
-        w.write_all(&(v.len() as u32).to_be_bytes()).map_err(we)?;
-        w.write_all(&v).map_err(we)?;
+    for part in [encode(&meta), encode(&durable)] {
+        let part = part.map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        w.write_all(&(part.len() as u32).to_be_bytes()).map_err(we)?;
+        w.write_all(&part).map_err(we)?;
     }
+    view.write_to(&mut w).map_err(we)?;
     let file = w.into_inner().map_err(|e| we(e.into_error()))?;
     file.sync_all().map_err(we)?;
     Ok(meta)
+}
+
+fn read_part(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let mut part = vec![0; u32::from_be_bytes(len) as usize];
+    r.read_exact(&mut part)?;
+    Ok(part)
 }
 
 async fn read_snapshot_meta(file: &mut tokio::fs::File) -> std::io::Result<SnapshotMeta> {
@@ -354,20 +405,33 @@ async fn read_snapshot_meta(file: &mut tokio::fs::File) -> std::io::Result<Snaps
     decode(&header).map_err(std::io::Error::other)
 }
 
+/// A snapshot, to openraft, is what lets it purge the log: for concord that is a checkpoint, since the
+/// record log is the state (like etcd, whose snapshot is its bbolt file). The file a lagging member needs
+/// is written only when one needs it (`get_current_snapshot`).
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        // Each build its own file: a build may overlap another (openraft spawns them).
-        static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = self.sm.snapshot_dir.join(format!("building-{n}.tmp"));
-        let meta = write_snapshot(self.sm.clone(), tmp.clone()).await?;
-        let path = self.sm.snapshot_path(&meta.snapshot_id);
-        tokio::fs::rename(&tmp, &path).await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        remove_older_snapshots(&self.sm.snapshot_dir, &path).await;
-        tracing::info!(snapshot = %meta.snapshot_id, "built snapshot");
-        let file = tokio::fs::File::open(&path).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        self.sm.since_snapshot.store(0, Ordering::Relaxed);
+        let sm = self.sm.clone();
+        let durable = tokio::task::spawn_blocking(move || sm.checkpoint_state())
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))??;
+        let meta = snapshot_meta(&durable);
+        if let Some(l) = meta.last_log_id {
+            self.sm.snapshot_floor.fetch_max(l.index, Ordering::Relaxed);
+        }
+        tracing::debug!(snapshot = %meta.snapshot_id, "checkpoint as snapshot");
+        // openraft keeps only the meta of a snapshot it asked to build.
+        let file = tokio::fs::File::open("/dev/null").await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
         Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
+}
+
+fn snapshot_meta(d: &Durable) -> SnapshotMeta {
+    let snapshot_id = match d.last_applied {
+        Some(l) => format!("{}-{}", l.leader_id.term, l.index),
+        None => "0-0".to_string(),
+    };
+    SnapshotMeta { last_log_id: d.last_applied, last_membership: d.membership.clone(), snapshot_id }
 }
 
 /// The log index a snapshot file covers, from its name (`<term>-<index>-<records>.snap`).
@@ -448,49 +512,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), StorageError> {
         let re = |e: std::io::Error| snap_err(ErrorVerb::Read, e);
         snapshot.sync_all().await.map_err(re)?;
-        read_snapshot_meta(&mut snapshot).await.map_err(re)?;
-        let mut r = BufReader::new(*snapshot);
-        let mut pairs = Vec::new();
-        loop {
-            let klen = match r.read_u32().await {
-                Ok(n) => n as usize,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(re(e)),
-            };
-            let mut k = vec![0; klen];
-            r.read_exact(&mut k).await.map_err(re)?;
-            let vlen = r.read_u32().await.map_err(re)? as usize;
-            let mut v = vec![0; vlen];
-            r.read_exact(&mut v).await.map_err(re)?;
-            pairs.push((k, v));
-        }
+        snapshot.seek(SeekFrom::Start(0)).await.map_err(re)?;
+        let file = snapshot.into_std().await;
         let sm = self.sm.clone();
         let snapshot_id = meta.snapshot_id.clone();
-        let meta = meta.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
-            let we = |e: sled::Error| snap_err(ErrorVerb::Write, e);
-            let mut store = sm.store.write().unwrap_or_else(|p| p.into_inner());
-            // Nothing of the old state may land after the new one.
-            sm.persister.drain()?;
-            let mut batch = sled::Batch::default();
-            for k in sm.db.state.iter().keys() {
-                batch.remove(k.map_err(we)?);
-            }
-            for (k, v) in pairs {
-                batch.insert(k, v);
-            }
-            sm.db.state.apply_batch(batch).map_err(we)?;
-            sm.db.sync().map_err(|e| snap_err(ErrorVerb::Write, e))?;
-            *store = StateMachine::open_store(&sm.db)?;
-            *sm.meta.lock().unwrap_or_else(|p| p.into_inner()) = StateMachine::load_meta(&sm.db)?;
-            if let Some(l) = meta.last_log_id {
-                sm.applied_tx.send_replace(l.index);
-            }
-            tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot from the leader");
-            Ok(())
-        })
-        .await
-        .map_err(|e| snap_err(ErrorVerb::Write, e))??;
+        let id = snapshot_id.clone();
+        tokio::task::spawn_blocking(move || sm.install(file, &id))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))??;
         // Only once the state is durable does the file become the current snapshot.
         let path = self.sm.snapshot_path(&snapshot_id);
         tokio::fs::rename(self.sm.snapshot_dir.join("receiving.tmp"), &path).await.map_err(re)?;
@@ -498,11 +527,35 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(())
     }
 
+    /// The newest snapshot file if it covers the last snapshot's index; otherwise one is written now,
+    /// from the current state (openraft 0.9 accepts a snapshot newer than the one it asked for). The
+    /// exception is openraft's probe while starting: answering "none" then makes it build one (a
+    /// checkpoint) instead of this member dumping its whole state at every restart.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let Some((_, p)) = snapshots(&self.sm.snapshot_dir).await.into_iter().next() else { return Ok(None) };
-        let mut file = tokio::fs::File::open(&p).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        let meta = read_snapshot_meta(&mut file).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        file.seek(SeekFrom::Start(0)).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let re = |e: std::io::Error| snap_err(ErrorVerb::Read, e);
+        let floor = self.sm.snapshot_floor.load(Ordering::Relaxed);
+        let newest = snapshots(&self.sm.snapshot_dir).await.into_iter().next();
+        let path = match newest {
+            Some((i, p)) if i >= floor => p,
+            _ if !self.sm.probed.swap(true, Ordering::Relaxed) || self.sm.last_applied().is_none() => {
+                return Ok(None)
+            }
+            _ => {
+                static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = BUILDS.fetch_add(1, Ordering::Relaxed);
+                let tmp = self.sm.snapshot_dir.join(format!("building-{n}.tmp"));
+                let meta = write_snapshot(self.sm.clone(), tmp.clone()).await?;
+                let path = self.sm.snapshot_path(&meta.snapshot_id);
+                tokio::fs::rename(&tmp, &path).await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
+                remove_older_snapshots(&self.sm.snapshot_dir, &path).await;
+                tracing::info!(snapshot = %meta.snapshot_id, "wrote snapshot for a lagging member");
+                path
+            }
+        };
+        self.sm.probed.store(true, Ordering::Relaxed);
+        let mut file = tokio::fs::File::open(&path).await.map_err(re)?;
+        let meta = read_snapshot_meta(&mut file).await.map_err(re)?;
+        file.seek(SeekFrom::Start(0)).await.map_err(re)?;
         Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
     }
 }

@@ -1,20 +1,15 @@
-//! The only module that knows sled.
-//!
-//! One sled database per member, in `<data-dir>/db`, with two trees:
-//! - `raft`: the Raft log (`l` + index, big-endian) and Raft metadata (`v` vote, `c` committed, `p` last
-//!   purged log id);
-//! - the default tree: the state machine. MVCC records (`r` + revision) and its metadata (`m...`: applied
-//!   log id, membership, current and compacted revision) share one tree so that one `apply_batch` makes an
-//!   applied entry and its effects atomic.
+//! Everything concord keeps on disk, per member:
+//! - `<data-dir>/wal`: the Raft log ([`wal`]);
+//! - `<data-dir>/records`: the MVCC records and the state machine's checkpoints ([`records`]);
+//! - `<data-dir>/db`: a sled database whose `raft` tree holds the Raft metadata (`v` vote, `c`
+//!   committed, `p` last purged log id) and the cluster id. This is the only module that knows sled.
 //!
 //! Durability: sled's `flush()` ends in `sync_file_range`, which neither flushes the disk cache nor
 //! persists the file size, and sled writes large items to blob files it never syncs at all. [`Db::sync`]
 //! therefore follows `flush()` with `fdatasync` of the `db` file and `fsync` of any new blob file.
 
-mod backend;
+pub mod records;
 pub mod wal;
-
-pub use backend::SledBackend;
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -41,40 +36,18 @@ impl From<StorageError> for io::Error {
     }
 }
 
-/// The state machine tree's metadata keys.
+/// Keys of the `raft` tree.
 pub mod keys {
-    pub const RECORD_PREFIX: u8 = b'r';
-    pub const APPLIED: &[u8] = b"m/applied";
-    pub const MEMBERSHIP: &[u8] = b"m/membership";
-    pub const CLIENT_URLS: &[u8] = b"m/client-urls";
     pub const CLUSTER_ID: &[u8] = b"cluster-id";
-
-    pub fn record(rev: crate::mvcc::Revision) -> [u8; 17] {
-        let mut k = [0u8; 17];
-        k[0] = RECORD_PREFIX;
-        k[1..].copy_from_slice(&rev.to_bytes());
-        k
-    }
-
-    pub const LOG_PREFIX: u8 = b'l';
     pub const VOTE: &[u8] = b"v";
     pub const COMMITTED: &[u8] = b"c";
     pub const PURGED: &[u8] = b"p";
-
-    pub fn log(index: u64) -> [u8; 9] {
-        let mut k = [0u8; 9];
-        k[0] = LOG_PREFIX;
-        k[1..].copy_from_slice(&index.to_be_bytes());
-        k
-    }
 }
 
 pub struct Db {
     pub db: sled::Db,
-    /// Raft log and Raft metadata.
+    /// Raft metadata and the cluster id.
     pub raft: sled::Tree,
-    /// The state machine (default tree).
-    pub state: sled::Tree,
     path: PathBuf,
     file: File,
     synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
@@ -86,14 +59,12 @@ impl Db {
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(cache_bytes)
-            // The state machine needs no sync per write (the Raft log is the durability point), but a
-            // timely write-out keeps the log replay after a process crash short.
-            .flush_every_ms(Some(1000))
+            // Every write here is followed by `Db::sync` where it matters (the vote, the purge point).
+            .flush_every_ms(None)
             .open()?;
         let raft = db.open_tree("raft")?;
-        let state = (*db).clone();
         let file = File::open(path.join("db"))?;
-        Ok(Db { db, raft, state, path, file, synced_blobs: Mutex::new(HashSet::new()) })
+        Ok(Db { db, raft, path, file, synced_blobs: Mutex::new(HashSet::new()) })
     }
 
     /// Makes every write done so far durable. Blocking: call from a blocking-capable context.
