@@ -76,6 +76,14 @@ pub struct Config {
     /// Time (in milliseconds) for an election to timeout.
     #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
+    /// Interval of progress notifications to watchers that ask for them (a Go duration: 10m, 30s, 500ms).
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m",
+        value_parser = parse_duration
+    )]
+    pub experimental_watch_progress_notify_interval: std::time::Duration,
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -85,6 +93,34 @@ impl Default for Config {
     fn default() -> Self {
         Config::parse_from(["concord"])
     }
+}
+
+/// A Go-style duration (`1h`, `10m`, `30s`, `500ms`, `1m30s`), as etcd's duration flags take.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("invalid duration {s:?}");
+    let mut total = 0f64;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let n: f64 = rest[..num_end].parse().map_err(|_| bad())?;
+        rest = &rest[num_end..];
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let secs = match &rest[..unit_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return Err(bad()),
+        };
+        total += n * secs;
+        rest = &rest[unit_end..];
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +228,18 @@ mod tests {
         .unwrap();
         assert_eq!(c.initial_members().unwrap().len(), 2);
         assert_eq!(c.initial_cluster_state, ClusterState::Existing);
+    }
+
+    #[test]
+    fn go_durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(
+            parse_duration("10").is_err() && parse_duration("").is_err() && parse_duration("5x").is_err()
+        );
+        assert_eq!(Config::default().experimental_watch_progress_notify_interval, Duration::from_secs(600));
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! concord: an etcd-compatible coordination server.
 //!
 //! Layers, from the wire inwards: `api` translates etcd's gRPC services into calls; `raft` adapts openraft
-//! (log storage, state machine, peer network); `storage` is the one module that knows sled; `mvcc` is
-//! etcd's multi-version store, pure and deterministic. Every write takes one path:
-//! api → raft (log, replicate, commit) → apply → mvcc → (watchers, later).
+//! (log storage, state machine, peer network); `storage` owns everything on disk; `mvcc` is etcd's
+//! multi-version store, pure and deterministic; `watch` delivers its events. Every write takes one path:
+//! api → raft (log, replicate, commit) → apply → mvcc → watch hub.
 
 pub mod api;
 pub mod bench;
@@ -13,5 +13,6 @@ pub mod pb;
 pub mod raft;
 pub mod server;
 pub mod storage;
+pub mod watch;
 pub use config::Config;
 pub use server::{Server, ServerError};

@@ -14,11 +14,13 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::api::cluster::ClusterService;
 use crate::api::kv::KvService;
 use crate::api::maintenance::MaintenanceService;
+use crate::api::watch::WatchService;
 use crate::config::{fnv64, host_port, member_id, ClusterState, Config, ConfigError};
 use crate::pb::concordraft::raft_peer_server::RaftPeerServer;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::pb::etcdserverpb::watch_server::WatchServer;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::peer_service::PeerService;
@@ -202,6 +204,13 @@ impl Server {
                         .max_decoding_message_size(max_recv)
                         .max_encoding_message_size(usize::MAX),
                 )
+                .add_service(WatchServer::new(WatchService {
+                    node: node.clone(),
+                    options: crate::watch::Options {
+                        max_request_bytes: config.max_request_bytes,
+                        progress_notify_interval: config.experimental_watch_progress_notify_interval,
+                    },
+                }))
                 .add_service(MaintenanceServer::new(MaintenanceService { node: node.clone() }))
                 .add_service(ClusterServer::new(ClusterService { node: node.clone() }));
             let mut rx = stop_rx.clone();

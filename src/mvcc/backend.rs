@@ -18,6 +18,14 @@ pub trait Backend {
     /// Every record in revision order; used to rebuild the key index on open.
     fn for_each(&self, f: &mut dyn FnMut(Revision, KeyValue)) -> Result<(), MvccError>;
 
+    /// The records of main revisions `from..=to`, in revision order, until `f` returns false.
+    fn for_each_between(
+        &self,
+        from: i64,
+        to: i64,
+        f: &mut dyn FnMut(Revision, KeyValue) -> bool,
+    ) -> Result<(), MvccError>;
+
     /// Takes new records (in ascending revision order, above every record it holds) and forgets the ones
     /// compaction dropped. Records must be readable through [`Backend::get`] when this returns.
     fn commit(&mut self, changes: Changes) -> Result<(), MvccError>;
@@ -60,6 +68,20 @@ impl Backend for MemBackend {
     fn for_each(&self, f: &mut dyn FnMut(Revision, KeyValue)) -> Result<(), MvccError> {
         for (rev, kv) in &self.records {
             f(*rev, kv.clone());
+        }
+        Ok(())
+    }
+
+    fn for_each_between(
+        &self,
+        from: i64,
+        to: i64,
+        f: &mut dyn FnMut(Revision, KeyValue) -> bool,
+    ) -> Result<(), MvccError> {
+        for (rev, kv) in self.records.range(Revision::new(from, 0)..Revision::new(to.saturating_add(1), 0)) {
+            if !f(*rev, kv.clone()) {
+                break;
+            }
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use super::revision::Revision;
 use super::MvccError;
 use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::pb::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
-use crate::pb::mvccpb::KeyValue;
+use crate::pb::mvccpb::{Event, KeyValue};
 
 pub struct Store<B> {
     pub(super) index: KeyIndex,
@@ -213,6 +213,33 @@ impl<B: Backend> Store<B> {
             }
         }
         Ok(RangeResponse { header, kvs, more, count })
+    }
+
+    /// The events of revisions `from..=to` in order (a watch's history), appended to `out`: at least
+    /// `max_events` of them when there are that many, but never part of a revision's. Returns the last
+    /// revision covered. Fails with `Compacted` if history before `from` is gone, as etcd's watch does
+    /// when a watcher's start revision is below the compaction point.
+    pub fn history(
+        &self,
+        from: i64,
+        to: i64,
+        max_events: usize,
+        out: &mut Vec<Event>,
+    ) -> Result<i64, MvccError> {
+        if from < self.compacted {
+            return Err(MvccError::Compacted);
+        }
+        let (start, mut last, mut full) = (out.len(), from - 1, false);
+        self.backend.for_each_between(from, to, &mut |rev, kv| {
+            if out.len() - start >= max_events && rev.main != last {
+                full = true;
+                return false;
+            }
+            last = rev.main;
+            out.push(Event::of_record(kv));
+            true
+        })?;
+        Ok(if full { last } else { to.max(from - 1) })
     }
 
     /// Compacts history at `rev`: every read at `rev` or later answers as before, earlier ones fail.

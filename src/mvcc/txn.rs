@@ -17,6 +17,15 @@ use crate::pb::mvccpb::{event::EventType, Event, KeyValue};
 /// Answers whether a lease exists; the store itself knows nothing of leases.
 pub type LeaseCheck<'a> = &'a dyn Fn(i64) -> bool;
 
+impl Event {
+    /// The event a stored record stands for: a tombstone (version 0) is a deletion, whose key-value
+    /// carries only the key and the revision, as in etcd.
+    pub fn of_record(kv: KeyValue) -> Event {
+        let kind = if kv.version == 0 { EventType::Delete } else { EventType::Put };
+        Event { r#type: kind as i32, kv: Some(kv), prev_kv: None }
+    }
+}
+
 /// The result of one write request: its response and the events it produced, in order.
 #[derive(Debug)]
 pub struct Applied<T> {
@@ -91,7 +100,7 @@ impl<'a, B: Backend> WriteTxn<'a, B> {
         };
         self.store.index.put(&req.key, kr);
         self.store.pending.insert(rev, kv.clone());
-        self.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv), prev_kv: None });
+        self.events.push(Event::of_record(kv));
         Ok(PutResponse {
             header: Some(ResponseHeader { revision: self.rev(), ..Default::default() }),
             prev_kv: if req.prev_kv { prev_kv } else { None },
@@ -115,7 +124,7 @@ impl<'a, B: Backend> WriteTxn<'a, B> {
             let tombstone = KeyValue { key: key.clone(), mod_revision: rev.main, ..Default::default() };
             self.store.index.put(key, KeyRev { mod_rev: rev, create_rev: 0, version: 0, lease: 0 });
             self.store.pending.insert(rev, tombstone.clone());
-            self.events.push(Event { r#type: EventType::Delete as i32, kv: Some(tombstone), prev_kv: None });
+            self.events.push(Event::of_record(tombstone));
         }
         Ok(DeleteRangeResponse {
             header: Some(ResponseHeader { revision: self.view(), ..Default::default() }),

@@ -20,8 +20,11 @@ use super::types::{
     Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 use super::{decode, encode};
-use crate::mvcc::Store;
+use crate::mvcc::{MvccError, Store};
+use crate::pb::etcdserverpb::RangeRequest;
+use crate::pb::mvccpb::{Event, KeyValue};
 use crate::storage::records::RecordLog;
+use crate::watch::{History, Hub};
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     StorageError::from_io_error(ErrorSubject::StateMachine, verb, std::io::Error::other(e.to_string()))
@@ -48,6 +51,8 @@ pub struct StateMachine {
     applied_tx: tokio::sync::watch::Sender<u64>,
     /// Wakes the maintenance thread (reclaiming segments, checkpoints).
     maintenance: mpsc::SyncSender<()>,
+    /// Where applied events go to watchers.
+    hub: Arc<Hub>,
     /// Requests applied since the last snapshot, and how many call for the next (etcd's
     /// `--snapshot-count`, which counts requests, not Raft entries: ours carry batches).
     since_snapshot: AtomicU64,
@@ -132,7 +137,9 @@ impl StateMachine {
         let applied = durable.last_applied.map_or(0, |l| l.index);
         let applied_tx = tokio::sync::watch::Sender::new(applied);
         let (tx, rx) = mpsc::sync_channel(1);
+        let hub = Hub::new(store.current_revision());
         let sm = Arc::new(StateMachine {
+            hub,
             store: RwLock::new(store),
             meta: Mutex::new(durable.into()),
             snapshot_dir,
@@ -182,6 +189,10 @@ impl StateMachine {
         self.meta().membership.clone()
     }
 
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
     /// Bytes of the record files, and the part of them still in use (etcd's db size and size in use).
     pub fn db_size(&self) -> (u64, u64) {
         self.read(|s| s.backend().size())
@@ -195,6 +206,7 @@ impl StateMachine {
         let mut meta = self.meta();
         let mut responses = Vec::with_capacity(entries.len());
         let mut requests = 0;
+        let mut events = Vec::new();
         for entry in entries {
             meta.last_applied = Some(entry.log_id);
             requests += 1;
@@ -208,17 +220,23 @@ impl StateMachine {
                     if let Request::Batch(b) = &req {
                         requests += b.len() as u64 - 1;
                     }
-                    apply_request(&mut store, &mut meta, req)
+                    apply_request(&mut store, &mut meta, req, &mut events)
                 }
             };
             responses.push(response);
         }
         store.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let due = store.backend().maintenance_due();
+        let revision = store.current_revision();
         if let Some(l) = meta.last_applied {
             self.applied_tx.send_replace(l.index);
         }
         drop((meta, store));
+        // In apply order (applies never overlap), after the store shows the batch: a watcher catching up
+        // from history never reads past what the hub has published.
+        if !events.is_empty() {
+            self.hub.publish(revision, events);
+        }
         if self.since_snapshot.fetch_add(requests, Ordering::Relaxed) + requests >= self.snapshot_count {
             self.snapshot_due.notify_one();
         }
@@ -313,12 +331,29 @@ impl StateMachine {
         if let Some(l) = durable.last_applied {
             self.applied_tx.send_replace(l.index);
         }
+        // Watchers read what the snapshot brought from history (or learn it was compacted).
+        self.hub.publish(self.read(|s| s.current_revision()), Vec::new());
         tracing::info!(snapshot = %snapshot_id, "installed snapshot from the leader");
         Ok(())
     }
 
     fn snapshot_path(&self, id: &str) -> PathBuf {
         self.snapshot_dir.join(format!("{id}.snap"))
+    }
+}
+
+impl History for StateMachine {
+    fn events(&self, from: i64, to: i64, max_events: usize, out: &mut Vec<Event>) -> Result<i64, MvccError> {
+        self.read(|s| s.history(from, to, max_events, out))
+    }
+
+    fn compacted(&self) -> i64 {
+        self.read(|s| s.compact_revision())
+    }
+
+    fn value_at(&self, key: &[u8], rev: i64) -> Option<KeyValue> {
+        let req = RangeRequest { key: key.to_vec(), revision: rev, ..Default::default() };
+        self.read(|s| s.range(&req).ok()?.kvs.into_iter().next())
     }
 }
 
@@ -331,16 +366,31 @@ fn maintenance_loop(sm: Weak<StateMachine>, wake: mpsc::Receiver<()>) {
     }
 }
 
-/// Applies one request. Deterministic: the same request on the same state gives the same result on
-/// every member.
-fn apply_request(store: &mut Store<RecordLog>, meta: &mut Applied, req: Request) -> Response {
+/// Applies one request, adding the events it produced to `events`. Deterministic: the same request on
+/// the same state gives the same result on every member.
+fn apply_request(
+    store: &mut Store<RecordLog>,
+    meta: &mut Applied,
+    req: Request,
+    events: &mut Vec<Event>,
+) -> Response {
     use crate::pb::etcdserverpb::{CompactionResponse, ResponseHeader};
     // Leases arrive with the Lease service; until then no lease exists.
     let no_leases = |_: i64| false;
+    let mut emit = |evs: Vec<Event>| events.extend(evs);
     let result = match req {
-        Request::Put(r) => store.put(&r, &no_leases).map(|a| Response::Put(a.response)),
-        Request::DeleteRange(r) => store.delete_range(&r).map(|a| Response::DeleteRange(a.response)),
-        Request::Txn(r) => store.txn(&r, &no_leases).map(|a| Response::Txn(a.response)),
+        Request::Put(r) => store.put(&r, &no_leases).map(|a| {
+            emit(a.events);
+            Response::Put(a.response)
+        }),
+        Request::DeleteRange(r) => store.delete_range(&r).map(|a| {
+            emit(a.events);
+            Response::DeleteRange(a.response)
+        }),
+        Request::Txn(r) => store.txn(&r, &no_leases).map(|a| {
+            emit(a.events);
+            Response::Txn(a.response)
+        }),
         Request::Compact(r) => store.compact(r.revision).map(|()| {
             let header = Some(ResponseHeader { revision: store.current_revision(), ..Default::default() });
             Response::Compact(CompactionResponse { header })
@@ -350,7 +400,7 @@ fn apply_request(store: &mut Store<RecordLog>, meta: &mut Applied, req: Request)
             Ok(Response::None)
         }
         Request::Batch(reqs) => {
-            Ok(Response::Batch(reqs.into_iter().map(|r| apply_request(store, meta, r)).collect()))
+            Ok(Response::Batch(reqs.into_iter().map(|r| apply_request(store, meta, r, events)).collect()))
         }
     };
     result.unwrap_or_else(Response::Error)

@@ -500,6 +500,22 @@ impl Backend for RecordLog {
         Ok(())
     }
 
+    fn for_each_between(
+        &self,
+        from: i64,
+        to: i64,
+        f: &mut dyn FnMut(Revision, KeyValue) -> bool,
+    ) -> Result<(), MvccError> {
+        let start = self.locs.partition_point(|(r, _)| r.main < from);
+        for (rev, _) in self.locs[start..].iter().take_while(|(r, _)| r.main <= to) {
+            let kv = self.get(*rev)?.ok_or_else(|| backend_err(format!("record {rev} vanished")))?;
+            if !f(*rev, kv) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn commit(&mut self, changes: Changes) -> Result<(), MvccError> {
         if !changes.puts.is_empty() {
             let mut buf = std::mem::take(&mut self.buf);

@@ -1,0 +1,556 @@
+//! One client's Watch stream: its watchers, the live events they are due, and catching up from history.
+//!
+//! A watcher is *synced* when every event up to `live` (the revision of the last batch this stream
+//! took from the hub) has been delivered to it; live batches serve only synced watchers. Any other
+//! watcher (started at an old revision, or left behind when the stream lagged) reads its events from
+//! the MVCC history, `CATCH_UP_EVENTS` at a time, up to `live`, and is synced from then on. Everything
+//! happens in one task per stream, so a watcher's next revision moves forward in one place only: no
+//! event is skipped or sent twice, and a revision's events always travel together.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+
+use super::hub::{Batch, Subscription};
+use crate::mvcc::MvccError;
+use crate::pb::etcdserverpb::watch_request::RequestUnion;
+use crate::pb::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
+use crate::pb::mvccpb::{event::EventType, Event, KeyValue};
+
+/// What a stream reads besides live events: the applied store.
+pub trait History: Send + Sync + 'static {
+    /// See [`crate::mvcc::Store::history`].
+    fn events(&self, from: i64, to: i64, max_events: usize, out: &mut Vec<Event>) -> Result<i64, MvccError>;
+    fn compacted(&self) -> i64;
+    /// The key's value as of `rev`, for `prev_kv` (none if it did not exist then or is compacted).
+    fn value_at(&self, key: &[u8], rev: i64) -> Option<KeyValue>;
+}
+
+/// Fills a response header for a revision (cluster and member id, term).
+pub type Stamp = Arc<dyn Fn(i64) -> ResponseHeader + Send + Sync>;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Responses of a watcher that asked for fragments are split above this size (etcd's
+    /// `--max-request-bytes`).
+    pub max_request_bytes: usize,
+    /// How often a quiet watcher with `progress_notify` gets an empty response (etcd's default: 10 min).
+    pub progress_notify_interval: Duration,
+}
+
+/// Events read from history per catch-up step; a revision's events are never split.
+const CATCH_UP_EVENTS: usize = 1000;
+/// The `watch_id` of responses about no watcher in particular (etcd's `InvalidWatchID`).
+const NO_WATCH: i64 = -1;
+/// A `watch_id` of 0 in a create request asks the server to choose (etcd's `AutoWatchID`).
+const AUTO_WATCH_ID: i64 = 0;
+const ERR_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+const ERR_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+
+struct Watcher {
+    key: Vec<u8>,
+    /// `None`: the key alone; `Some(empty)`: every key from `key` on; `Some(end)`: `[key, end)`.
+    end: Option<Vec<u8>>,
+    /// The first revision this watcher has not been given yet.
+    next: i64,
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
+    fragment: bool,
+    progress_notify: bool,
+    /// Nothing was sent to it since the last progress tick.
+    quiet: bool,
+}
+
+impl Watcher {
+    fn matches(&self, key: &[u8]) -> bool {
+        match &self.end {
+            None => key == self.key,
+            Some(end) => key >= &self.key[..] && (end.is_empty() || key < &end[..]),
+        }
+    }
+
+    fn wants(&self, ev: &Event) -> bool {
+        let Some(kv) = &ev.kv else { return false };
+        if kv.mod_revision < self.next || !self.matches(&kv.key) {
+            return false;
+        }
+        if ev.r#type == EventType::Put as i32 {
+            !self.no_put
+        } else {
+            !self.no_delete
+        }
+    }
+}
+
+/// The client has gone; the stream ends.
+struct Gone;
+
+pub struct WatchStream<H> {
+    history: Arc<H>,
+    sub: Subscription,
+    stamp: Stamp,
+    opts: Options,
+    out: mpsc::Sender<WatchResponse>,
+    watchers: HashMap<i64, Watcher>,
+    /// Watchers of one key, by key; watchers of ranges.
+    singles: HashMap<Vec<u8>, Vec<i64>>,
+    ranges: Vec<i64>,
+    unsynced: BTreeSet<i64>,
+    next_id: i64,
+    /// The revision of the last batch taken from the hub: synced watchers have everything up to here.
+    live: i64,
+    /// A progress request waits until every watcher is synced (its revision must be a promise).
+    progress_wanted: bool,
+}
+
+impl<H: History> WatchStream<H> {
+    pub fn new(
+        history: Arc<H>,
+        sub: Subscription,
+        stamp: Stamp,
+        opts: Options,
+        out: mpsc::Sender<WatchResponse>,
+    ) -> Self {
+        let live = sub.start;
+        WatchStream {
+            history,
+            sub,
+            stamp,
+            opts,
+            out,
+            watchers: HashMap::new(),
+            singles: HashMap::new(),
+            ranges: Vec::new(),
+            unsynced: BTreeSet::new(),
+            next_id: 0,
+            live,
+            progress_wanted: false,
+        }
+    }
+
+    /// Serves the stream until the client goes away.
+    pub async fn run(mut self, mut requests: impl Stream<Item = WatchRequest> + Unpin) {
+        let period = self.opts.progress_notify_interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            let catching_up = !self.unsynced.is_empty();
+            let step = tokio::select! {
+                req = requests.next() => match req {
+                    Some(r) => self.on_request(r).await,
+                    None => return,
+                },
+                batch = self.sub.rx.recv() => match batch {
+                    Some(b) => self.on_batch(&b).await,
+                    None => return,
+                },
+                _ = tick.tick() => self.on_tick().await,
+                () = std::future::ready(()), if catching_up => self.catch_up().await,
+            };
+            if step.is_err() {
+                return;
+            }
+            if self.sub.lagged() && self.sub.rx.is_empty() {
+                self.rejoin();
+            }
+            if self.progress_wanted && self.unsynced.is_empty() {
+                self.progress_wanted = false;
+                if self.send_control(NO_WATCH, |_| {}).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn on_request(&mut self, req: WatchRequest) -> Result<(), Gone> {
+        match req.request_union {
+            Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
+            Some(RequestUnion::CancelRequest(c)) => {
+                // etcd ignores a cancel for a watcher it does not have.
+                if self.remove(c.watch_id) {
+                    self.send_control(c.watch_id, |r| r.canceled = true).await?;
+                }
+                Ok(())
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                self.progress_wanted = true;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Gone> {
+        // As etcd: an empty key is the smallest key, and a range end of "\0" means every key from `key`.
+        let key = if c.key.is_empty() { vec![0] } else { c.key };
+        let end = match c.range_end {
+            e if e.is_empty() => None,
+            e if e == [0] => Some(Vec::new()),
+            e => Some(e),
+        };
+        let refuse = |reason: &'static str| {
+            move |r: &mut WatchResponse| {
+                r.created = true;
+                r.canceled = true;
+                r.cancel_reason = reason.into();
+            }
+        };
+        if end.as_ref().is_some_and(|e| !e.is_empty() && key >= *e) {
+            return self.send_control(NO_WATCH, refuse(ERR_EMPTY_RANGE)).await;
+        }
+        let id = if c.watch_id == AUTO_WATCH_ID {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id += 1;
+            self.next_id - 1
+        } else if self.watchers.contains_key(&c.watch_id) {
+            return self.send_control(NO_WATCH, refuse(ERR_DUPLICATE_ID)).await;
+        } else {
+            c.watch_id
+        };
+        let next = if c.start_revision == 0 { self.live + 1 } else { c.start_revision.max(1) };
+        let has = |f: i32| c.filters.contains(&f);
+        let w = Watcher {
+            key,
+            end,
+            next,
+            no_put: has(0),
+            no_delete: has(1),
+            prev_kv: c.prev_kv,
+            fragment: c.fragment,
+            progress_notify: c.progress_notify,
+            quiet: true,
+        };
+        // The created response goes first; the watcher's events can only follow it.
+        self.send_control(id, |r| r.created = true).await?;
+        match &w.end {
+            None => self.singles.entry(w.key.clone()).or_default().push(id),
+            Some(_) => self.ranges.push(id),
+        }
+        if w.next <= self.live {
+            self.unsynced.insert(id);
+        }
+        self.watchers.insert(id, w);
+        Ok(())
+    }
+
+    fn remove(&mut self, id: i64) -> bool {
+        let Some(w) = self.watchers.remove(&id) else { return false };
+        match w.end {
+            None => {
+                if let Some(ids) = self.singles.get_mut(&w.key) {
+                    ids.retain(|i| *i != id);
+                    if ids.is_empty() {
+                        self.singles.remove(&w.key);
+                    }
+                }
+            }
+            Some(_) => self.ranges.retain(|i| *i != id),
+        }
+        self.unsynced.remove(&id);
+        true
+    }
+
+    /// Watchers whose key or range holds `key`, among synced (`synced`) or unsynced ones.
+    fn due(&self, events: &[Event], synced: bool) -> BTreeMap<i64, Vec<Event>> {
+        let mut due: BTreeMap<i64, Vec<Event>> = BTreeMap::new();
+        for ev in events {
+            let Some(kv) = &ev.kv else { continue };
+            let singles = self.singles.get(&kv.key).into_iter().flatten();
+            for id in singles.chain(&self.ranges) {
+                if self.unsynced.contains(id) == synced {
+                    continue;
+                }
+                if self.watchers.get(id).is_some_and(|w| w.wants(ev)) {
+                    due.entry(*id).or_default().push(ev.clone());
+                }
+            }
+        }
+        due
+    }
+
+    async fn on_batch(&mut self, batch: &Batch) -> Result<(), Gone> {
+        if batch.revision <= self.live {
+            return Ok(());
+        }
+        let due = if self.watchers.len() > self.unsynced.len() {
+            self.due(&batch.events, true)
+        } else {
+            BTreeMap::new()
+        };
+        self.live = batch.revision;
+        for (id, events) in due {
+            self.deliver(id, events).await?;
+        }
+        Ok(())
+    }
+
+    /// The hub dropped batches for this stream: what it missed comes from history.
+    fn rejoin(&mut self) {
+        let published = self.sub.rejoin();
+        if published <= self.live {
+            return;
+        }
+        for (id, w) in &mut self.watchers {
+            if !self.unsynced.contains(id) {
+                w.next = w.next.max(self.live + 1);
+                if w.next <= published {
+                    self.unsynced.insert(*id);
+                }
+            }
+        }
+        self.live = published;
+    }
+
+    async fn catch_up(&mut self) -> Result<(), Gone> {
+        let compacted = self.history.compacted();
+        let lost: Vec<i64> = self
+            .unsynced
+            .iter()
+            .copied()
+            .filter(|id| self.watchers.get(id).is_some_and(|w| w.next < compacted))
+            .collect();
+        for id in lost {
+            self.remove(id);
+            // As etcd: the compaction point, and the watcher is gone.
+            self.send_control(id, |r| {
+                r.compact_revision = compacted;
+                r.canceled = true;
+            })
+            .await?;
+        }
+        let Some(from) = self.unsynced.iter().filter_map(|id| self.watchers.get(id)).map(|w| w.next).min()
+        else {
+            return Ok(());
+        };
+        let mut events = Vec::new();
+        let covered = match self.history.events(from, self.live, CATCH_UP_EVENTS, &mut events) {
+            Ok(c) => c,
+            // Compacted meanwhile: the next step sends the compaction responses.
+            Err(MvccError::Compacted) => return Ok(()),
+            Err(e) => {
+                for id in std::mem::take(&mut self.unsynced) {
+                    self.remove(id);
+                    let reason = e.to_string();
+                    self.send_control(id, |r| {
+                        r.canceled = true;
+                        r.cancel_reason = reason;
+                    })
+                    .await?;
+                }
+                return Ok(());
+            }
+        };
+        let due = self.due(&events, false);
+        for id in &self.unsynced {
+            if let Some(w) = self.watchers.get_mut(id) {
+                if w.next <= covered {
+                    w.next = covered + 1;
+                }
+            }
+        }
+        let (live, watchers) = (self.live, &self.watchers);
+        self.unsynced.retain(|id| watchers.get(id).is_some_and(|w| w.next <= live));
+        for (id, events) in due {
+            self.deliver(id, events).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_tick(&mut self) -> Result<(), Gone> {
+        let quiet: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(id, w)| w.progress_notify && w.quiet && !self.unsynced.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        for w in self.watchers.values_mut() {
+            w.quiet = true;
+        }
+        for id in quiet {
+            self.send_control(id, |_| {}).await?;
+        }
+        Ok(())
+    }
+
+    async fn deliver(&mut self, id: i64, mut events: Vec<Event>) -> Result<(), Gone> {
+        let Some(w) = self.watchers.get_mut(&id) else { return Ok(()) };
+        w.quiet = false;
+        let (prev_kv, fragment) = (w.prev_kv, w.fragment);
+        if prev_kv {
+            for ev in &mut events {
+                let Some(kv) = &ev.kv else { continue };
+                let created = ev.r#type == EventType::Put as i32 && kv.create_revision == kv.mod_revision;
+                if !created {
+                    ev.prev_kv = self.history.value_at(&kv.key, kv.mod_revision - 1);
+                }
+            }
+        }
+        let resp = WatchResponse {
+            header: Some((self.stamp)(self.live)),
+            watch_id: id,
+            events,
+            ..Default::default()
+        };
+        if fragment {
+            self.send_fragments(resp).await
+        } else {
+            self.send(resp).await
+        }
+    }
+
+    async fn send_control(&self, id: i64, f: impl FnOnce(&mut WatchResponse)) -> Result<(), Gone> {
+        let mut r =
+            WatchResponse { header: Some((self.stamp)(self.live)), watch_id: id, ..Default::default() };
+        f(&mut r);
+        self.send(r).await
+    }
+
+    async fn send(&self, r: WatchResponse) -> Result<(), Gone> {
+        self.out.send(r).await.map_err(|_| Gone)
+    }
+
+    /// Splits a response above `max_request_bytes` into fragments, as etcd's `sendFragments` does.
+    async fn send_fragments(&self, resp: WatchResponse) -> Result<(), Gone> {
+        use prost::Message;
+        let max = self.opts.max_request_bytes;
+        if resp.encoded_len() < max || resp.events.len() < 2 {
+            return self.send(resp).await;
+        }
+        let mut rest = std::collections::VecDeque::from(resp.events);
+        let template = WatchResponse { events: Vec::new(), fragment: true, ..resp };
+        let base = template.encoded_len();
+        while !rest.is_empty() {
+            let (mut size, mut n) = (base, 0);
+            for ev in &rest {
+                let len = ev.encoded_len();
+                let add = 1 + prost::length_delimiter_len(len) + len;
+                if n > 0 && size + add >= max {
+                    break;
+                }
+                size += add;
+                n += 1;
+            }
+            let mut part = template.clone();
+            part.events = rest.drain(..n).collect();
+            part.fragment = !rest.is_empty();
+            self.send(part).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::RwLock;
+
+    use super::*;
+    use crate::mvcc::{MemBackend, Store};
+    use crate::pb::etcdserverpb::{PutRequest, RangeRequest};
+    use crate::watch::Hub;
+
+    struct Mem(RwLock<Store<MemBackend>>);
+
+    impl History for Mem {
+        fn events(&self, from: i64, to: i64, max: usize, out: &mut Vec<Event>) -> Result<i64, MvccError> {
+            self.0.read().unwrap().history(from, to, max, out)
+        }
+        fn compacted(&self) -> i64 {
+            self.0.read().unwrap().compact_revision()
+        }
+        fn value_at(&self, key: &[u8], rev: i64) -> Option<KeyValue> {
+            let req = RangeRequest { key: key.to_vec(), revision: rev, ..Default::default() };
+            self.0.read().unwrap().range(&req).ok()?.kvs.into_iter().next()
+        }
+    }
+
+    /// Applies a put and publishes its events, as the state machine does.
+    fn put(mem: &Mem, hub: &Hub, key: &str) {
+        let mut s = mem.0.write().unwrap();
+        let req = PutRequest { key: key.into(), value: b"v".to_vec(), ..Default::default() };
+        let applied = s.put(&req, &|_| false).unwrap();
+        s.commit().unwrap();
+        hub.publish(s.current_revision(), applied.events);
+    }
+
+    fn create(key: &str, start: i64) -> WatchRequest {
+        WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                key: key.into(),
+                range_end: b"\0".to_vec(),
+                start_revision: start,
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn start(
+        mem: &Arc<Mem>,
+        hub: &Arc<Hub>,
+        out: usize,
+    ) -> (mpsc::Sender<WatchRequest>, mpsc::Receiver<WatchResponse>) {
+        let (req_tx, req_rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(out);
+        let stamp: Stamp = Arc::new(|revision| ResponseHeader { revision, ..Default::default() });
+        let opts = Options { max_request_bytes: 1 << 20, progress_notify_interval: Duration::from_secs(600) };
+        let stream = WatchStream::new(mem.clone(), hub.subscribe(), stamp, opts, tx);
+        tokio::spawn(stream.run(Box::pin(tokio_stream::wrappers::ReceiverStream::new(req_rx))));
+        (req_tx, rx)
+    }
+
+    async fn revisions(rx: &mut mpsc::Receiver<WatchResponse>, n: usize) -> Vec<i64> {
+        let mut revs = Vec::new();
+        while revs.len() < n {
+            let r = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+            revs.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+        }
+        revs
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_falls_behind_catches_up_from_history_without_gaps_or_repeats() {
+        let mem = Arc::new(Mem(RwLock::new(Store::open(MemBackend::default(), 1, -1).unwrap())));
+        let hub = Hub::new(1);
+        // An output queue of one response that nobody reads yet: the stream blocks, its hub queue fills.
+        let (req, mut rx) = start(&mem, &hub, 1);
+        req.send(create("a", 0)).await.unwrap();
+        let created = rx.recv().await.unwrap();
+        assert!(created.created);
+        for i in 0..600 {
+            put(&mem, &hub, &format!("k{i}"));
+        }
+        assert_eq!(revisions(&mut rx, 600).await, (2..602).collect::<Vec<_>>());
+        put(&mem, &hub, "live");
+        assert_eq!(revisions(&mut rx, 1).await, [602], "live again after catching up");
+    }
+
+    #[tokio::test]
+    async fn history_then_live_events_with_a_compaction_in_between() {
+        let mem = Arc::new(Mem(RwLock::new(Store::open(MemBackend::default(), 1, -1).unwrap())));
+        let hub = Hub::new(1);
+        for i in 0..2500 {
+            put(&mem, &hub, &format!("k{i}"));
+        }
+        let (req, mut rx) = start(&mem, &hub, 64);
+        // 2,500 revisions of history are read in steps of CATCH_UP_EVENTS, while live puts go on.
+        req.send(create("k", 2)).await.unwrap();
+        assert!(rx.recv().await.unwrap().created);
+        for i in 0..10 {
+            put(&mem, &hub, &format!("k-live{i}"));
+        }
+        assert_eq!(revisions(&mut rx, 2510).await, (2..2512).collect::<Vec<_>>());
+
+        mem.0.write().unwrap().compact(100).unwrap();
+        req.send(create("k", 50)).await.unwrap();
+        let created = rx.recv().await.unwrap();
+        let compacted = rx.recv().await.unwrap();
+        assert_eq!(
+            (compacted.watch_id, compacted.compact_revision, compacted.canceled),
+            (created.watch_id, 100, true)
+        );
+    }
+}
