@@ -126,3 +126,59 @@ async fn a_member_that_missed_many_writes_catches_up_by_snapshot() {
     let r = dk.get("s/399", Some(GetOptions::new().with_serializable())).await.unwrap();
     assert_eq!(r.kvs()[0].mod_revision(), rev);
 }
+
+/// Reads a watch until it reaches `last` (or breaks): the revisions seen, in order.
+async fn watched_until(stream: &mut etcd_client::WatchStream, last: i64, seen: &mut Vec<i64>) -> bool {
+    while seen.last().copied().unwrap_or(0) < last {
+        match tokio::time::timeout(Duration::from_secs(20), stream.message()).await {
+            Ok(Ok(Some(r))) => seen.extend(r.events().iter().map(|e| e.kv().unwrap().mod_revision())),
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[tokio::test]
+async fn watches_see_every_event_once_across_a_leader_crash() {
+    use etcd_client::WatchOptions;
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let prefix = || Some(WatchOptions::new().with_prefix().with_start_revision(2));
+    // One watch on a follower (it survives), one on the leader (it breaks and resumes elsewhere).
+    let (_w1, mut on_follower) = c.members[follower].client().await.watch("w/", prefix()).await.unwrap();
+    let (_w2, mut on_leader) = c.members[leader].client().await.watch("w/", prefix()).await.unwrap();
+
+    let mut writer = c.members[other].client().await;
+    let mut last = 0;
+    for i in 0..50 {
+        last = writer.put(format!("w/{i}"), "v", None).await.unwrap().header().unwrap().revision();
+    }
+    let mut seen_leader = Vec::new();
+    assert!(watched_until(&mut on_leader, last, &mut seen_leader).await);
+    c.members[leader].kill();
+    // Writes go on through the failover; a write whose outcome is unknown is simply written again.
+    for i in 50..100 {
+        loop {
+            match writer.put(format!("w/{i}"), "v", None).await {
+                Ok(r) => {
+                    last = r.header().unwrap().revision();
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+    let mut seen_follower = Vec::new();
+    assert!(watched_until(&mut on_follower, last, &mut seen_follower).await);
+    // The broken watch resumes on another member from its last revision + 1.
+    assert!(!watched_until(&mut on_leader, last, &mut seen_leader).await, "the leader's stream broke");
+    let resume = seen_leader.last().unwrap() + 1;
+    let opts = WatchOptions::new().with_prefix().with_start_revision(resume);
+    let (_w3, mut resumed) = c.members[follower].client().await.watch("w/", Some(opts)).await.unwrap();
+    assert!(watched_until(&mut resumed, last, &mut seen_leader).await);
+    let every: Vec<i64> = (2..=last).collect();
+    assert_eq!(seen_follower, every, "ordered, no gaps, no repeats");
+    assert_eq!(seen_leader, every, "resumed without a gap or a repeat");
+}

@@ -1,5 +1,5 @@
-// kvcheck drives a server with etcd's own Go client (clientv3, etcd 3.4) and exits non-zero on the first
-// behaviour that differs from etcd's. Built and run by tests/go_client.rs.
+// kvcheck drives a server with etcd's own Go client (clientv3, etcd 3.4) through KV and Watch and exits
+// non-zero on the first behaviour that differs from etcd's. Built and run by tests/go_client.rs.
 package main
 
 import (
@@ -69,8 +69,35 @@ func main() {
 	must(err, "delete")
 	check(d.Deleted == 3 && len(d.PrevKvs) == 3, "deleted %d", d.Deleted)
 
+	// Watch: everything from r1 (history), one revision's events together, prev kv, then a live event.
+	wctx, wcancel := context.WithCancel(ctx)
+	wch := cli.Watch(wctx, "go/", clientv3.WithPrefix(), clientv3.WithRev(r1.Header.Revision), clientv3.WithPrevKV())
+	var evs []*clientv3.Event
+	for len(evs) < 7 {
+		wr := <-wch
+		must(wr.Err(), "watch")
+		evs = append(evs, wr.Events...)
+	}
+	check(len(evs) == 7, "history events %d", len(evs))
+	check(evs[0].IsCreate() && evs[0].Kv.ModRevision == r1.Header.Revision, "first event %v", evs[0])
+	check(evs[1].IsModify() && string(evs[1].PrevKv.Value) == "1", "modify event %v", evs[1])
+	for _, e := range evs[4:] {
+		check(e.Type == clientv3.EventTypeDelete && e.Kv.ModRevision == d.Header.Revision && e.PrevKv != nil,
+			"delete event %v", e)
+	}
+	p, err := cli.Put(ctx, "go/live", "1")
+	must(err, "put live")
+	wr := <-wch
+	check(len(wr.Events) == 1 && wr.Events[0].Kv.ModRevision == p.Header.Revision, "live event %v", wr.Events)
+	must(cli.RequestProgress(ctx), "progress request")
+	wr = <-wch
+	check(wr.IsProgressNotify() && wr.Header.Revision == p.Header.Revision, "progress %v", wr.Header)
+	wcancel()
+
 	_, err = cli.Compact(ctx, d.Header.Revision)
 	must(err, "compact")
+	wr = <-cli.Watch(ctx, "go/", clientv3.WithPrefix(), clientv3.WithRev(r1.Header.Revision))
+	check(wr.CompactRevision == d.Header.Revision && wr.Err() == rpctypes.ErrCompacted, "compacted watch %v", wr.Err())
 	_, err = cli.Get(ctx, "go/a", clientv3.WithRev(r1.Header.Revision))
 	check(err == rpctypes.ErrCompacted, "compacted error: %v", err)
 	_, err = cli.Get(ctx, "go/a", clientv3.WithRev(d.Header.Revision+100))
