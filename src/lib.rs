@@ -8,6 +8,7 @@
 pub mod api;
 pub mod bench;
 pub mod config;
+pub mod lease;
 pub mod mvcc;
 pub mod pb;
 pub mod raft;

@@ -13,12 +13,14 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::cluster::ClusterService;
 use crate::api::kv::KvService;
+use crate::api::lease::LeaseService;
 use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
 use crate::config::{fnv64, host_port, member_id, ClusterState, Config, ConfigError};
 use crate::pb::concordraft::raft_peer_server::RaftPeerServer;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
+use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
 use crate::raft::log_store::LogStore;
@@ -185,6 +187,7 @@ impl Server {
             sm,
             network,
             leader_wait,
+            lessor: Default::default(),
         };
 
         let (stop, stop_rx) = watch::channel(false);
@@ -211,6 +214,11 @@ impl Server {
                         progress_notify_interval: config.experimental_watch_progress_notify_interval,
                     },
                 }))
+                .add_service(LeaseServer::new(LeaseService::new(
+                    node.clone(),
+                    config.heartbeat_interval,
+                    config.election_timeout,
+                )))
                 .add_service(MaintenanceServer::new(MaintenanceService { node: node.clone() }))
                 .add_service(ClusterServer::new(ClusterService { node: node.clone() }));
             let mut rx = stop_rx.clone();
@@ -230,6 +238,8 @@ impl Server {
         }
 
         tasks.push(tokio::spawn(snapshots(node.clone(), stop_rx.clone())));
+        let extend = Duration::from_millis(config.election_timeout);
+        tasks.push(tokio::spawn(lease_clock(node.clone(), extend, stop_rx.clone())));
         tasks.push(tokio::spawn(publish(
             node.clone(),
             config.advertise_client_urls.clone(),
@@ -283,6 +293,51 @@ async fn snapshots(node: RaftNode, mut stop: watch::Receiver<bool>) -> Result<()
                     return Ok(());
                 }
             }
+        }
+    }
+}
+
+/// Runs the lease clock while this member leads: starts every lease afresh on promotion (plus
+/// `extend`, like etcd), and proposes the revoke of each lease that expires.
+async fn lease_clock(
+    node: RaftNode,
+    extend: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
+    let mut metrics = node.raft.metrics();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut leading = false;
+    loop {
+        // Leadership is checked on every metrics change; expiry only on the tick (it walks every lease).
+        let ticked = tokio::select! {
+            _ = stop.changed() => return Ok(()),
+            changed = metrics.changed() => if changed.is_err() { return Ok(()) } else { false },
+            _ = tick.tick() => true,
+        };
+        let leads = {
+            let m = metrics.borrow();
+            m.current_leader == Some(node.id) && m.state == openraft::ServerState::Leader
+        };
+        if leads && !leading {
+            node.lessor.promote(&node.sm.leases(), extend);
+        } else if !leads && leading {
+            node.lessor.demote();
+        }
+        leading = leads;
+        if !leading || !ticked {
+            continue;
+        }
+        for id in node.lessor.expired(&node.sm.leases()) {
+            let node = node.clone();
+            tokio::spawn(async move {
+                match node.write(crate::raft::Request::LeaseRevoke { id }).await {
+                    Ok(_) => tracing::debug!(lease = id, "revoked expired lease"),
+                    Err(e) => {
+                        tracing::warn!(lease = id, "revoking an expired lease: {e}; will retry");
+                        node.lessor.retry(id);
+                    }
+                }
+            });
         }
     }
 }

@@ -114,3 +114,30 @@ async fn etcdctl_3_5_with_scheme_endpoints() {
     assert_eq!(out, "SUCCESS\n\n1\n");
     assert!(run(&["member", "list", "-w", "json"]).contains(&ep));
 }
+
+#[tokio::test]
+async fn etcdctl_leases() {
+    let c = Cluster::start(1, &[]);
+    let m = &c.members[0];
+    m.client().await;
+    let ep = m.endpoint();
+    let run = |args: &[&str]| {
+        let (ok, out, err) = etcdctl(&ep, args, None);
+        assert!(ok, "etcdctl {args:?}: {err}");
+        out
+    };
+    let granted = run(&["lease", "grant", "60"]);
+    // "lease 694d77aa9e23d011 granted with TTL(60s)"
+    let id = granted.split_whitespace().nth(1).expect("lease id").to_string();
+    assert!(granted.ends_with("granted with TTL(60s)\n"), "{granted}");
+    run(&["put", "leased", "v", &format!("--lease={id}")]);
+    let ttl = run(&["lease", "timetolive", &id, "--keys"]);
+    assert!(ttl.contains("granted with TTL(60s)") && ttl.contains("attached keys([leased])"), "{ttl}");
+    assert_eq!(run(&["lease", "keep-alive", "--once", &id]), format!("lease {id} keepalived with TTL(60)\n"));
+    assert_eq!(run(&["lease", "list"]), format!("found 1 leases\n{id}\n"));
+    assert_eq!(run(&["lease", "revoke", &id]), format!("lease {id} revoked\n"));
+    assert_eq!(run(&["get", "leased"]), "");
+    assert_eq!(run(&["lease", "timetolive", &id]), format!("lease {id} already expired\n"));
+    let (ok, _, err) = etcdctl(&ep, &["put", "k", "v", "--lease=123"], None);
+    assert!(!ok && err.contains("etcdserver: requested lease not found"), "{err}");
+}

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod validate;
 pub mod watch;
@@ -33,6 +34,12 @@ pub mod errors {
     }
     pub fn lease_provided() -> Status {
         Status::new(Code::InvalidArgument, "etcdserver: lease is provided")
+    }
+    pub fn lease_exists() -> Status {
+        Status::new(Code::FailedPrecondition, "etcdserver: lease already exists")
+    }
+    pub fn lease_ttl_too_large() -> Status {
+        Status::new(Code::OutOfRange, "etcdserver: too large lease TTL")
     }
     pub fn invalid_sort_option() -> Status {
         Status::new(Code::InvalidArgument, "etcdserver: invalid sort option")
@@ -72,6 +79,7 @@ pub fn mvcc_status(e: MvccError) -> Status {
         MvccError::FutureRev => errors::future_rev(),
         MvccError::KeyNotFound => errors::key_not_found(),
         MvccError::LeaseNotFound => errors::lease_not_found(),
+        MvccError::LeaseExists => errors::lease_exists(),
         MvccError::Backend(m) => Status::internal(format!("etcdserver: {m}")),
     }
 }

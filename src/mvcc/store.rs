@@ -215,6 +215,15 @@ impl<B: Backend> Store<B> {
         Ok(RangeResponse { header, kvs, more, count })
     }
 
+    /// Every live key attached to a lease, with its lease (to rebuild the lease table on open).
+    pub fn leased_keys(&self) -> Vec<(Vec<u8>, i64)> {
+        self.index
+            .range(b"", RangeEnd::Unbounded, self.current)
+            .filter(|(_, kr)| kr.lease != 0)
+            .map(|(k, kr)| (k.to_vec(), kr.lease))
+            .collect()
+    }
+
     /// The events of revisions `from..=to` in order (a watch's history), appended to `out`: at least
     /// `max_events` of them when there are that many, but never part of a revision's. Returns the last
     /// revision covered. Fails with `Compacted` if history before `from` is gone, as etcd's watch does

@@ -27,7 +27,7 @@ pub enum ProposeError {
 struct Pending {
     req: Request,
     size: usize,
-    reply: oneshot::Sender<Result<Response, ProposeError>>,
+    reply: oneshot::Sender<Result<(Response, u64), ProposeError>>,
 }
 
 #[derive(Clone)]
@@ -43,8 +43,9 @@ impl Batcher {
         Batcher { tx }
     }
 
-    /// Proposes `req` (of about `size` bytes encoded) and waits for its outcome.
-    pub async fn propose(&self, req: Request, size: usize) -> Result<Response, ProposeError> {
+    /// Proposes `req` (of about `size` bytes encoded) and waits for its outcome, applied on this member
+    /// (the leader): the response and the index of the log entry that carried it.
+    pub async fn propose(&self, req: Request, size: usize) -> Result<(Response, u64), ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Pending { req, size, reply })
@@ -93,12 +94,12 @@ async fn submit(raft: &Raft, batch: Vec<Pending>) {
         Ok(resp) => match resp.data {
             Response::Batch(responses) if replies.len() > 1 && responses.len() == replies.len() => {
                 for (reply, r) in replies.into_iter().zip(responses) {
-                    let _ = reply.send(Ok(r));
+                    let _ = reply.send(Ok((r, resp.log_id.index)));
                 }
             }
             single if replies.len() == 1 => {
                 for reply in replies {
-                    let _ = reply.send(Ok(single.clone()));
+                    let _ = reply.send(Ok((single.clone(), resp.log_id.index)));
                 }
             }
             other => {

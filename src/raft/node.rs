@@ -9,6 +9,7 @@ use super::read_index::ReadIndexer;
 use super::state_machine::StateMachine;
 use super::types::{Member, Raft, Request, Response};
 use super::{decode, encode};
+use crate::lease::Lessor;
 use crate::pb::concordraft::RaftPayload;
 
 #[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -23,6 +24,21 @@ pub enum NodeError {
     Internal(String),
 }
 
+/// A question only the leader's lease clock can answer.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub enum LeaseQuery {
+    Renew(i64),
+    TimeToLive { id: i64, keys: bool },
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub enum LeaseAnswer {
+    /// The TTL to report; 0 if the lease is gone or expired.
+    Renewed(i64),
+    /// (granted TTL, remaining seconds, keys), or `None` if there is no such lease.
+    TimeToLive(Option<(i64, i64, Vec<Vec<u8>>)>),
+}
+
 #[derive(Clone)]
 pub struct RaftNode {
     pub id: u64,
@@ -34,6 +50,8 @@ pub struct RaftNode {
     pub reads: ReadIndexer,
     /// How long a request waits for a leader to appear before failing like etcd's "no leader".
     pub leader_wait: Duration,
+    /// The lease clock, running while this member leads.
+    pub lessor: Arc<Lessor>,
 }
 
 impl RaftNode {
@@ -52,13 +70,16 @@ impl RaftNode {
         let deadline = tokio::time::Instant::now() + self.leader_wait;
         loop {
             match self.batcher.propose(req.clone(), size).await {
-                Ok(resp) => return Ok(resp),
+                Ok((resp, _)) => return Ok(resp),
                 // Not appended anywhere (or truncated away), so sending it on cannot apply it twice.
                 Err(ProposeError::NotLeader(Some((id, node)))) if id != self.id => {
                     match self.forward(id, &node, &req, deadline).await {
                         // The member we took for the leader said it is not: nothing was proposed; retry.
                         Err(NodeError::NoLeader) => {}
-                        other => return other,
+                        // As in etcd, a write acknowledged by a member has been applied there: a watch or a
+                        // serializable read on this member right after sees it.
+                        Ok((resp, index)) => return self.wait_applied(index).await.map(|()| resp),
+                        Err(e) => return Err(e),
                     }
                 }
                 Err(ProposeError::NotLeader(_)) => {}
@@ -71,12 +92,67 @@ impl RaftNode {
         }
     }
 
+    /// Answers with the leader's lease clock: this member's if it leads, otherwise the leader's. The
+    /// questions are idempotent, so a failed call is simply asked again until `leader_wait` runs out.
+    pub async fn lease_query(&self, query: LeaseQuery) -> Result<LeaseAnswer, NodeError> {
+        let deadline = tokio::time::Instant::now() + self.leader_wait;
+        loop {
+            let leader = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                m.current_leader.map(|id| (id, m.membership_config.membership().get_node(&id).cloned()))
+            };
+            match leader {
+                Some((id, _)) if id == self.id => return Ok(self.answer_lease(query)),
+                Some((id, Some(node))) => {
+                    if let Ok(answer) = self.ask_leader(id, &node, &query, deadline).await {
+                        return Ok(answer);
+                    }
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NodeError::NoLeader);
+            }
+            super::wait_for_leader(&self.raft, deadline).await;
+        }
+    }
+
+    async fn ask_leader(
+        &self,
+        leader: u64,
+        node: &Member,
+        query: &LeaseQuery,
+        deadline: tokio::time::Instant,
+    ) -> Result<LeaseAnswer, NodeError> {
+        let mut client = self.network.client(leader, node).map_err(NodeError::Internal)?;
+        let data = encode(query).map_err(|e| NodeError::Internal(e.to_string()))?;
+        let reply = tokio::time::timeout_at(deadline, client.lease(RaftPayload { data }))
+            .await
+            .map_err(|_| NodeError::Timeout)?
+            .map_err(|s| NodeError::Internal(s.to_string()))?;
+        decode::<Result<LeaseAnswer, NodeError>>(&reply.into_inner().data)
+            .map_err(|e| NodeError::Internal(e.to_string()))?
+    }
+
+    /// The answer of this member's lease clock (meaningful on the leader).
+    pub fn answer_lease(&self, query: LeaseQuery) -> LeaseAnswer {
+        match query {
+            LeaseQuery::Renew(id) => {
+                LeaseAnswer::Renewed(self.lessor.renew(id, self.sm.lease(id, false).map(|l| l.0)))
+            }
+            LeaseQuery::TimeToLive { id, keys } => LeaseAnswer::TimeToLive(
+                self.sm.lease(id, keys).map(|(ttl, ks)| (ttl, self.lessor.remaining(id, ttl), ks)),
+            ),
+        }
+    }
+
     /// Proposes on the leader only: a member that is not the leader answers `NoLeader` instead of passing
     /// the request on (two members that each take the other for the leader must not bounce it).
-    pub async fn write_as_leader(&self, req: Request) -> Result<Response, NodeError> {
+    pub async fn write_as_leader(&self, req: Request) -> Result<(Response, u64), NodeError> {
         let size = req.encoded_len();
         match self.batcher.propose(req, size).await {
-            Ok(resp) => Ok(resp),
+            Ok(done) => Ok(done),
             Err(ProposeError::NotLeader(_)) => Err(NodeError::NoLeader),
             Err(ProposeError::Fatal(e)) => Err(NodeError::Internal(e)),
         }
@@ -90,7 +166,7 @@ impl RaftNode {
         node: &Member,
         req: &Request,
         deadline: tokio::time::Instant,
-    ) -> Result<Response, NodeError> {
+    ) -> Result<(Response, u64), NodeError> {
         let mut client = self.network.client(leader, node).map_err(NodeError::Internal)?;
         let data = encode(req).map_err(|e| NodeError::Internal(e.to_string()))?;
         let reply = match tokio::time::timeout_at(deadline, client.forward(RaftPayload { data })).await {
@@ -102,7 +178,7 @@ impl RaftNode {
             Ok(Err(_)) => return Err(NodeError::Timeout),
             Ok(Ok(reply)) => reply,
         };
-        decode::<Result<Response, NodeError>>(&reply.into_inner().data)
+        decode::<Result<(Response, u64), NodeError>>(&reply.into_inner().data)
             .map_err(|e| NodeError::Internal(e.to_string()))?
     }
 

@@ -2,7 +2,7 @@
 
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
-use super::node::{NodeError, RaftNode};
+use super::node::{LeaseAnswer, LeaseQuery, NodeError, RaftNode};
 use super::types::Request;
 use super::{decode, encode};
 use crate::pb::concordraft::raft_peer_server::RaftPeer;
@@ -47,6 +47,15 @@ impl RaftPeer for PeerService {
         let request: Request = parse(req)?;
         let result: Result<_, NodeError> = self.node.write_as_leader(request).await;
         payload(&result)
+    }
+
+    async fn lease(&self, req: GrpcRequest<RaftPayload>) -> Result<GrpcResponse<RaftPayload>, Status> {
+        let query: LeaseQuery = parse(req)?;
+        // Like ReadIndex: only the leader answers, nobody passes the question on.
+        if self.node.leader() != Some(self.node.id) {
+            return payload(&Err::<LeaseAnswer, _>(NodeError::NoLeader));
+        }
+        payload(&Ok::<_, NodeError>(self.node.answer_lease(query)))
     }
 
     async fn read_index(&self, _req: GrpcRequest<RaftPayload>) -> Result<GrpcResponse<RaftPayload>, Status> {

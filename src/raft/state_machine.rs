@@ -20,6 +20,7 @@ use super::types::{
     Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 use super::{decode, encode};
+use crate::lease::LeaseTable;
 use crate::mvcc::{MvccError, Store};
 use crate::pb::etcdserverpb::RangeRequest;
 use crate::pb::mvccpb::{Event, KeyValue};
@@ -73,6 +74,8 @@ struct Durable {
     compacted: i64,
     membership: StoredMembership,
     client_urls: BTreeMap<u64, Vec<String>>,
+    /// Every lease (id, granted TTL); attached keys are rebuilt from the store.
+    leases: Vec<(i64, i64)>,
 }
 
 impl Default for Durable {
@@ -85,6 +88,7 @@ impl Default for Durable {
             compacted: -1,
             membership: StoredMembership::default(),
             client_urls: BTreeMap::new(),
+            leases: Vec::new(),
         }
     }
 }
@@ -94,6 +98,7 @@ struct Applied {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     client_urls: BTreeMap<u64, Vec<String>>,
+    leases: LeaseTable,
 }
 
 impl Applied {
@@ -104,13 +109,19 @@ impl Applied {
             compacted: store.compact_revision(),
             membership: self.membership.clone(),
             client_urls: self.client_urls.clone(),
+            leases: self.leases.leases(),
         }
     }
 }
 
-impl From<Durable> for Applied {
-    fn from(d: Durable) -> Applied {
-        Applied { last_applied: d.last_applied, membership: d.membership, client_urls: d.client_urls }
+impl Applied {
+    /// The applied state a checkpoint describes, with each lease's keys found in `store`.
+    fn restore(d: Durable, store: &Store<RecordLog>) -> Applied {
+        let mut leases = LeaseTable::with_leases(d.leases);
+        for (key, lease) in store.leased_keys() {
+            leases.attach(&key, lease);
+        }
+        Applied { last_applied: d.last_applied, membership: d.membership, client_urls: d.client_urls, leases }
     }
 }
 
@@ -134,14 +145,15 @@ impl StateMachine {
         let durable = decode_durable(meta)?;
         let store =
             Store::open(log, durable.current, durable.compacted).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-        let applied = durable.last_applied.map_or(0, |l| l.index);
-        let applied_tx = tokio::sync::watch::Sender::new(applied);
+        let applied_index = durable.last_applied.map_or(0, |l| l.index);
+        let applied = Applied::restore(durable, &store);
+        let applied_tx = tokio::sync::watch::Sender::new(applied_index);
         let (tx, rx) = mpsc::sync_channel(1);
         let hub = Hub::new(store.current_revision());
         let sm = Arc::new(StateMachine {
             hub,
             store: RwLock::new(store),
-            meta: Mutex::new(durable.into()),
+            meta: Mutex::new(applied),
             snapshot_dir,
             checkpoint_lock: Mutex::new(()),
             failed: AtomicBool::new(false),
@@ -150,7 +162,7 @@ impl StateMachine {
             since_snapshot: AtomicU64::new(0),
             snapshot_count: snapshot_count.max(1),
             snapshot_due: tokio::sync::Notify::new(),
-            snapshot_floor: AtomicU64::new(applied),
+            snapshot_floor: AtomicU64::new(applied_index),
             probed: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&sm);
@@ -187,6 +199,18 @@ impl StateMachine {
 
     pub fn membership(&self) -> StoredMembership {
         self.meta().membership.clone()
+    }
+
+    /// A lease's granted TTL and (if `keys`) its attached keys; `None` if it does not exist.
+    pub fn lease(&self, id: i64, keys: bool) -> Option<(i64, Vec<Vec<u8>>)> {
+        let meta = self.meta();
+        let ttl = meta.leases.ttl(id)?;
+        Some((ttl, if keys { meta.leases.keys(id) } else { Vec::new() }))
+    }
+
+    /// Every lease: (id, granted TTL).
+    pub fn leases(&self) -> Vec<(i64, i64)> {
+        self.meta().leases.leases()
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -320,7 +344,7 @@ impl StateMachine {
                 self.failed.store(true, Ordering::Relaxed);
                 return Err(e);
             }
-            *self.meta() = durable.clone().into();
+            *self.meta() = Applied::restore(durable.clone(), &store);
             store.backend_mut().sync_point(bytes)
         };
         if let Err(e) = point.complete() {
@@ -374,36 +398,76 @@ fn apply_request(
     req: Request,
     events: &mut Vec<Event>,
 ) -> Response {
-    use crate::pb::etcdserverpb::{CompactionResponse, ResponseHeader};
-    // Leases arrive with the Lease service; until then no lease exists.
-    let no_leases = |_: i64| false;
-    let mut emit = |evs: Vec<Event>| events.extend(evs);
+    use crate::pb::etcdserverpb::{
+        request_op, CompactionResponse, DeleteRangeRequest, LeaseGrantResponse, LeaseRevokeResponse,
+        RequestOp, ResponseHeader, TxnRequest,
+    };
+    let Applied { leases, client_urls, .. } = meta;
+    let header = |store: &Store<RecordLog>| {
+        Some(ResponseHeader { revision: store.current_revision(), ..Default::default() })
+    };
     let result = match req {
-        Request::Put(r) => store.put(&r, &no_leases).map(|a| {
-            emit(a.events);
-            Response::Put(a.response)
-        }),
-        Request::DeleteRange(r) => store.delete_range(&r).map(|a| {
-            emit(a.events);
-            Response::DeleteRange(a.response)
-        }),
-        Request::Txn(r) => store.txn(&r, &no_leases).map(|a| {
-            emit(a.events);
-            Response::Txn(a.response)
-        }),
-        Request::Compact(r) => store.compact(r.revision).map(|()| {
-            let header = Some(ResponseHeader { revision: store.current_revision(), ..Default::default() });
-            Response::Compact(CompactionResponse { header })
-        }),
-        Request::Publish { id, client_urls } => {
-            meta.client_urls.insert(id, client_urls);
-            Ok(Response::None)
+        Request::Put(r) => {
+            let exists = |id| leases.contains(id);
+            store.put(&r, &exists).map(|a| (Response::Put(a.response), a.events))
+        }
+        Request::DeleteRange(r) => {
+            store.delete_range(&r).map(|a| (Response::DeleteRange(a.response), a.events))
+        }
+        Request::Txn(r) => {
+            let exists = |id| leases.contains(id);
+            store.txn(&r, &exists).map(|a| (Response::Txn(a.response), a.events))
+        }
+        Request::Compact(r) => store
+            .compact(r.revision)
+            .map(|()| (Response::Compact(CompactionResponse { header: header(store) }), Vec::new())),
+        Request::Publish { id, client_urls: urls } => {
+            client_urls.insert(id, urls);
+            Ok((Response::None, Vec::new()))
+        }
+        Request::LeaseGrant { id, ttl } => {
+            if leases.grant(id, ttl) {
+                let resp = LeaseGrantResponse { header: header(store), id, ttl, error: String::new() };
+                Ok((Response::LeaseGrant(resp), Vec::new()))
+            } else {
+                Err(MvccError::LeaseExists)
+            }
+        }
+        Request::LeaseRevoke { id } if !leases.contains(id) => Err(MvccError::LeaseNotFound),
+        Request::LeaseRevoke { id } => {
+            // Every attached key goes in one revision, like a transaction of deletes.
+            let keys = leases.keys(id);
+            let deleted = if keys.is_empty() {
+                Ok(Vec::new())
+            } else {
+                let ops = keys.into_iter().map(|key| RequestOp {
+                    request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                        key,
+                        ..Default::default()
+                    })),
+                });
+                let txn = TxnRequest { success: ops.collect(), ..Default::default() };
+                store.txn(&txn, &|_| false).map(|a| a.events)
+            };
+            deleted.map(|evs| {
+                leases.remove(id);
+                (Response::LeaseRevoke(LeaseRevokeResponse { header: header(store) }), evs)
+            })
         }
         Request::Batch(reqs) => {
-            Ok(Response::Batch(reqs.into_iter().map(|r| apply_request(store, meta, r, events)).collect()))
+            let responses = reqs.into_iter().map(|r| apply_request(store, meta, r, events)).collect();
+            return Response::Batch(responses);
         }
     };
-    result.unwrap_or_else(Response::Error)
+    match result {
+        Ok((response, evs)) => {
+            // Keys follow their leases through the events; the events go on to the watch hub.
+            leases.track(&evs);
+            events.extend(evs);
+            response
+        }
+        Err(e) => Response::Error(e),
+    }
 }
 
 /// The handle openraft owns; cheap to clone.

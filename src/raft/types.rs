@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::mvcc::MvccError;
 use crate::pb::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
 
 /// A write request, as the client sent it (already validated by the API layer).
@@ -22,6 +22,15 @@ pub enum Request {
         id: u64,
         client_urls: Vec<String>,
     },
+    /// A new lease (its id chosen by the proposer, its TTL already within etcd's limits).
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// Revokes a lease and deletes its keys in one revision; the leader proposes it when a lease expires.
+    LeaseRevoke {
+        id: i64,
+    },
     /// Concurrent requests proposed as one entry (see `batcher`); applied in order, one revision each.
     Batch(Vec<Request>),
 }
@@ -35,6 +44,7 @@ impl Request {
             Request::DeleteRange(r) => r.encoded_len(),
             Request::Txn(r) => r.encoded_len(),
             Request::Compact(r) => r.encoded_len(),
+            Request::LeaseGrant { .. } | Request::LeaseRevoke { .. } => 16,
             Request::Publish { client_urls, .. } => {
                 8 + client_urls.iter().map(|u| u.len() + 2).sum::<usize>()
             }
@@ -51,6 +61,8 @@ pub enum Response {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compact(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
     Error(MvccError),
     /// Blank and membership entries.
     None,

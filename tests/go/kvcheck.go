@@ -1,4 +1,4 @@
-// kvcheck drives a server with etcd's own Go client (clientv3, etcd 3.4) through KV and Watch and exits
+// kvcheck drives a server with etcd's own Go client (clientv3, etcd 3.4) through KV, Watch and Lease and exits
 // non-zero on the first behaviour that differs from etcd's. Built and run by tests/go_client.rs.
 package main
 
@@ -104,6 +104,36 @@ func main() {
 	check(err == rpctypes.ErrFutureRev, "future revision error: %v", err)
 	_, err = cli.Put(ctx, "go/l", "x", clientv3.WithLease(clientv3.LeaseID(12345)))
 	check(err == rpctypes.ErrLeaseNotFound, "lease not found error: %v", err)
+
+	// Leases: grant, attach, keepalive, time to live with keys, revoke (keys deleted), errors.
+	lg, err := cli.Grant(ctx, 60)
+	must(err, "grant")
+	check(lg.ID != 0 && lg.TTL == 60, "grant %v", lg)
+	_, err = cli.Put(ctx, "go/leased", "v", clientv3.WithLease(lg.ID))
+	must(err, "put with lease")
+	ka, err := cli.KeepAliveOnce(ctx, lg.ID)
+	must(err, "keepalive once")
+	check(ka.TTL == 60, "keepalive ttl %d", ka.TTL)
+	tl, err := cli.TimeToLive(ctx, lg.ID, clientv3.WithAttachedKeys())
+	must(err, "time to live")
+	check(tl.GrantedTTL == 60 && tl.TTL > 50 && len(tl.Keys) == 1 && string(tl.Keys[0]) == "go/leased", "ttl %v", tl)
+	ll, err := cli.Leases(ctx)
+	must(err, "leases")
+	check(len(ll.Leases) >= 1, "leases %v", ll.Leases)
+	_, err = cli.Revoke(ctx, lg.ID)
+	must(err, "revoke")
+	g, err = cli.Get(ctx, "go/leased")
+	must(err, "get after revoke")
+	check(len(g.Kvs) == 0, "leased key after revoke %v", g.Kvs)
+	_, err = cli.Revoke(ctx, lg.ID)
+	check(err == rpctypes.ErrLeaseNotFound, "revoke twice: %v", err)
+	tl, err = cli.TimeToLive(ctx, lg.ID)
+	must(err, "time to live of a revoked lease")
+	check(tl.TTL == -1, "revoked lease ttl %d", tl.TTL)
+	_, err = cli.KeepAliveOnce(ctx, lg.ID)
+	check(err == rpctypes.ErrLeaseNotFound, "keepalive of a revoked lease: %v", err)
+	_, err = cli.Grant(ctx, 9000000001)
+	check(err == rpctypes.ErrLeaseTTLTooLarge, "too large ttl: %v", err)
 
 	ml, err := cli.MemberList(ctx)
 	must(err, "member list")

@@ -1,0 +1,125 @@
+//! The leader's lease clock. Followers keep none: only the leader decides expiry.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+pub struct Lessor {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// This member leads and runs the clock.
+    primary: bool,
+    deadlines: HashMap<i64, Instant>,
+    /// Expired leases whose revoke is proposed and not yet applied.
+    revoking: HashSet<i64>,
+}
+
+impl Lessor {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_primary(&self) -> bool {
+        self.lock().primary
+    }
+
+    /// This member became the leader: every lease gets its full TTL plus `extend` from now (etcd's
+    /// `Promote`), since the old leader's clock is gone with it.
+    pub fn promote(&self, leases: &[(i64, i64)], extend: Duration) {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        inner.primary = true;
+        inner.revoking.clear();
+        inner.deadlines = leases.iter().map(|(id, ttl)| (*id, now + secs(*ttl) + extend)).collect();
+    }
+
+    pub fn demote(&self) {
+        let mut inner = self.lock();
+        inner.primary = false;
+        inner.deadlines.clear();
+        inner.revoking.clear();
+    }
+
+    /// Renews lease `id` of granted TTL `ttl` (if it exists); returns the TTL to report, 0 if the lease
+    /// is unknown or already expired (a revoke is on its way), as etcd answers a keepalive.
+    pub fn renew(&self, id: i64, ttl: Option<i64>) -> i64 {
+        let Some(ttl) = ttl else { return 0 };
+        let mut inner = self.lock();
+        let now = Instant::now();
+        if inner.revoking.contains(&id) || inner.deadlines.get(&id).is_some_and(|d| *d <= now) {
+            return 0;
+        }
+        inner.deadlines.insert(id, now + secs(ttl));
+        ttl
+    }
+
+    /// Seconds left on lease `id` of granted TTL `ttl` (rounded down, as etcd reports it).
+    pub fn remaining(&self, id: i64, ttl: i64) -> i64 {
+        let inner = self.lock();
+        match inner.deadlines.get(&id) {
+            Some(d) => d.saturating_duration_since(Instant::now()).as_secs() as i64,
+            None => ttl,
+        }
+    }
+
+    /// Brings the clock in line with `leases` (new ones start now, revoked ones go) and returns the
+    /// expired leases not already being revoked, marking them as being revoked.
+    pub fn expired(&self, leases: &[(i64, i64)]) -> Vec<i64> {
+        let mut inner = self.lock();
+        if !inner.primary {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let live: HashSet<i64> = leases.iter().map(|(id, _)| *id).collect();
+        inner.deadlines.retain(|id, _| live.contains(id));
+        inner.revoking.retain(|id| live.contains(id));
+        for (id, ttl) in leases {
+            inner.deadlines.entry(*id).or_insert(now + secs(*ttl));
+        }
+        let expired: Vec<i64> = inner
+            .deadlines
+            .iter()
+            .filter(|(id, d)| **d <= now && !inner.revoking.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        inner.revoking.extend(expired.iter().copied());
+        expired
+    }
+
+    /// A revoke failed (e.g. leadership moved): let the next round try again.
+    pub fn retry(&self, id: i64) {
+        self.lock().revoking.remove(&id);
+    }
+}
+
+fn secs(ttl: i64) -> Duration {
+    Duration::from_secs(ttl.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_primary_expires_and_promotion_restarts_every_clock() {
+        let l = Lessor::default();
+        assert!(l.expired(&[(1, 0)]).is_empty(), "a follower decides nothing");
+        l.promote(&[(1, 0), (2, 100)], Duration::ZERO);
+        assert_eq!(l.expired(&[(1, 0), (2, 100)]), [1]);
+        assert!(l.expired(&[(1, 0), (2, 100)]).is_empty(), "one revoke per expiry");
+        assert_eq!(l.renew(1, Some(0)), 0, "an expired lease is not renewed");
+        assert_eq!(l.renew(2, Some(100)), 100);
+        assert_eq!(l.renew(3, None), 0);
+        assert!((99..=100).contains(&l.remaining(2, 100)));
+        l.retry(1);
+        assert_eq!(l.expired(&[(1, 0), (2, 100)]), [1]);
+        l.promote(&[(1, 5)], Duration::from_secs(1));
+        assert!(l.expired(&[(1, 5)]).is_empty());
+        l.demote();
+        assert_eq!(l.renew(1, Some(5)), 5, "renewing without a clock just answers the TTL");
+    }
+}

@@ -1,0 +1,133 @@
+//! The Lease service against real `concord` processes, driven by the etcd-client crate.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{status, Cluster};
+use etcd_client::{EventType, LeaseGrantOptions, LeaseTimeToLiveOptions, PutOptions, WatchOptions};
+use tonic::Code;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn grant_attach_keepalive_time_to_live_and_revoke() {
+    let c = Cluster::start(1, &[]);
+    let mut client = c.members[0].client().await;
+    let lease = client.lease_grant(60, None).await.unwrap();
+    assert!(lease.id() > 0);
+    assert_eq!(lease.ttl(), 60);
+    let id = lease.id();
+    client.put("a", "1", Some(PutOptions::new().with_lease(id))).await.unwrap();
+    client.put("b", "1", Some(PutOptions::new().with_lease(id))).await.unwrap();
+    client.put("c", "1", Some(PutOptions::new().with_lease(id))).await.unwrap();
+    client.put("c", "2", None).await.unwrap(); // moved off the lease
+
+    let ttl = client.lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys())).await.unwrap();
+    assert_eq!((ttl.granted_ttl(), ttl.keys()), (60, &[b"a".to_vec(), b"b".to_vec()][..]));
+    assert!((58..=60).contains(&ttl.ttl()), "remaining {}", ttl.ttl());
+
+    let (mut keeper, mut responses) = client.lease_keep_alive(id).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    let r = tokio::time::timeout(WAIT, responses.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!((r.id(), r.ttl()), (id, 60));
+
+    let leases = client.leases().await.unwrap();
+    assert_eq!(leases.leases().iter().map(|l| l.id()).collect::<Vec<_>>(), [id]);
+
+    // Revoking deletes every attached key in one revision, with a delete event for each.
+    let (_w, mut watch) = client.watch("", Some(WatchOptions::new().with_all_keys())).await.unwrap();
+    let revoked = client.lease_revoke(id).await.unwrap();
+    let rev = revoked.header().unwrap().revision();
+    let r = tokio::time::timeout(WAIT, watch.message()).await.unwrap().unwrap().unwrap();
+    let events: Vec<(EventType, &[u8], i64)> = r
+        .events()
+        .iter()
+        .map(|e| (e.event_type(), e.kv().unwrap().key(), e.kv().unwrap().mod_revision()))
+        .collect();
+    assert_eq!(events, [(EventType::Delete, &b"a"[..], rev), (EventType::Delete, &b"b"[..], rev)]);
+    let got = client.get("c", None).await.unwrap();
+    assert_eq!(got.kvs()[0].value(), b"2", "a key moved off the lease stays");
+    assert!(client.get("a", None).await.unwrap().kvs().is_empty());
+}
+
+#[tokio::test]
+async fn lease_errors_are_etcds() {
+    let c = Cluster::start(1, &[]);
+    let mut client = c.members[0].client().await;
+    let e = status(client.put("k", "v", Some(PutOptions::new().with_lease(42))).await.unwrap_err());
+    assert_eq!((e.code(), e.message()), (Code::NotFound, "etcdserver: requested lease not found"));
+    client.lease_grant(10, Some(LeaseGrantOptions::new().with_id(42))).await.unwrap();
+    let e = status(client.lease_grant(10, Some(LeaseGrantOptions::new().with_id(42))).await.unwrap_err());
+    assert_eq!((e.code(), e.message()), (Code::FailedPrecondition, "etcdserver: lease already exists"));
+    let e = status(client.lease_grant(9_000_000_001, None).await.unwrap_err());
+    assert_eq!((e.code(), e.message()), (Code::OutOfRange, "etcdserver: too large lease TTL"));
+    let e = status(client.lease_revoke(7).await.unwrap_err());
+    assert_eq!((e.code(), e.message()), (Code::NotFound, "etcdserver: requested lease not found"));
+    let ttl = client.lease_time_to_live(7, None).await.unwrap();
+    assert_eq!((ttl.ttl(), ttl.granted_ttl()), (-1, 0));
+    // A keepalive for an unknown lease answers TTL 0, which the crate reports as "lease not found".
+    let e = client.lease_keep_alive(7).await.unwrap_err();
+    assert!(e.to_string().contains("lease not found"), "{e}");
+    // A TTL below the minimum (1.5 election timeouts: 750 ms here, rounded up) is raised to it.
+    assert_eq!(client.lease_grant(0, None).await.unwrap().ttl(), 1);
+}
+
+#[tokio::test]
+async fn an_expired_lease_deletes_its_keys_through_raft() {
+    let c = Cluster::start(1, &[]);
+    let mut client = c.members[0].client().await;
+    let id = client.lease_grant(1, None).await.unwrap().id();
+    let put = client.put("eph", "1", Some(PutOptions::new().with_lease(id))).await.unwrap();
+    let (_w, mut watch) = client.watch("eph", None).await.unwrap();
+    let start = Instant::now();
+    let r = tokio::time::timeout(WAIT, watch.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(r.events()[0].event_type(), EventType::Delete);
+    assert_eq!(r.events()[0].kv().unwrap().mod_revision(), put.header().unwrap().revision() + 1);
+    assert!(start.elapsed() >= Duration::from_millis(900), "not before its TTL of 1 s");
+    assert_eq!(client.lease_time_to_live(id, None).await.unwrap().ttl(), -1);
+}
+
+#[tokio::test]
+async fn leases_and_their_keys_survive_a_restart() {
+    let mut c = Cluster::start(1, &[]);
+    let mut client = c.members[0].client().await;
+    let id = client.lease_grant(100, None).await.unwrap().id();
+    client.put("kept", "1", Some(PutOptions::new().with_lease(id))).await.unwrap();
+    c.members[0].kill();
+    c.members[0].start();
+    let mut client = c.members[0].client().await;
+    let ttl = client.lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys())).await.unwrap();
+    assert_eq!((ttl.granted_ttl(), ttl.keys()), (100, &[b"kept".to_vec()][..]));
+    assert!(ttl.ttl() >= 99, "the clock restarts with the full TTL: {}", ttl.ttl());
+    client.lease_revoke(id).await.unwrap();
+    assert!(client.get("kept", None).await.unwrap().kvs().is_empty());
+}
+
+/// Keepalives sent to a follower reach the leader; when the leader dies, the new one starts every
+/// lease's clock afresh, so a lease kept alive through the failover never expires.
+#[tokio::test]
+async fn a_lease_kept_alive_through_a_follower_survives_the_leader_crashing() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    let mut client = c.members[follower].client().await;
+    let id = client.lease_grant(3, None).await.unwrap().id();
+    client.put("held", "1", Some(PutOptions::new().with_lease(id))).await.unwrap();
+    let (mut keeper, mut responses) = client.lease_keep_alive(id).await.unwrap();
+    let mut keepalive = async || {
+        keeper.keep_alive().await.unwrap();
+        tokio::time::timeout(WAIT, responses.message()).await.unwrap().unwrap().unwrap().ttl()
+    };
+    assert_eq!(keepalive().await, 3);
+    c.members[leader].kill();
+    // Keep the lease alive for twice its TTL across the failover (a keepalive may fail while there is
+    // no leader: it answers NoLeader, and the next one goes through).
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        assert_eq!(keepalive().await, 3, "the lease is alive");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let got = client.get("held", None).await.unwrap();
+    assert_eq!(got.kvs().len(), 1, "the lease's key survived");
+}
