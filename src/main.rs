@@ -2,6 +2,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use std::io::Write;
+
 use concord::bench::BenchArgs;
 use concord::{Config, Server};
 
@@ -31,11 +33,9 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Bench(args)) => {
             let report = concord::bench::run(&args).await?;
-            if args.common.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!("{report}");
-            }
+            let text = if args.common.json { serde_json::to_string(&report)? } else { report.to_string() };
+            // A closed stdout (`| head`) is not worth a panic.
+            let _ = writeln!(std::io::stdout(), "{text}");
             Ok(())
         }
         None => serve(cli.config).await,

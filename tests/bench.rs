@@ -45,9 +45,20 @@ async fn bench_workloads_run_against_a_server() {
         &["range", "foo", "--consistency", "s"],
         &["txn-put", "--txn-ops", "4", "--key-space-size", "1000"],
         &["txn-mixed", "--key-space-size", "10"],
+        &["lease-keepalive"],
     ] {
         let r = bench(&ep, args);
         assert_eq!((r["requests"].as_u64(), r["errors"].as_u64()), (Some(200), Some(0)), "{args:?}: {r}");
         assert!(r["p99_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap());
     }
+}
+
+#[tokio::test]
+async fn the_watch_workload_counts_every_delivered_event() {
+    let c = Cluster::start(1, &[]);
+    c.members[0].client().await;
+    let ep = format!("127.0.0.1:{}", c.members[0].client_port);
+    let r = bench(&ep, &["watch", "--watchers", "30", "--streams", "3"]);
+    // 200 puts, each delivered to 30 watchers.
+    assert_eq!((r["requests"].as_u64(), r["errors"].as_u64()), (Some(6000), Some(0)), "{r}");
 }

@@ -10,9 +10,15 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+mod watch;
+
 use crate::pb::etcdserverpb::kv_client::KvClient;
+use crate::pb::etcdserverpb::lease_client::LeaseClient;
 use crate::pb::etcdserverpb::request_op::Request as Op;
-use crate::pb::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest};
+use crate::pb::etcdserverpb::{
+    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse, PutRequest, RangeRequest, RequestOp,
+    TxnRequest,
+};
 
 #[derive(Clone, Debug, Args)]
 pub struct Common {
@@ -86,6 +92,18 @@ pub enum Workload {
         rw_ratio: f64,
         #[arg(long, value_enum, default_value = "l")]
         consistency: Consistency,
+    },
+    /// Lease keepalives: each client grants a lease, then renews it over its own keepalive stream.
+    LeaseKeepalive,
+    /// Watch fan-out: `--watchers` watchers of one key over `--streams` streams; `--total` puts to that
+    /// key by `--clients` writers. Reports events delivered per second and put-to-delivery latency.
+    Watch {
+        #[arg(long, default_value_t = 1000)]
+        watchers: usize,
+        #[arg(long, default_value_t = 10)]
+        streams: usize,
+        #[arg(long, default_value_t = 256)]
+        val_size: usize,
     },
 }
 
@@ -179,16 +197,68 @@ fn workload_name(w: &Workload) -> String {
         Workload::Range { consistency, .. } => format!("range-{consistency:?}").to_lowercase(),
         Workload::TxnPut { .. } => "txn-put".into(),
         Workload::TxnMixed { .. } => "txn-mixed".into(),
+        Workload::LeaseKeepalive => "lease-keepalive".into(),
+        Workload::Watch { .. } => "watch".into(),
     }
 }
 
-async fn one_request(
-    kv: &mut KvClient<Channel>,
-    w: &Workload,
-    i: u64,
-    rng: &mut Rng,
+/// What one client holds between requests.
+enum Client {
+    Kv(KvClient<Channel>),
+    /// A lease and the keepalive stream that renews it.
+    Lease {
+        id: i64,
+        tx: tokio::sync::mpsc::Sender<LeaseKeepAliveRequest>,
+        rx: tonic::Streaming<LeaseKeepAliveResponse>,
+    },
+}
+
+impl Client {
+    async fn new(channel: Channel, w: &Workload) -> Result<Client, tonic::Status> {
+        if !matches!(w, Workload::LeaseKeepalive) {
+            let kv = KvClient::new(channel)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX);
+            return Ok(Client::Kv(kv));
+        }
+        let mut lease = LeaseClient::new(channel);
+        let id = lease.lease_grant(LeaseGrantRequest { ttl: 600, id: 0 }).await?.into_inner().id;
+        // The first keepalive goes out with the call: grpc-go (etcd) sends no response headers on a
+        // stream before its first message, so waiting for the call before sending anything would hang.
+        let (tx, reqs) = tokio::sync::mpsc::channel(1);
+        tx.send(LeaseKeepAliveRequest { id })
+            .await
+            .map_err(|_| tonic::Status::unavailable("keepalive stream"))?;
+        let mut rx =
+            lease.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(reqs)).await?.into_inner();
+        rx.message().await?;
+        Ok(Client::Lease { id, tx, rx })
+    }
+}
+
+async fn keepalive(
+    id: i64,
+    tx: &tokio::sync::mpsc::Sender<LeaseKeepAliveRequest>,
+    rx: &mut tonic::Streaming<LeaseKeepAliveResponse>,
 ) -> Result<(), tonic::Status> {
+    tx.send(LeaseKeepAliveRequest { id })
+        .await
+        .map_err(|_| tonic::Status::unavailable("keepalive stream closed"))?;
+    match rx.message().await? {
+        Some(r) if r.ttl > 0 => Ok(()),
+        _ => Err(tonic::Status::not_found("lease not found")),
+    }
+}
+
+async fn one_request(client: &mut Client, w: &Workload, i: u64, rng: &mut Rng) -> Result<(), tonic::Status> {
+    let kv = match client {
+        Client::Kv(kv) => kv,
+        Client::Lease { id, tx, rx } => return keepalive(*id, tx, rx).await,
+    };
     match w {
+        Workload::LeaseKeepalive | Workload::Watch { .. } => {
+            Err(tonic::Status::internal("not a KV workload"))
+        }
         Workload::Put(keys) => {
             let req =
                 PutRequest { key: key(keys, i, rng), value: vec![b'v'; keys.val_size], ..Default::default() };
@@ -271,7 +341,6 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let total = c.total;
-    let start = Instant::now();
     let progress = (!c.quiet && !c.json).then(|| {
         let done = done.clone();
         tokio::spawn(async move {
@@ -289,10 +358,19 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         })
     });
     let mut tasks = Vec::with_capacity(c.clients);
+    if let Workload::Watch { watchers, streams, val_size } = args.workload {
+        return watch::run(c, &channels, watchers, streams, val_size).await;
+    }
+    let mut clients = Vec::with_capacity(c.clients);
     for id in 0..c.clients {
-        let mut kv = KvClient::new(channels[id % channels.len()].clone())
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+        let channel = channels[id % channels.len()].clone();
+        let client = Client::new(channel, &args.workload)
+            .await
+            .map_err(|e| BenchError::Connect(c.endpoints[0].clone(), e.to_string()))?;
+        clients.push(client);
+    }
+    let start = Instant::now();
+    for (id, mut kv) in clients.into_iter().enumerate() {
         let workload = args.workload.clone();
         let (next, done, errors) = (next.clone(), done.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
@@ -321,25 +399,32 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     if let Some(p) = progress {
         let _ = p.await;
     }
-    lat.sort_unstable();
-    let avg_ms = if lat.is_empty() {
-        0.0
-    } else {
-        lat.iter().map(|&x| x as f64).sum::<f64>() / lat.len() as f64 / 1000.0
-    };
-    Ok(Report {
-        workload: workload_name(&args.workload),
-        clients: c.clients,
-        conns: c.conns,
-        requests: lat.len() as u64,
-        errors: errors.load(Ordering::Relaxed),
-        seconds,
-        requests_per_sec: lat.len() as f64 / seconds,
-        avg_ms,
-        p50_ms: percentile(&lat, 0.5),
-        p90_ms: percentile(&lat, 0.9),
-        p99_ms: percentile(&lat, 0.99),
-        p999_ms: percentile(&lat, 0.999),
-        max_ms: lat.last().map_or(0.0, |&m| m as f64 / 1000.0),
-    })
+    Ok(Report::new(workload_name(&args.workload), c, lat, errors.load(Ordering::Relaxed), seconds))
+}
+
+impl Report {
+    /// A report from latencies in microseconds.
+    fn new(workload: String, c: &Common, mut lat: Vec<u32>, errors: u64, seconds: f64) -> Report {
+        lat.sort_unstable();
+        let avg_ms = if lat.is_empty() {
+            0.0
+        } else {
+            lat.iter().map(|&x| x as f64).sum::<f64>() / lat.len() as f64 / 1000.0
+        };
+        Report {
+            workload,
+            clients: c.clients,
+            conns: c.conns,
+            requests: lat.len() as u64,
+            errors,
+            seconds,
+            requests_per_sec: lat.len() as f64 / seconds,
+            avg_ms,
+            p50_ms: percentile(&lat, 0.5),
+            p90_ms: percentile(&lat, 0.9),
+            p99_ms: percentile(&lat, 0.99),
+            p999_ms: percentile(&lat, 0.999),
+            max_ms: lat.last().map_or(0.0, |&m| m as f64 / 1000.0),
+        }
+    }
 }
