@@ -63,11 +63,11 @@ fn mvcc(c: &mut Criterion) {
 
 fn encoding(c: &mut Criterion) {
     let kv = KeyValue {
-        key: key(1),
+        key: key(1).into(),
         create_revision: 2,
         mod_revision: 3,
         version: 1,
-        value: vec![b'v'; 256],
+        value: vec![b'v'; 256].into(),
         lease: 0,
     };
     c.bench_function("record encode", |b| b.iter(|| black_box(kv.encode_to_vec())));

@@ -122,7 +122,7 @@ mod tests {
     fn ev(kind: EventType, key: &str, lease: i64) -> Event {
         Event {
             r#type: kind as i32,
-            kv: Some(KeyValue { key: key.into(), lease, ..Default::default() }),
+            kv: Some(KeyValue { key: key.to_string().into(), lease, ..Default::default() }),
             prev_kv: None,
         }
     }

@@ -91,7 +91,7 @@ impl<B: Backend> Store<B> {
         self.backend.commit(Changes { puts, deletes })
     }
 
-    pub(super) fn value_at(&self, rev: Revision) -> Result<Vec<u8>, MvccError> {
+    pub(super) fn value_at(&self, rev: Revision) -> Result<bytes::Bytes, MvccError> {
         if let Some(kv) = self.pending.get(&rev) {
             return Ok(kv.value.clone());
         }
@@ -103,11 +103,11 @@ impl<B: Backend> Store<B> {
 
     pub(super) fn key_value(&self, key: &[u8], kr: &KeyRev, with_value: bool) -> Result<KeyValue, MvccError> {
         Ok(KeyValue {
-            key: key.to_vec(),
+            key: bytes::Bytes::copy_from_slice(key),
             create_revision: kr.create_rev,
             mod_revision: kr.mod_rev.main,
             version: kr.version,
-            value: if with_value { self.value_at(kr.mod_rev)? } else { Vec::new() },
+            value: if with_value { self.value_at(kr.mod_rev)? } else { bytes::Bytes::new() },
             lease: kr.lease,
         })
     }

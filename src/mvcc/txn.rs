@@ -78,7 +78,7 @@ impl<'a, B: Backend> WriteTxn<'a, B> {
         let rev = self.next_revision();
         let value = match (&prev_kv, req.ignore_value) {
             (Some(p), true) => p.value.clone(),
-            _ => req.value.clone(),
+            _ => req.value.clone().into(),
         };
         let lease = match (&prev, req.ignore_lease) {
             (Some(p), true) => p.lease,
@@ -91,7 +91,7 @@ impl<'a, B: Backend> WriteTxn<'a, B> {
             lease,
         };
         let kv = KeyValue {
-            key: req.key.clone(),
+            key: req.key.clone().into(),
             create_revision: kr.create_rev,
             mod_revision: rev.main,
             version: kr.version,
@@ -121,7 +121,8 @@ impl<'a, B: Backend> WriteTxn<'a, B> {
                 prev_kvs.push(self.store.key_value(key, kr, true)?);
             }
             let rev = self.next_revision();
-            let tombstone = KeyValue { key: key.clone(), mod_revision: rev.main, ..Default::default() };
+            let tombstone =
+                KeyValue { key: key.clone().into(), mod_revision: rev.main, ..Default::default() };
             self.store.index.put(key, KeyRev { mod_rev: rev, create_rev: 0, version: 0, lease: 0 });
             self.store.pending.insert(rev, tombstone.clone());
             self.events.push(Event::of_record(tombstone));
@@ -279,8 +280,11 @@ impl<B: Backend> Store<B> {
             return Ok(compare_one(c, target, None, &[]));
         }
         for (_, kr) in hits {
-            let value =
-                if target == Some(CompareTarget::Value) { self.value_at(kr.mod_rev)? } else { Vec::new() };
+            let value = if target == Some(CompareTarget::Value) {
+                self.value_at(kr.mod_rev)?
+            } else {
+                bytes::Bytes::new()
+            };
             if !compare_one(c, target, Some(kr), &value) {
                 return Ok(false);
             }
@@ -452,13 +456,13 @@ mod tests {
         assert_eq!(put(&mut s, "a", "2"), 3);
         let kv = get(&s, "a", 0).unwrap().unwrap();
         assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
-        assert_eq!(kv.value, b"2");
+        assert_eq!(kv.value, &b"2"[..]);
 
         let del =
             s.delete_range(&DeleteRangeRequest { key: "a".into(), prev_kv: true, ..Default::default() });
         let del = del.unwrap();
         assert_eq!(del.response.deleted, 1);
-        assert_eq!(del.response.prev_kvs[0].value, b"2");
+        assert_eq!(del.response.prev_kvs[0].value, &b"2"[..]);
         assert_eq!(del.response.header.unwrap().revision, 4);
         assert_eq!(del.events[0].r#type, EventType::Delete as i32);
 
@@ -469,7 +473,7 @@ mod tests {
         assert_eq!(put(&mut s, "a", "3"), 5);
         let kv = get(&s, "a", 0).unwrap().unwrap();
         assert_eq!((kv.create_revision, kv.version), (5, 1), "a re-created key starts over");
-        assert_eq!(get(&s, "a", 3).unwrap().unwrap().value, b"2", "history read");
+        assert_eq!(get(&s, "a", 3).unwrap().unwrap().value, &b"2"[..], "history read");
         assert_eq!(get(&s, "a", 4).unwrap(), None, "deleted at 4");
         assert_eq!(get(&s, "a", 6), Err(MvccError::FutureRev));
     }
@@ -489,7 +493,7 @@ mod tests {
         let mut s = s2;
         assert_eq!(s.backend.len(), 3, "k@6 (visible at 7), gone@7, gone's tombstone@8");
         assert_eq!(get(&s, "k", 6), Err(MvccError::Compacted));
-        assert_eq!(get(&s, "k", 7).unwrap().unwrap().value, b"4");
+        assert_eq!(get(&s, "k", 7).unwrap().unwrap().value, &b"4"[..]);
         assert_eq!(s.compact(7), Err(MvccError::Compacted));
         assert_eq!(s.compact(5), Err(MvccError::Compacted));
         assert_eq!(s.compact(9), Err(MvccError::FutureRev));
@@ -510,7 +514,7 @@ mod tests {
         let reopened = Store::open(s.backend, cur, comp).unwrap();
         let kv = get(&reopened, "a", 0).unwrap().unwrap();
         assert_eq!((kv.version, kv.create_revision, kv.mod_revision), (2, 2, 4));
-        assert_eq!(get(&reopened, "a", 2).unwrap().unwrap().value, b"1");
+        assert_eq!(get(&reopened, "a", 2).unwrap().unwrap().value, &b"1"[..]);
     }
 
     #[test]
@@ -641,7 +645,7 @@ mod tests {
         let subs: Vec<_> = applied.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect();
         assert_eq!(subs, [3, 3, 3]);
         let Some(OpResponse::ResponseRange(r)) = &applied.response.responses[2].response else { panic!() };
-        assert_eq!(r.kvs[0].value, b"1", "a read after a write in the same txn sees it");
+        assert_eq!(r.kvs[0].value, &b"1"[..], "a read after a write in the same txn sees it");
         // The nested compare ran against the state before the txn, where "x" did not exist.
         assert_eq!(get(&s, "nested", 0).unwrap().unwrap().mod_revision, 3);
         assert_eq!(get(&s, "failed", 0).unwrap(), None);
@@ -675,9 +679,9 @@ mod tests {
         assert_eq!(s.current_revision(), 1);
         put(&mut s, "a", "v");
         let r = s.put(&PutRequest { prev_kv: true, ..ignore }, &no_leases).unwrap();
-        assert_eq!(r.response.prev_kv.unwrap().value, b"v");
+        assert_eq!(r.response.prev_kv.unwrap().value, &b"v"[..]);
         let kv = get(&s, "a", 0).unwrap().unwrap();
-        assert_eq!((kv.value.as_slice(), kv.version), (&b"v"[..], 2), "ignore_value keeps the value");
+        assert_eq!((kv.value.as_ref(), kv.version), (&b"v"[..], 2), "ignore_value keeps the value");
     }
 
     #[test]

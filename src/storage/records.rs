@@ -489,7 +489,8 @@ impl Backend for RecordLog {
         if check_record(&rec) != Some(rev) {
             return Err(backend_err(format!("record {rev} is damaged")));
         }
-        KeyValue::decode(&rec[HEADER + REV..]).map(Some).map_err(backend_err)
+        // Decoding from `Bytes` makes the key and value slices of the one buffer read, not copies.
+        KeyValue::decode(bytes::Bytes::from(rec).slice(HEADER + REV..)).map(Some).map_err(backend_err)
     }
 
     fn for_each(&self, f: &mut dyn FnMut(Revision, KeyValue)) -> Result<(), MvccError> {
@@ -624,11 +625,11 @@ mod tests {
 
     fn kv(key: &str, rev: i64, value: &str) -> KeyValue {
         KeyValue {
-            key: key.into(),
+            key: key.to_string().into(),
             create_revision: rev,
             mod_revision: rev,
             version: 1,
-            value: value.into(),
+            value: value.to_string().into(),
             lease: 0,
         }
     }
@@ -662,7 +663,7 @@ mod tests {
         let (log, meta) = RecordLog::open(dir.path()).unwrap();
         assert_eq!(meta.as_deref(), Some(&b"at 4"[..]));
         assert_eq!(revs(&log), vec![2, 3, 4]);
-        assert_eq!(log.get(Revision::new(3, 0)).unwrap().unwrap().value, b"a");
+        assert_eq!(log.get(Revision::new(3, 0)).unwrap().unwrap().value, &b"a"[..]);
         assert_eq!(log.get(Revision::new(5, 0)).unwrap(), None);
     }
 
@@ -767,7 +768,7 @@ mod tests {
         let (b, meta) = RecordLog::open(&dir.path().join("b")).unwrap();
         assert_eq!(meta.as_deref(), Some(&b"new"[..]));
         assert_eq!(revs(&b), revs(&a));
-        assert_eq!(b.get(Revision::new(9, 0)).unwrap().unwrap().value, b"v");
+        assert_eq!(b.get(Revision::new(9, 0)).unwrap().unwrap().value, &b"v"[..]);
 
         let mut damaged = bytes.clone();
         damaged[20] ^= 1;

@@ -260,7 +260,7 @@ impl<H: History> WatchStream<H> {
         let mut due: BTreeMap<i64, Vec<Event>> = BTreeMap::new();
         for ev in events {
             let Some(kv) = &ev.kv else { continue };
-            let singles = self.singles.get(&kv.key).into_iter().flatten();
+            let singles = self.singles.get(kv.key.as_ref()).into_iter().flatten();
             for id in singles.chain(&self.ranges) {
                 if self.unsynced.contains(id) == synced {
                     continue;
