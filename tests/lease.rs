@@ -131,3 +131,24 @@ async fn a_lease_kept_alive_through_a_follower_survives_the_leader_crashing() {
     let got = client.get("held", None).await.unwrap();
     assert_eq!(got.kvs().len(), 1, "the lease's key survived");
 }
+
+#[tokio::test]
+async fn leases_survive_a_restart_of_the_whole_cluster() {
+    let mut c = Cluster::start(3, &[]);
+    c.leader().await;
+    let mut client = c.members[0].client().await;
+    let id = client.lease_grant(100, None).await.unwrap().id();
+    client.put("everyone", "1", Some(PutOptions::new().with_lease(id))).await.unwrap();
+    for m in &mut c.members {
+        m.kill();
+    }
+    for m in &mut c.members {
+        m.start();
+    }
+    c.leader().await;
+    let mut client = c.members[1].client().await;
+    let ttl = client.lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys())).await.unwrap();
+    assert_eq!((ttl.granted_ttl(), ttl.keys()), (100, &[b"everyone".to_vec()][..]));
+    let (_keeper, _) = client.lease_keep_alive(id).await.unwrap();
+    assert_eq!(client.get("everyone", None).await.unwrap().kvs().len(), 1);
+}
