@@ -105,9 +105,4 @@ impl Db {
         *synced = present;
         Ok(())
     }
-
-    /// Bytes on disk under the database directory.
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
-    }
 }
