@@ -4,33 +4,16 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 
 use common::{Cluster, Etcd};
 
-fn kvcheck() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kvcheck");
-        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/go/kvcheck.go");
-        let status = Command::new("go")
-            .args(["build", "-o"])
-            .arg(&out)
-            .arg(&src)
-            .env("GO111MODULE", "off")
-            .env("GOPATH", "/usr/share/gocode")
-            .env("GOCACHE", PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gocache"))
-            .status()
-            .expect("go (install golang-go and golang-etcd-server-dev; scripts/test does)");
-        assert!(status.success(), "building tests/go/kvcheck.go failed");
-        out
-    })
-}
-
 fn run_kvcheck(endpoints: &[String]) {
-    let out = Command::new(kvcheck()).args(endpoints).stderr(Stdio::null()).output().expect("run kvcheck");
+    let out = Command::new(common::go_program("kvcheck"))
+        .args(endpoints)
+        .stderr(Stdio::null())
+        .output()
+        .expect("run kvcheck");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && stdout.trim() == "ok", "Go clientv3 check failed: {stdout}");
 }

@@ -1,0 +1,112 @@
+//! A small async etcd v3 client over concord's own generated stubs, and etcd's concurrency recipes on it.
+//!
+//! It speaks only the public etcd API, so everything here works against real etcd as well as concord,
+//! and keeps etcd's key layouts, so Rust and Go programs share locks (see `mutex.rs`).
+
+mod mutex;
+mod session;
+
+pub use mutex::Mutex;
+pub use session::{Session, DEFAULT_TTL};
+
+use std::time::Duration;
+
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::pb::etcdserverpb::kv_client::KvClient;
+use crate::pb::etcdserverpb::lease_client::LeaseClient;
+use crate::pb::etcdserverpb::watch_client::WatchClient;
+use crate::pb::etcdserverpb::{watch_request::RequestUnion, WatchCreateRequest, WatchRequest, WatchResponse};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// An error the server answered with, carrying etcd's status code and text.
+    #[error("{}", .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, String),
+    #[error("the watch stream ended")]
+    WatchClosed,
+    /// `try_lock` found the lock held by another session.
+    #[error("mutex: Locked by another session")]
+    Locked,
+    #[error("the session's lease is gone")]
+    SessionExpired,
+}
+
+/// A connection to one of the given endpoints (the first that answers).
+#[derive(Clone)]
+pub struct Client {
+    channel: Channel,
+}
+
+impl Client {
+    pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Client, ClientError> {
+        let mut last = ClientError::Connect(String::new(), "no endpoints".into());
+        for e in endpoints {
+            let url = if e.contains("://") { e.clone() } else { format!("http://{e}") };
+            let ep = Endpoint::from_shared(url.clone())
+                .map_err(|err| ClientError::Connect(url.clone(), err.to_string()))?;
+            match ep.connect_timeout(timeout).tcp_nodelay(true).connect().await {
+                Ok(channel) => return Ok(Client { channel }),
+                Err(err) => last = ClientError::Connect(url, err.to_string()),
+            }
+        }
+        Err(last)
+    }
+
+    pub fn kv(&self) -> KvClient<Channel> {
+        KvClient::new(self.channel.clone())
+    }
+
+    pub fn lease(&self) -> LeaseClient<Channel> {
+        LeaseClient::new(self.channel.clone())
+    }
+
+    pub fn watch_client(&self) -> WatchClient<Channel> {
+        WatchClient::new(self.channel.clone())
+    }
+
+    /// Opens a watch stream with one watcher; returns its responses after the `created` one.
+    pub async fn watch(&self, create: WatchCreateRequest) -> Result<WatchStream, ClientError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        // The create goes out with the call: grpc-go (etcd) sends no headers before its first message.
+        let req = WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) };
+        tx.send(req).await.map_err(|_| ClientError::WatchClosed)?;
+        let mut responses = self.watch_client().watch(ReceiverStream::new(rx)).await?.into_inner();
+        match responses.message().await? {
+            Some(r) if r.created && !r.canceled => Ok(WatchStream { _requests: tx, responses }),
+            Some(r) => Err(tonic::Status::cancelled(r.cancel_reason).into()),
+            None => Err(ClientError::WatchClosed),
+        }
+    }
+}
+
+/// One watcher's responses.
+pub struct WatchStream {
+    _requests: tokio::sync::mpsc::Sender<WatchRequest>,
+    responses: tonic::Streaming<WatchResponse>,
+}
+
+impl WatchStream {
+    pub async fn next(&mut self) -> Result<WatchResponse, ClientError> {
+        match self.responses.message().await? {
+            Some(r) if r.canceled => Err(tonic::Status::cancelled(r.cancel_reason).into()),
+            Some(r) => Ok(r),
+            None => Err(ClientError::WatchClosed),
+        }
+    }
+}
+
+/// The range end that makes `key` a prefix (etcd's `GetPrefixRangeEnd`).
+pub fn prefix_end(key: &[u8]) -> Vec<u8> {
+    let mut end = key.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}

@@ -1,0 +1,201 @@
+//! etcd's `concurrency.Mutex`, key for key: a waiter puts `<prefix>/<lease id in hex>` with its session's
+//! lease; the oldest key (lowest create revision) holds the lock; every other waiter waits for the
+//! deletion of the key created just before its own. A Rust holder and a Go holder of the same name
+//! therefore exclude each other.
+//!
+//! A lease-based lock cannot by itself stop a holder that was paused past its lease from acting; guard
+//! writes with [`Mutex::is_owner`] (the key's create revision, a fencing token) in the write's Txn.
+
+use super::{prefix_end, Client, ClientError, Session};
+use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
+use crate::pb::etcdserverpb::request_op::Request as Op;
+use crate::pb::etcdserverpb::response_op::Response as OpResponse;
+use crate::pb::etcdserverpb::{
+    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RangeResponse, RequestOp, ResponseHeader,
+    TxnRequest, WatchCreateRequest,
+};
+use crate::pb::mvccpb::event::EventType;
+
+pub struct Mutex {
+    client: Client,
+    lease: i64,
+    /// `<name>/`.
+    prefix: Vec<u8>,
+    key: Vec<u8>,
+    /// The create revision of this waiter's key: the fencing token while the lock is held.
+    rev: i64,
+    header: Option<ResponseHeader>,
+}
+
+/// Deletes a waiter's key if the `lock` future that put it is dropped before it completes.
+struct WaitGuard {
+    client: Client,
+    key: Option<Vec<u8>>,
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let mut kv = self.client.kv();
+            tokio::spawn(async move {
+                let _ = kv.delete_range(DeleteRangeRequest { key, ..Default::default() }).await;
+            });
+        }
+    }
+}
+
+fn range_of(r: Option<&crate::pb::etcdserverpb::ResponseOp>) -> Option<&RangeResponse> {
+    match r?.response.as_ref()? {
+        OpResponse::ResponseRange(r) => Some(r),
+        _ => None,
+    }
+}
+
+impl Mutex {
+    pub fn new(session: &Session, name: &str) -> Mutex {
+        Mutex {
+            client: session.client().clone(),
+            lease: session.lease(),
+            prefix: format!("{name}/").into_bytes(),
+            key: Vec::new(),
+            rev: -1,
+            header: None,
+        }
+    }
+
+    /// Queues this session's key and tells whether it is the oldest: (acquired, header).
+    async fn enqueue(&mut self) -> Result<(bool, ResponseHeader), ClientError> {
+        self.key = [self.prefix.clone(), format!("{:x}", self.lease).into_bytes()].concat();
+        let cmp = Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Create as i32,
+            key: self.key.clone(),
+            range_end: Vec::new(),
+            target_union: Some(TargetUnion::CreateRevision(0)),
+        };
+        let op = |r: Op| RequestOp { request: Some(r) };
+        let put =
+            op(Op::RequestPut(PutRequest { key: self.key.clone(), lease: self.lease, ..Default::default() }));
+        // An existing key means this session already waits or holds: reuse it.
+        let get = op(Op::RequestRange(RangeRequest { key: self.key.clone(), ..Default::default() }));
+        let owner = op(Op::RequestRange(RangeRequest {
+            key: self.prefix.clone(),
+            range_end: prefix_end(&self.prefix),
+            sort_target: SortTarget::Create as i32,
+            sort_order: SortOrder::Ascend as i32,
+            limit: 1,
+            ..Default::default()
+        }));
+        let txn =
+            TxnRequest { compare: vec![cmp], success: vec![put, owner.clone()], failure: vec![get, owner] };
+        let resp = self.client.kv().txn(txn).await?.into_inner();
+        let header = resp.header.unwrap_or_default();
+        self.rev = header.revision;
+        if !resp.succeeded {
+            self.rev = range_of(resp.responses.first())
+                .and_then(|r| r.kvs.first())
+                .map_or(-1, |kv| kv.create_revision);
+        }
+        let owner = range_of(resp.responses.get(1)).and_then(|r| r.kvs.first());
+        Ok((owner.is_none_or(|kv| kv.create_revision == self.rev), header))
+    }
+
+    /// Waits until this session holds the lock. Dropping the future before then withdraws from the queue.
+    pub async fn lock(&mut self) -> Result<(), ClientError> {
+        let (acquired, header) = self.enqueue().await?;
+        if acquired {
+            self.header = Some(header);
+            return Ok(());
+        }
+        let mut guard = WaitGuard { client: self.client.clone(), key: Some(self.key.clone()) };
+        match self.wait_deletes(self.rev - 1).await {
+            Ok(header) => {
+                guard.key = None;
+                self.header = Some(header);
+                Ok(())
+            }
+            Err(e) => {
+                guard.key = None;
+                let _ = self.unlock().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes the lock if it is free; otherwise withdraws and fails with [`ClientError::Locked`].
+    pub async fn try_lock(&mut self) -> Result<(), ClientError> {
+        let (acquired, header) = self.enqueue().await?;
+        if acquired {
+            self.header = Some(header);
+            return Ok(());
+        }
+        self.unlock().await?;
+        Err(ClientError::Locked)
+    }
+
+    pub async fn unlock(&mut self) -> Result<(), ClientError> {
+        let key = std::mem::take(&mut self.key);
+        self.client.kv().delete_range(DeleteRangeRequest { key, ..Default::default() }).await?;
+        self.rev = -1;
+        Ok(())
+    }
+
+    /// The lock key, `<name>/<lease id in hex>`.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// The response header of the request that acquired the lock.
+    pub fn header(&self) -> Option<&ResponseHeader> {
+        self.header.as_ref()
+    }
+
+    /// The fencing token: the lock key's create revision, the same for as long as this holder holds it.
+    pub fn fencing_token(&self) -> i64 {
+        self.rev
+    }
+
+    /// A Txn compare that holds only while this holder still owns the lock (etcd's `IsOwner`).
+    pub fn is_owner(&self) -> Compare {
+        Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Create as i32,
+            key: self.key.clone(),
+            range_end: Vec::new(),
+            target_union: Some(TargetUnion::CreateRevision(self.rev)),
+        }
+    }
+
+    /// Waits until no key under the prefix was created at or before `max_create` (etcd's `waitDeletes`).
+    async fn wait_deletes(&self, max_create: i64) -> Result<ResponseHeader, ClientError> {
+        loop {
+            let req = RangeRequest {
+                key: self.prefix.clone(),
+                range_end: prefix_end(&self.prefix),
+                sort_target: SortTarget::Create as i32,
+                sort_order: SortOrder::Descend as i32,
+                limit: 1,
+                max_create_revision: max_create,
+                ..Default::default()
+            };
+            let resp = self.client.kv().range(req).await?.into_inner();
+            let header = resp.header.unwrap_or_default();
+            let Some(last) = resp.kvs.into_iter().next() else { return Ok(header) };
+            // Watch from the revision of the read, so a deletion right after it is not missed.
+            let create = WatchCreateRequest {
+                key: last.key.to_vec(),
+                start_revision: header.revision,
+                ..Default::default()
+            };
+            let mut watch = self.client.watch(create).await?;
+            'wait: loop {
+                for ev in watch.next().await?.events {
+                    if ev.r#type == EventType::Delete as i32 {
+                        break 'wait;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! concord's Rust recipes (`concord::client`) against real `concord` processes, and against etcd's own Go
+//! concurrency.Mutex on the same names.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Cluster;
+use concord::client::{Client, ClientError, Mutex, Session};
+use concord::pb::etcdserverpb::request_op::Request as Op;
+use concord::pb::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn client(c: &Cluster, i: usize) -> Client {
+    c.members[i].client().await;
+    Client::connect(&[c.members[i].endpoint()], Duration::from_secs(5)).await.unwrap()
+}
+
+async fn counter(client: &Client) -> i64 {
+    let r = client.kv().range(RangeRequest { key: b"counter".to_vec(), ..Default::default() }).await.unwrap();
+    r.into_inner().kvs.first().map_or(0, |kv| String::from_utf8_lossy(&kv.value).parse().unwrap())
+}
+
+#[tokio::test]
+async fn the_mutex_excludes_across_sessions() {
+    let c = Cluster::start(1, &[]);
+    let client = client(&c, 0).await;
+    let held = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (client, held) = (client.clone(), held.clone());
+        tasks.push(tokio::spawn(async move {
+            let session = Session::new(&client, 10).await.unwrap();
+            let mut m = Mutex::new(&session, "excl");
+            for _ in 0..10 {
+                m.lock().await.unwrap();
+                assert!(!held.swap(true, Ordering::SeqCst), "two holders at once");
+                // A read-modify-write that only the lock makes safe.
+                let n = counter(&client).await;
+                let put = PutRequest {
+                    key: b"counter".to_vec(),
+                    value: (n + 1).to_string().into_bytes(),
+                    ..Default::default()
+                };
+                client.kv().put(put).await.unwrap();
+                held.store(false, Ordering::SeqCst);
+                m.unlock().await.unwrap();
+            }
+            session.close().await.unwrap();
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(WAIT * 3, t).await.unwrap().unwrap();
+    }
+    assert_eq!(counter(&client).await, 40);
+}
+
+#[tokio::test]
+async fn a_dropped_wait_withdraws_and_an_expired_holder_loses_the_lock() {
+    let c = Cluster::start(1, &[]);
+    let client = client(&c, 0).await;
+    let holder = Session::new(&client, 1).await.unwrap();
+    let mut a = Mutex::new(&holder, "l");
+    a.lock().await.unwrap();
+    let token = a.fencing_token();
+
+    // A waiter that gives up leaves no key behind: otherwise the next waiter would queue behind it.
+    let s2 = Session::new(&client, 10).await.unwrap();
+    let mut b = Mutex::new(&s2, "l");
+    assert!(tokio::time::timeout(Duration::from_millis(300), b.lock()).await.is_err());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let req = RangeRequest {
+            key: b"l/".to_vec(),
+            range_end: b"l0".to_vec(),
+            count_only: true,
+            ..Default::default()
+        };
+        if client.kv().range(req).await.unwrap().into_inner().count == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the abandoned waiter's key is still there");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(matches!(b.try_lock().await, Err(ClientError::Locked)));
+
+    // The holder's session stops keeping its lease alive: the lease expires and the next waiter gets in.
+    drop(holder);
+    let s3 = Session::new(&client, 10).await.unwrap();
+    let mut c3 = Mutex::new(&s3, "l");
+    tokio::time::timeout(WAIT, c3.lock())
+        .await
+        .expect("the lock passes on once the holder's lease expires")
+        .unwrap();
+    assert!(c3.fencing_token() > token);
+
+    // The stale holder's write, guarded by its ownership, is refused: the fencing token at work.
+    let put = RequestOp {
+        request: Some(Op::RequestPut(PutRequest {
+            key: b"guarded".to_vec(),
+            value: b"stale".to_vec(),
+            ..Default::default()
+        })),
+    };
+    let txn = TxnRequest { compare: vec![a.is_owner()], success: vec![put.clone()], failure: vec![] };
+    assert!(!client.kv().txn(txn).await.unwrap().into_inner().succeeded, "a stale holder cannot write");
+    let txn = TxnRequest { compare: vec![c3.is_owner()], success: vec![put], failure: vec![] };
+    assert!(client.kv().txn(txn).await.unwrap().into_inner().succeeded, "the holder can");
+}
+
+/// etcd's Go concurrency.Mutex, driven line by line.
+struct GoLocker {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl GoLocker {
+    fn start(endpoint: &str, name: &str) -> GoLocker {
+        let mut child = tokio::process::Command::new(common::go_program("lockcheck"))
+            .args([endpoint, name])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run lockcheck");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        GoLocker { child, stdin, lines }
+    }
+
+    async fn send(&mut self, cmd: &str) {
+        self.stdin.write_all(format!("{cmd}\n").as_bytes()).await.unwrap();
+    }
+
+    async fn answer(&mut self) -> String {
+        tokio::time::timeout(WAIT, self.lines.next_line()).await.expect("an answer in time").unwrap().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn rust_and_go_holders_of_the_same_name_exclude_each_other() {
+    let c = Cluster::start(1, &[]);
+    let client = client(&c, 0).await;
+    let session = Session::new(&client, 10).await.unwrap();
+    let mut rust = Mutex::new(&session, "shared");
+    rust.lock().await.unwrap();
+    assert_eq!(rust.key(), format!("shared/{:x}", session.lease()).as_bytes(), "etcd's key layout");
+
+    let mut go = GoLocker::start(&c.members[0].endpoint(), "shared");
+    go.send("trylock").await;
+    assert_eq!(go.answer().await, "busy", "Go cannot take a lock Rust holds");
+    go.send("lock").await;
+    rust.unlock().await.unwrap();
+    let locked = go.answer().await;
+    assert!(locked.starts_with("locked shared/"), "{locked}");
+    assert!(matches!(rust.try_lock().await, Err(ClientError::Locked)), "Rust cannot take a lock Go holds");
+    go.send("unlock").await;
+    assert_eq!(go.answer().await, "unlocked");
+    tokio::time::timeout(WAIT, rust.lock()).await.unwrap().unwrap();
+    drop(go.child);
+}
+
+/// The same library against real etcd: what works here is etcd's protocol, not a private agreement.
+#[tokio::test]
+async fn the_mutex_works_against_real_etcd() {
+    let etcd = common::Etcd::start();
+    // etcd takes a moment to serve: retry until a read goes through.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let client = loop {
+        if let Ok(c) =
+            Client::connect(&[format!("127.0.0.1:{}", etcd.client_port)], Duration::from_secs(1)).await
+        {
+            if c.kv().range(RangeRequest { key: b"x".to_vec(), ..Default::default() }).await.is_ok() {
+                break c;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "etcd did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (s1, s2) = (Session::new(&client, 10).await.unwrap(), Session::new(&client, 10).await.unwrap());
+    let (mut a, mut b) = (Mutex::new(&s1, "etcd-lock"), Mutex::new(&s2, "etcd-lock"));
+    a.lock().await.unwrap();
+    assert!(matches!(b.try_lock().await, Err(ClientError::Locked)));
+    let waiter = tokio::spawn(async move {
+        b.lock().await.unwrap();
+        b
+    });
+    a.unlock().await.unwrap();
+    let b = tokio::time::timeout(WAIT, waiter).await.unwrap().unwrap();
+    assert!(b.fencing_token() > 0 && b.key().starts_with(b"etcd-lock/"));
+    s1.close().await.unwrap();
+}
