@@ -195,3 +195,75 @@ async fn the_mutex_works_against_real_etcd() {
     assert!(b.fencing_token() > 0 && b.key().starts_with(b"etcd-lock/"));
     s1.close().await.unwrap();
 }
+
+async fn observed(rx: &mut tokio::sync::mpsc::Receiver<concord::pb::mvccpb::KeyValue>) -> String {
+    let kv = tokio::time::timeout(WAIT, rx.recv()).await.expect("an observation in time").expect("observing");
+    String::from_utf8_lossy(&kv.value).into_owned()
+}
+
+#[tokio::test]
+async fn an_election_has_one_leader_and_observers_see_every_change() {
+    use concord::client::Election;
+    let c = Cluster::start(1, &[]);
+    let client = client(&c, 0).await;
+    let (s1, s2) = (Session::new(&client, 10).await.unwrap(), Session::new(&client, 10).await.unwrap());
+    let (mut e1, mut e2) = (Election::new(&s1, "elect"), Election::new(&s2, "elect"));
+    let mut seen = Election::new(&s1, "elect").observe();
+    assert!(e1.leader().await.is_err(), "no leader yet");
+
+    e1.campaign(b"one").await.unwrap();
+    assert_eq!(observed(&mut seen).await, "one");
+    let second = tokio::spawn(async move {
+        e2.campaign(b"two").await.unwrap();
+        e2
+    });
+    e1.proclaim(b"one again").await.unwrap();
+    assert_eq!(observed(&mut seen).await, "one again");
+    assert_eq!(e1.leader().await.unwrap().value.as_ref(), b"one again");
+
+    // etcd's own observer (etcdctl elect -l, Go's Election.Observe) sees the Rust leader.
+    let out = std::process::Command::new("timeout")
+        .env("ETCDCTL_API", "3")
+        .args(["2", "/usr/bin/etcdctl", "--endpoints", &c.members[0].endpoint(), "elect", "-l", "elect"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text, format!("elect/{:x}\none again\n", s1.lease()), "etcdctl elect -l");
+
+    e1.resign().await.unwrap();
+    let e2 = tokio::time::timeout(WAIT, second).await.unwrap().unwrap();
+    assert_eq!(observed(&mut seen).await, "two");
+    assert_eq!(e2.leader().await.unwrap().value.as_ref(), b"two");
+    let err = e1.proclaim(b"usurper").await.unwrap_err();
+    assert_eq!(err.to_string(), "election: not leader");
+}
+
+#[tokio::test]
+async fn etcdctl_lock_waits_for_a_rust_holder() {
+    let c = Cluster::start(1, &[]);
+    let client = client(&c, 0).await;
+    let session = Session::new(&client, 10).await.unwrap();
+    let mut m = Mutex::new(&session, "ctl-lock");
+    m.lock().await.unwrap();
+    let ctl = |secs: &str| {
+        std::process::Command::new("timeout")
+            .env("ETCDCTL_API", "3")
+            .args([
+                secs,
+                "/usr/bin/etcdctl",
+                "--endpoints",
+                &c.members[0].endpoint(),
+                "lock",
+                "ctl-lock",
+                "echo",
+                "got it",
+            ])
+            .output()
+            .unwrap()
+    };
+    let blocked = ctl("1");
+    assert_eq!((blocked.status.code(), blocked.stdout.as_slice()), (Some(124), &b""[..]), "etcdctl waited");
+    m.unlock().await.unwrap();
+    let got = ctl("20");
+    assert_eq!((got.status.code(), String::from_utf8_lossy(&got.stdout).as_ref()), (Some(0), "got it\n"));
+}

@@ -3,9 +3,11 @@
 //! It speaks only the public etcd API, so everything here works against real etcd as well as concord,
 //! and keeps etcd's key layouts, so Rust and Go programs share locks (see `mutex.rs`).
 
+mod election;
 mod mutex;
 mod session;
 
+pub use election::Election;
 pub use mutex::Mutex;
 pub use session::{Session, DEFAULT_TTL};
 

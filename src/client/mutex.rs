@@ -29,9 +29,9 @@ pub struct Mutex {
 }
 
 /// Deletes a waiter's key if the `lock` future that put it is dropped before it completes.
-struct WaitGuard {
-    client: Client,
-    key: Option<Vec<u8>>,
+pub(super) struct WaitGuard {
+    pub(super) client: Client,
+    pub(super) key: Option<Vec<u8>>,
 }
 
 impl Drop for WaitGuard {
@@ -109,7 +109,7 @@ impl Mutex {
             return Ok(());
         }
         let mut guard = WaitGuard { client: self.client.clone(), key: Some(self.key.clone()) };
-        match self.wait_deletes(self.rev - 1).await {
+        match wait_deletes(&self.client, &self.prefix, self.rev - 1).await {
             Ok(header) => {
                 guard.key = None;
                 self.header = Some(header);
@@ -166,34 +166,38 @@ impl Mutex {
             target_union: Some(TargetUnion::CreateRevision(self.rev)),
         }
     }
+}
 
-    /// Waits until no key under the prefix was created at or before `max_create` (etcd's `waitDeletes`).
-    async fn wait_deletes(&self, max_create: i64) -> Result<ResponseHeader, ClientError> {
-        loop {
-            let req = RangeRequest {
-                key: self.prefix.clone(),
-                range_end: prefix_end(&self.prefix),
-                sort_target: SortTarget::Create as i32,
-                sort_order: SortOrder::Descend as i32,
-                limit: 1,
-                max_create_revision: max_create,
-                ..Default::default()
-            };
-            let resp = self.client.kv().range(req).await?.into_inner();
-            let header = resp.header.unwrap_or_default();
-            let Some(last) = resp.kvs.into_iter().next() else { return Ok(header) };
-            // Watch from the revision of the read, so a deletion right after it is not missed.
-            let create = WatchCreateRequest {
-                key: last.key.to_vec(),
-                start_revision: header.revision,
-                ..Default::default()
-            };
-            let mut watch = self.client.watch(create).await?;
-            'wait: loop {
-                for ev in watch.next().await?.events {
-                    if ev.r#type == EventType::Delete as i32 {
-                        break 'wait;
-                    }
+/// Waits until no key under `prefix` was created at or before `max_create` (etcd's `waitDeletes`).
+pub(super) async fn wait_deletes(
+    client: &Client,
+    prefix: &[u8],
+    max_create: i64,
+) -> Result<ResponseHeader, ClientError> {
+    loop {
+        let req = RangeRequest {
+            key: prefix.to_vec(),
+            range_end: prefix_end(prefix),
+            sort_target: SortTarget::Create as i32,
+            sort_order: SortOrder::Descend as i32,
+            limit: 1,
+            max_create_revision: max_create,
+            ..Default::default()
+        };
+        let resp = client.kv().range(req).await?.into_inner();
+        let header = resp.header.unwrap_or_default();
+        let Some(last) = resp.kvs.into_iter().next() else { return Ok(header) };
+        // Watch from the revision of the read, so a deletion right after it is not missed.
+        let create = WatchCreateRequest {
+            key: last.key.to_vec(),
+            start_revision: header.revision,
+            ..Default::default()
+        };
+        let mut watch = client.watch(create).await?;
+        'wait: loop {
+            for ev in watch.next().await?.events {
+                if ev.r#type == EventType::Delete as i32 {
+                    break 'wait;
                 }
             }
         }

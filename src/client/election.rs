@@ -1,0 +1,234 @@
+//! etcd's `concurrency.Election`, key for key: candidates put `<name>/<lease id in hex>` with their
+//! session's lease; the oldest key is the leader, and its value is the leader's proclamation. Go's
+//! Election (and `etcdctl elect`) and this one take part in the same elections.
+
+use tokio::sync::mpsc;
+
+use super::{prefix_end, Client, ClientError, Session};
+use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
+use crate::pb::etcdserverpb::request_op::Request as Op;
+use crate::pb::etcdserverpb::response_op::Response as OpResponse;
+use crate::pb::etcdserverpb::{
+    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RangeResponse, RequestOp, ResponseHeader,
+    TxnRequest, WatchCreateRequest,
+};
+use crate::pb::mvccpb::{event::EventType, KeyValue};
+
+pub struct Election {
+    client: Client,
+    lease: i64,
+    /// `<name>/`.
+    prefix: Vec<u8>,
+    /// Set while this session is a candidate or the leader.
+    leader_key: Option<Vec<u8>>,
+    leader_rev: i64,
+    header: Option<ResponseHeader>,
+}
+
+fn op(r: Op) -> RequestOp {
+    RequestOp { request: Some(r) }
+}
+
+fn created_at(key: &[u8], rev: i64) -> Compare {
+    Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Create as i32,
+        key: key.to_vec(),
+        range_end: Vec::new(),
+        target_union: Some(TargetUnion::CreateRevision(rev)),
+    }
+}
+
+/// etcd's errors, with etcd's texts.
+pub fn not_leader() -> ClientError {
+    ClientError::Status(tonic::Status::failed_precondition("election: not leader"))
+}
+
+pub fn no_leader() -> ClientError {
+    ClientError::Status(tonic::Status::not_found("election: no leader"))
+}
+
+impl Election {
+    pub fn new(session: &Session, name: &str) -> Election {
+        Election {
+            client: session.client().clone(),
+            lease: session.lease(),
+            prefix: format!("{name}/").into_bytes(),
+            leader_key: None,
+            leader_rev: -1,
+            header: None,
+        }
+    }
+
+    fn oldest(&self) -> RangeRequest {
+        RangeRequest {
+            key: self.prefix.clone(),
+            range_end: prefix_end(&self.prefix),
+            sort_target: SortTarget::Create as i32,
+            sort_order: SortOrder::Ascend as i32,
+            limit: 1,
+            ..Default::default()
+        }
+    }
+
+    /// Waits until this session leads, proclaiming `value`. Dropping the future gives up the candidacy.
+    pub async fn campaign(&mut self, value: &[u8]) -> Result<(), ClientError> {
+        let key = [self.prefix.clone(), format!("{:x}", self.lease).into_bytes()].concat();
+        let put = op(Op::RequestPut(PutRequest {
+            key: key.clone(),
+            value: value.to_vec(),
+            lease: self.lease,
+            ..Default::default()
+        }));
+        let get = op(Op::RequestRange(RangeRequest { key: key.clone(), ..Default::default() }));
+        let txn = TxnRequest { compare: vec![created_at(&key, 0)], success: vec![put], failure: vec![get] };
+        let resp = self.client.kv().txn(txn).await?.into_inner();
+        let header = resp.header.unwrap_or_default();
+        self.leader_key = Some(key.clone());
+        self.leader_rev = header.revision;
+        if !resp.succeeded {
+            let kv = match resp.responses.first().and_then(|r| r.response.as_ref()) {
+                Some(OpResponse::ResponseRange(RangeResponse { kvs, .. })) => kvs.first().cloned(),
+                _ => None,
+            };
+            let Some(kv) = kv else { return Err(not_leader()) };
+            self.leader_rev = kv.create_revision;
+            if kv.value.as_ref() != value {
+                if let Err(e) = self.proclaim(value).await {
+                    let _ = self.resign().await;
+                    return Err(e);
+                }
+            }
+        }
+        let mut guard = super::mutex::WaitGuard { client: self.client.clone(), key: Some(key) };
+        let waited = super::mutex::wait_deletes(&self.client, &self.prefix, self.leader_rev - 1).await;
+        guard.key = None;
+        match waited {
+            Ok(_) => {
+                self.header = Some(header);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.resign().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Replaces the leader's value, while still the leader.
+    pub async fn proclaim(&mut self, value: &[u8]) -> Result<(), ClientError> {
+        let Some(key) = self.leader_key.clone() else { return Err(not_leader()) };
+        let put = op(Op::RequestPut(PutRequest {
+            key: key.clone(),
+            value: value.to_vec(),
+            lease: self.lease,
+            ..Default::default()
+        }));
+        let txn = TxnRequest {
+            compare: vec![created_at(&key, self.leader_rev)],
+            success: vec![put],
+            failure: vec![],
+        };
+        let resp = self.client.kv().txn(txn).await?.into_inner();
+        if !resp.succeeded {
+            self.leader_key = None;
+            return Err(not_leader());
+        }
+        self.header = resp.header;
+        Ok(())
+    }
+
+    /// Gives up leadership (or candidacy); nothing to do if there is none.
+    pub async fn resign(&mut self) -> Result<(), ClientError> {
+        let Some(key) = self.leader_key.take() else { return Ok(()) };
+        let del = op(Op::RequestDeleteRange(DeleteRangeRequest { key: key.clone(), ..Default::default() }));
+        let txn = TxnRequest {
+            compare: vec![created_at(&key, self.leader_rev)],
+            success: vec![del],
+            failure: vec![],
+        };
+        self.header = self.client.kv().txn(txn).await?.into_inner().header;
+        Ok(())
+    }
+
+    /// The current leader's key-value (key, proclaimed value, create revision).
+    pub async fn leader(&self) -> Result<KeyValue, ClientError> {
+        let resp = self.client.kv().range(self.oldest()).await?.into_inner();
+        resp.kvs.into_iter().next().ok_or_else(no_leader)
+    }
+
+    /// This session's leader key, while campaigning or leading.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.leader_key.as_deref()
+    }
+
+    /// The leader key's create revision: a fencing token, like the Mutex's.
+    pub fn rev(&self) -> i64 {
+        self.leader_rev
+    }
+
+    pub fn header(&self) -> Option<&ResponseHeader> {
+        self.header.as_ref()
+    }
+
+    /// Every leader and every proclamation, in order, as etcd's `Observe` reports them; ends when the
+    /// receiver is dropped or the connection fails.
+    pub fn observe(&self) -> mpsc::Receiver<KeyValue> {
+        let (tx, rx) = mpsc::channel(16);
+        let (client, range) = (self.client.clone(), self.oldest());
+        tokio::spawn(async move {
+            let _ = observe(client, range, tx).await;
+        });
+        rx
+    }
+}
+
+async fn observe(
+    client: Client,
+    oldest: RangeRequest,
+    tx: mpsc::Sender<KeyValue>,
+) -> Result<(), ClientError> {
+    loop {
+        let resp = client.kv().range(oldest.clone()).await?.into_inner();
+        let rev = resp.header.map_or(0, |h| h.revision);
+        let leader = match resp.kvs.into_iter().next() {
+            Some(kv) => kv,
+            None => {
+                // No leader yet: the first put under the prefix after this read is the next one.
+                let create = WatchCreateRequest {
+                    key: oldest.key.clone(),
+                    range_end: oldest.range_end.clone(),
+                    start_revision: rev,
+                    ..Default::default()
+                };
+                let mut w = client.watch(create).await?;
+                loop {
+                    let put = w.next().await?.events.into_iter().find(|e| e.r#type == EventType::Put as i32);
+                    if let Some(kv) = put.and_then(|e| e.kv) {
+                        break kv;
+                    }
+                }
+            }
+        };
+        let (key, from) = (leader.key.to_vec(), leader.mod_revision + 1);
+        if tx.send(leader).await.is_err() {
+            return Ok(());
+        }
+        // Follow this leader's proclamations until its key goes.
+        let mut w =
+            client.watch(WatchCreateRequest { key, start_revision: from, ..Default::default() }).await?;
+        'leader: loop {
+            for ev in w.next().await?.events {
+                if ev.r#type == EventType::Delete as i32 {
+                    break 'leader;
+                }
+                if let Some(kv) = ev.kv {
+                    if tx.send(kv).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
