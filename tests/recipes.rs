@@ -267,3 +267,74 @@ async fn etcdctl_lock_waits_for_a_rust_holder() {
     let got = ctl("20");
     assert_eq!((got.status.code(), String::from_utf8_lossy(&got.stdout).as_ref()), (Some(0), "got it\n"));
 }
+
+/// Runs tests/go/queuecheck.go to the end; its output lines.
+async fn go_queue(endpoint: &str, name: &str, mode: &str, n: usize) -> Vec<String> {
+    let out = tokio::process::Command::new(common::go_program("queuecheck"))
+        .args([endpoint, name, mode, &n.to_string()])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(WAIT, out).await.expect("queuecheck in time").unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[tokio::test]
+async fn queue_items_go_to_exactly_one_consumer_in_rust_or_go() {
+    use concord::client::Queue;
+    let c = Cluster::start(1, &[]);
+    let client = client(&c, 0).await;
+    let ep = c.members[0].endpoint();
+    let q = Queue::new(&client, "jobs");
+    // Two Rust consumers and a Go consumer race for 60 items from Rust and Go producers.
+    let mut consumers = Vec::new();
+    for _ in 0..2 {
+        let q = Queue::new(&client, "jobs");
+        consumers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..20 {
+                got.push(String::from_utf8(q.dequeue().await.unwrap()).unwrap());
+            }
+            got
+        }));
+    }
+    let go_consumer = {
+        let ep = ep.clone();
+        tokio::spawn(async move { go_queue(&ep, "jobs", "consume", 20).await })
+    };
+    for i in 0..30 {
+        q.enqueue(format!("rust-{i}").as_bytes()).await.unwrap();
+    }
+    go_queue(&ep, "jobs", "produce", 30).await;
+    let mut all = go_consumer.await.unwrap();
+    for t in consumers {
+        all.extend(tokio::time::timeout(WAIT, t).await.unwrap().unwrap());
+    }
+    all.sort();
+    let mut want: Vec<String> = (0..30).flat_map(|i| [format!("rust-{i}"), format!("go-{i}")]).collect();
+    want.sort();
+    assert_eq!(all, want, "every item exactly once");
+}
+
+#[tokio::test]
+async fn a_priority_queue_serves_lower_numbers_first_and_fifo_within_one() {
+    use concord::client::PriorityQueue;
+    let c = Cluster::start(1, &[]);
+    let client = client(&c, 0).await;
+    let q = PriorityQueue::new(&client, "pq");
+    for (v, p) in [("c1", 3), ("a1", 1), ("c2", 3), ("b1", 2), ("a2", 1)] {
+        q.enqueue(v.as_bytes(), p).await.unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(String::from_utf8(q.dequeue().await.unwrap()).unwrap());
+    }
+    assert_eq!(got, ["a1", "a2", "b1", "c1", "c2"]);
+    // A consumer waiting on an empty queue gets the next item enqueued.
+    let waiting = tokio::spawn({
+        let q = PriorityQueue::new(&client, "pq");
+        async move { q.dequeue().await.unwrap() }
+    });
+    q.enqueue(b"late", 7).await.unwrap();
+    assert_eq!(tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap(), b"late");
+}

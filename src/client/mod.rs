@@ -5,10 +5,12 @@
 
 mod election;
 mod mutex;
+mod queue;
 mod session;
 
 pub use election::Election;
 pub use mutex::Mutex;
+pub use queue::{PriorityQueue, Queue};
 pub use session::{Session, DEFAULT_TTL};
 
 use std::time::Duration;
