@@ -338,3 +338,144 @@ async fn a_priority_queue_serves_lower_numbers_first_and_fifo_within_one() {
     q.enqueue(b"late", 7).await.unwrap();
     assert_eq!(tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap(), b"late");
 }
+
+type Log = Arc<std::sync::Mutex<Vec<String>>>;
+
+fn note(log: &Log, what: impl Into<String>) {
+    log.lock().unwrap().push(what.into());
+}
+
+async fn wait_for_keys(client: &Client, prefix: &str, n: i64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let end = concord::client::prefix_end(prefix.as_bytes());
+    loop {
+        let req = RangeRequest {
+            key: prefix.into(),
+            range_end: end.clone(),
+            count_only: true,
+            ..Default::default()
+        };
+        if client.kv().range(req).await.unwrap().into_inner().count == n {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{n} keys under {prefix} never appeared");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn readers_share_writers_exclude_and_a_waiting_writer_holds_back_later_readers() {
+    use concord::client::RWMutex;
+    let c = Cluster::start(1, &[]);
+    let client = client(&c, 0).await;
+    let log: Log = Default::default();
+    let session = |client: Client| async move { Session::new(&client, 10).await.unwrap() };
+    let (s1, s2, s3, sw) = (
+        session(client.clone()).await,
+        session(client.clone()).await,
+        session(client.clone()).await,
+        session(client.clone()).await,
+    );
+    let (mut r1, mut r2) = (RWMutex::new(&s1, "rw"), RWMutex::new(&s2, "rw"));
+    r1.read_lock().await.unwrap();
+    r2.read_lock().await.unwrap(); // readers share
+
+    let (release_w, released) = tokio::sync::oneshot::channel::<()>();
+    let mut w = RWMutex::new(&sw, "rw");
+    let writer = tokio::spawn({
+        let log = log.clone();
+        async move {
+            w.write_lock().await.unwrap();
+            note(&log, "w+");
+            released.await.unwrap();
+            note(&log, "w-");
+            w.unlock().await.unwrap();
+        }
+    });
+    wait_for_keys(&client, "rw/write", 1).await;
+    note(&log, "r-");
+    r1.unlock().await.unwrap();
+    r2.unlock().await.unwrap();
+    // A reader that queues while the writer waits or holds comes after it.
+    let mut r3 = RWMutex::new(&s3, "rw");
+    let reader = tokio::spawn({
+        let log = log.clone();
+        async move {
+            r3.read_lock().await.unwrap();
+            note(&log, "r3+");
+        }
+    });
+    wait_for_keys(&client, "rw/read", 1).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !log.lock().unwrap().contains(&"w+".to_string()) {
+        assert!(tokio::time::Instant::now() < deadline, "the writer never got the lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    release_w.send(()).unwrap();
+    tokio::time::timeout(WAIT, writer).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, reader).await.unwrap().unwrap();
+    assert_eq!(*log.lock().unwrap(), ["r-", "w+", "w-", "r3+"]);
+}
+
+#[tokio::test]
+async fn barriers_hold_until_released_and_double_barriers_move_together() {
+    use concord::client::{Barrier, DoubleBarrier};
+    let c = Cluster::start(1, &[]);
+    let client = client(&c, 0).await;
+    let log: Log = Default::default();
+
+    let b = Barrier::new(&client, "gate");
+    b.hold().await.unwrap();
+    assert!(b.hold().await.is_err(), "a barrier is held once");
+    let mut waiters = Vec::new();
+    for i in 0..3 {
+        let (client, log) = (client.clone(), log.clone());
+        waiters.push(tokio::spawn(async move {
+            Barrier::new(&client, "gate").wait().await.unwrap();
+            note(&log, format!("passed {i}"));
+        }));
+    }
+    note(&log, "released");
+    b.release().await.unwrap();
+    for w in waiters {
+        tokio::time::timeout(WAIT, w).await.unwrap().unwrap();
+    }
+    assert_eq!(log.lock().unwrap()[0], "released", "nobody passed early");
+    Barrier::new(&client, "gate").wait().await.unwrap();
+
+    // Two parties arrive and must wait for the third; then all three leave together.
+    let log: Log = Default::default();
+    let mut parties = Vec::new();
+    for i in 0..3 {
+        if i == 2 {
+            wait_for_keys(&client, "double/waiters", 2).await;
+            note(&log, "third arrives");
+        }
+        let (client, log) = (client.clone(), log.clone());
+        parties.push(tokio::spawn(async move {
+            let s = Session::new(&client, 10).await.unwrap();
+            let mut d = DoubleBarrier::new(&s, "double", 3);
+            note(&log, format!("entering {i}"));
+            d.enter().await.unwrap();
+            note(&log, format!("entered {i}"));
+            note(&log, format!("leaving {i}"));
+            d.leave().await.unwrap();
+            note(&log, format!("left {i}"));
+        }));
+    }
+    for p in parties {
+        tokio::time::timeout(WAIT, p).await.unwrap().unwrap();
+    }
+    let log = log.lock().unwrap().clone();
+    let pos = |p: &str| {
+        log.iter().enumerate().filter(|(_, l)| l.starts_with(p)).map(|(i, _)| i).collect::<Vec<_>>()
+    };
+    assert!(
+        pos("entered").iter().min() > pos("third arrives").iter().max(),
+        "nobody entered before the third arrived: {log:?}"
+    );
+    assert!(
+        pos("left").iter().min() > pos("leaving").iter().max(),
+        "nobody left before all were leaving: {log:?}"
+    );
+}

@@ -3,14 +3,19 @@
 //! It speaks only the public etcd API, so everything here works against real etcd as well as concord,
 //! and keeps etcd's key layouts, so Rust and Go programs share locks (see `mutex.rs`).
 
+mod barrier;
 mod election;
+mod keys;
 mod mutex;
 mod queue;
+mod rwmutex;
 mod session;
 
+pub use barrier::{Barrier, DoubleBarrier};
 pub use election::Election;
 pub use mutex::Mutex;
 pub use queue::{PriorityQueue, Queue};
+pub use rwmutex::RWMutex;
 pub use session::{Session, DEFAULT_TTL};
 
 use std::time::Duration;

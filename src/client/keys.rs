@@ -1,0 +1,64 @@
+//! The key helpers etcd's recipes share (`contrib/recipes/key.go`, `watch.go`).
+
+use super::{Client, ClientError};
+use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use crate::pb::etcdserverpb::request_op::Request as Op;
+use crate::pb::etcdserverpb::{Compare, PutRequest, RequestOp, TxnRequest, WatchCreateRequest};
+use crate::pb::mvccpb::event::EventType;
+
+/// Puts `key` only if it does not exist; the revision of the put, or `None` if the key exists.
+pub(super) async fn put_new(
+    client: &Client,
+    key: &[u8],
+    value: &[u8],
+    lease: i64,
+) -> Result<Option<i64>, ClientError> {
+    let cmp = Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Version as i32,
+        key: key.to_vec(),
+        range_end: Vec::new(),
+        target_union: Some(TargetUnion::Version(0)),
+    };
+    let put = PutRequest { key: key.to_vec(), value: value.to_vec(), lease, ..Default::default() };
+    let txn = TxnRequest {
+        compare: vec![cmp],
+        success: vec![RequestOp { request: Some(Op::RequestPut(put)) }],
+        failure: vec![],
+    };
+    let resp = client.kv().txn(txn).await?.into_inner();
+    Ok(resp.succeeded.then(|| resp.header.map_or(0, |h| h.revision)))
+}
+
+/// Puts a new key `<prefix>/<unix nanos>` (etcd's `newUniqueKV`): its name and revision.
+pub(super) async fn put_unique(
+    client: &Client,
+    prefix: &str,
+    value: &[u8],
+    lease: i64,
+) -> Result<(Vec<u8>, i64), ClientError> {
+    loop {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let key = format!("{prefix}/{nanos}").into_bytes();
+        if let Some(rev) = put_new(client, &key, value, lease).await? {
+            return Ok((key, rev));
+        }
+    }
+}
+
+/// Waits, from revision `rev` on, for an event of `kind` on `key`.
+pub(super) async fn wait_event(
+    client: &Client,
+    key: &[u8],
+    rev: i64,
+    kind: EventType,
+) -> Result<(), ClientError> {
+    let create = WatchCreateRequest { key: key.to_vec(), start_revision: rev, ..Default::default() };
+    let mut watch = client.watch(create).await?;
+    loop {
+        if watch.next().await?.events.iter().any(|e| e.r#type == kind as i32) {
+            return Ok(());
+        }
+    }
+}
