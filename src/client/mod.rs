@@ -10,6 +10,7 @@ mod mutex;
 mod queue;
 mod rwmutex;
 mod session;
+pub mod stm;
 
 pub use barrier::{Barrier, DoubleBarrier};
 pub use election::Election;
@@ -17,6 +18,7 @@ pub use mutex::Mutex;
 pub use queue::{PriorityQueue, Queue};
 pub use rwmutex::RWMutex;
 pub use session::{Session, DEFAULT_TTL};
+pub use stm::{Isolation, Stm};
 
 use std::time::Duration;
 
