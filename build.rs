@@ -17,6 +17,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // allocation and a memcpy of the value.
         .bytes(".mvccpb.KeyValue")
         .type_attribute(".authpb", "#[derive(serde::Serialize, serde::Deserialize)]")
-        .compile_protos(&["proto/rpc.proto", "proto/raft.proto"], &["proto"])?;
+        .compile_protos(
+            &["proto/rpc.proto", "proto/v3lock.proto", "proto/v3election.proto", "proto/raft.proto"],
+            &["proto"],
+        )?;
     Ok(())
 }

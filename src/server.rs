@@ -14,6 +14,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::api::cluster::ClusterService;
 use crate::api::kv::KvService;
 use crate::api::lease::LeaseService;
+use crate::api::lock::{ElectionService, LockService};
 use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
 use crate::config::{fnv64, host_port, member_id, ClusterState, Config, ConfigError};
@@ -23,6 +24,8 @@ use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
+use crate::pb::v3electionpb::election_server::ElectionServer;
+use crate::pb::v3lockpb::lock_server::LockServer;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::peer_service::PeerService;
@@ -126,7 +129,8 @@ impl Server {
 
         let client_listeners = bind(&config.listen_client_urls).await?;
         let peer_listeners = bind(&config.listen_peer_urls).await?;
-        let client_addrs = client_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let client_addrs: Vec<SocketAddr> =
+            client_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
         let peer_addrs = peer_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
 
         let raft_config = openraft::Config {
@@ -193,6 +197,10 @@ impl Server {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let max_recv = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        // etcd builds its lock and election services on a client of its own client API; so does concord.
+        let loopback = crate::api::lock::Loopback::new(
+            client_addrs.first().map_or_else(|| "127.0.0.1:2379".to_string(), |a: &SocketAddr| a.to_string()),
+        );
         for listener in client_listeners {
             let kv = KvService {
                 node: node.clone(),
@@ -219,6 +227,8 @@ impl Server {
                     config.heartbeat_interval,
                     config.election_timeout,
                 )))
+                .add_service(LockServer::new(LockService { client: loopback.clone() }))
+                .add_service(ElectionServer::new(ElectionService { client: loopback.clone() }))
                 .add_service(MaintenanceServer::new(MaintenanceService { node: node.clone() }))
                 .add_service(ClusterServer::new(ClusterService { node: node.clone() }));
             let mut rx = stop_rx.clone();

@@ -531,3 +531,38 @@ async fn stm_transfers_preserve_the_total_at_every_safe_isolation_level() {
         assert_eq!(total, 500, "{iso:?}");
     }
 }
+
+/// etcd's v3lock and v3election services, driven by the etcd-client crate (which speaks their protos).
+#[tokio::test]
+async fn the_lock_and_election_services_speak_etcds_protocol() {
+    use etcd_client::{LockOptions, ProclaimOptions, ResignOptions};
+    let c = Cluster::start(1, &[]);
+    let mut ec = c.members[0].client().await;
+    let ours = client(&c, 0).await;
+    let (l1, l2) =
+        (ec.lease_grant(10, None).await.unwrap().id(), ec.lease_grant(10, None).await.unwrap().id());
+    let k1 = ec.lock("svc", Some(LockOptions::new().with_lease(l1))).await.unwrap().key().to_vec();
+    assert_eq!(k1, format!("svc/{l1:x}").into_bytes());
+    let mut ec2 = ec.clone();
+    let second = tokio::spawn(async move {
+        ec2.lock("svc", Some(LockOptions::new().with_lease(l2))).await.unwrap().key().to_vec()
+    });
+    wait_for_keys(&ours, "svc/", 2).await;
+    assert!(!second.is_finished(), "the second lock waits");
+    ec.unlock(k1).await.unwrap();
+    let k2 = tokio::time::timeout(WAIT, second).await.unwrap().unwrap();
+    assert_eq!(k2, format!("svc/{l2:x}").into_bytes());
+
+    let campaign = ec.campaign("svc-e", "v1", l1).await.unwrap();
+    let leader = campaign.leader().unwrap().clone();
+    let mut observed = ec.observe("svc-e").await.unwrap();
+    let first = tokio::time::timeout(WAIT, observed.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.kv().unwrap().value(), b"v1");
+    ec.proclaim("v2", Some(ProclaimOptions::new().with_leader(leader.clone()))).await.unwrap();
+    let next = tokio::time::timeout(WAIT, observed.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(next.kv().unwrap().value(), b"v2");
+    assert_eq!(ec.leader("svc-e").await.unwrap().kv().unwrap().value(), b"v2");
+    ec.resign(Some(ResignOptions::new().with_leader(leader))).await.unwrap();
+    let err = common::status(ec.leader("svc-e").await.unwrap_err());
+    assert_eq!(err.message(), "election: no leader");
+}

@@ -42,22 +42,36 @@ fn created_at(key: &[u8], rev: i64) -> Compare {
 
 /// etcd's errors, with etcd's texts.
 pub fn not_leader() -> ClientError {
-    ClientError::Status(tonic::Status::failed_precondition("election: not leader"))
+    ClientError::Status(tonic::Status::unknown("election: not leader"))
 }
 
 pub fn no_leader() -> ClientError {
-    ClientError::Status(tonic::Status::not_found("election: no leader"))
+    ClientError::Status(tonic::Status::unknown("election: no leader"))
 }
 
 impl Election {
     pub fn new(session: &Session, name: &str) -> Election {
+        Election::with_lease(session.client(), session.lease(), name.as_bytes())
+    }
+
+    /// An election on a lease someone else keeps alive (etcd's election service uses the caller's).
+    pub fn with_lease(client: &Client, lease: i64, name: &[u8]) -> Election {
         Election {
-            client: session.client().clone(),
-            lease: session.lease(),
-            prefix: format!("{name}/").into_bytes(),
+            client: client.clone(),
+            lease,
+            prefix: [name, b"/"].concat(),
             leader_key: None,
             leader_rev: -1,
             header: None,
+        }
+    }
+
+    /// Takes up a leadership won elsewhere (etcd's `ResumeElection`): its key and revision.
+    pub fn resume(client: &Client, lease: i64, name: &[u8], key: &[u8], rev: i64) -> Election {
+        Election {
+            leader_key: Some(key.to_vec()),
+            leader_rev: rev,
+            ..Election::with_lease(client, lease, name)
         }
     }
 

@@ -54,10 +54,15 @@ fn range_of(r: Option<&crate::pb::etcdserverpb::ResponseOp>) -> Option<&RangeRes
 
 impl Mutex {
     pub fn new(session: &Session, name: &str) -> Mutex {
+        Mutex::with_lease(session.client(), session.lease(), name.as_bytes())
+    }
+
+    /// A mutex on a lease someone else keeps alive (etcd's lock service uses the caller's lease).
+    pub fn with_lease(client: &Client, lease: i64, name: &[u8]) -> Mutex {
         Mutex {
-            client: session.client().clone(),
-            lease: session.lease(),
-            prefix: format!("{name}/").into_bytes(),
+            client: client.clone(),
+            lease,
+            prefix: [name, b"/"].concat(),
             key: Vec::new(),
             rev: -1,
             header: None,
