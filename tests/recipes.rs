@@ -566,3 +566,49 @@ async fn the_lock_and_election_services_speak_etcds_protocol() {
     let err = common::status(ec.leader("svc-e").await.unwrap_err());
     assert_eq!(err.message(), "election: no leader");
 }
+
+/// Lock exclusion holds through a leader crash: holders on the two surviving members keep taking turns
+/// while the leader is killed (a step that fails while there is no leader is simply tried again).
+#[tokio::test]
+async fn the_mutex_keeps_exclusion_when_the_leader_dies() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.leader().await;
+    let held = Arc::new(AtomicBool::new(false));
+    let turns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for m in (0..3).filter(|m| *m != leader) {
+        let client = client(&c, m).await;
+        let (held, turns) = (held.clone(), turns.clone());
+        tasks.push(tokio::spawn(async move {
+            let session = loop {
+                if let Ok(s) = Session::new(&client, 5).await {
+                    break s;
+                }
+            };
+            let mut lock = Mutex::new(&session, "failover");
+            for _ in 0..15 {
+                while lock.lock().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                assert!(!held.swap(true, Ordering::SeqCst), "two holders at once");
+                turns.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await; // hold it for a moment
+                held.store(false, Ordering::SeqCst);
+                while lock.unlock().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }));
+    }
+    // Kill the leader once the holders are under way.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while turns.load(Ordering::SeqCst) < 5 {
+        assert!(tokio::time::Instant::now() < deadline, "no progress before the crash");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.members[leader].kill();
+    for t in tasks {
+        tokio::time::timeout(WAIT * 3, t).await.unwrap().unwrap();
+    }
+    assert_eq!(turns.load(Ordering::SeqCst), 30);
+}

@@ -139,9 +139,14 @@ impl Mutex {
         Err(ClientError::Locked)
     }
 
+    /// Releases the lock; after an error it can be called again.
     pub async fn unlock(&mut self) -> Result<(), ClientError> {
-        let key = std::mem::take(&mut self.key);
-        self.client.kv().delete_range(DeleteRangeRequest { key, ..Default::default() }).await?;
+        if self.key.is_empty() {
+            return Ok(());
+        }
+        let del = DeleteRangeRequest { key: self.key.clone(), ..Default::default() };
+        self.client.kv().delete_range(del).await?;
+        self.key.clear();
         self.rev = -1;
         Ok(())
     }

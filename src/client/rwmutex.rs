@@ -42,9 +42,14 @@ impl RWMutex {
         Ok(())
     }
 
+    /// Releases the lock; after an error it can be called again.
     pub async fn unlock(&mut self) -> Result<(), ClientError> {
-        if let Some((key, _)) = self.mine.take() {
-            self.client.kv().delete_range(DeleteRangeRequest { key, ..Default::default() }).await?;
+        if let Some((key, _)) = &self.mine {
+            self.client
+                .kv()
+                .delete_range(DeleteRangeRequest { key: key.clone(), ..Default::default() })
+                .await?;
+            self.mine = None;
         }
         Ok(())
     }
