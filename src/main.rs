@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Load generator speaking etcd v3 gRPC (runs against concord or etcd).
     Bench(BenchArgs),
+    /// etcd's recipe demos (lock, rwlock, queue, pqueue, barrier, double-barrier, bank), driven by stdin.
+    Demo(concord::client::demo::DemoArgs),
 }
 
 #[tokio::main]
@@ -38,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
             let _ = writeln!(std::io::stdout(), "{text}");
             Ok(())
         }
+        Some(Command::Demo(args)) => Ok(concord::client::demo::run(args).await?),
         None => serve(cli.config).await,
     }
 }

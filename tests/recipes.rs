@@ -612,3 +612,40 @@ async fn the_mutex_keeps_exclusion_when_the_leader_dies() {
     }
     assert_eq!(turns.load(Ordering::SeqCst), 30);
 }
+
+fn demo(endpoint: &str, args: &[&str], input: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["demo", "--endpoints", endpoint])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("concord demo");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "concord demo {args:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn the_demos_run_against_a_server() {
+    let c = Cluster::start(1, &[]);
+    c.members[0].client().await;
+    let ep = c.members[0].endpoint();
+    let bank = demo(&ep, &["bank"], "");
+    assert!(bank.ends_with("account sum is 500\n"), "{bank}");
+    assert_eq!(demo(&ep, &["queue", "q"], "push a\npush b\npop\npop\n"), "a\nb\n");
+    assert_eq!(demo(&ep, &["pqueue", "p"], "push low 9\npush high 1\npop\npop\n"), "high\nlow\n");
+    let lock = demo(&ep, &["lock", "demo-lock"], "\n");
+    assert!(lock.starts_with("acquired lock demo-lock/") && lock.ends_with("released\n"), "{lock}");
+    assert_eq!(
+        demo(&ep, &["rwlock", "rw"], "r\n\nw\n\n"),
+        "acquired read lock\nreleased\nacquired write lock\nreleased\n"
+    );
+    assert_eq!(
+        demo(&ep, &["barrier", "b"], "hold\nrelease\nwait\n"),
+        "hold: done\nrelease: done\nwait: done\n"
+    );
+    assert_eq!(demo(&ep, &["double-barrier", "db", "1"], "\n"), "entered\nleft\n");
+}

@@ -4,6 +4,7 @@
 //! and keeps etcd's key layouts, so Rust and Go programs share locks (see `mutex.rs`).
 
 mod barrier;
+pub mod demo;
 mod election;
 mod keys;
 mod mutex;
