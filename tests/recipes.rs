@@ -649,3 +649,77 @@ async fn the_demos_run_against_a_server() {
     );
     assert_eq!(demo(&ep, &["double-barrier", "db", "1"], "\n"), "entered\nleft\n");
 }
+
+#[tokio::test]
+async fn a_locker_guard_releases_when_dropped() {
+    use concord::client::Locker;
+    let c = Cluster::start(1, &[]);
+    let client = client(&c, 0).await;
+    let (s1, s2) = (Session::new(&client, 10).await.unwrap(), Session::new(&client, 10).await.unwrap());
+    let (l1, l2) = (Locker::new(&s1, "guarded"), Locker::new(&s2, "guarded"));
+    let held = l1.lock().await.unwrap();
+    assert!(held.fencing_token() > 0);
+    let waiting = tokio::spawn(async move { l2.lock().await.unwrap().unlock().await.unwrap() });
+    wait_for_keys(&client, "guarded/", 2).await;
+    drop(held);
+    tokio::time::timeout(WAIT, waiting).await.expect("the dropped guard released the lock").unwrap();
+}
+
+/// The demos (and so the recipes under them) against real etcd 3.4: the library speaks etcd's protocol.
+#[tokio::test]
+async fn the_demos_run_against_real_etcd() {
+    let etcd = common::Etcd::start();
+    let ep = format!("127.0.0.1:{}", etcd.client_port);
+    // etcd takes a moment to serve: the first demo retries its connection.
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::process::Command::new("/usr/bin/etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &ep, "get", "x"])
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        assert!(std::time::Instant::now() < deadline, "etcd did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let bank = demo(&ep, &["bank"], "");
+    assert!(bank.ends_with("account sum is 500\n"), "{bank}");
+    assert_eq!(demo(&ep, &["queue", "q"], "push a\npush b\npop\npop\n"), "a\nb\n");
+    assert_eq!(demo(&ep, &["pqueue", "p"], "push low 9\npush high 1\npop\npop\n"), "high\nlow\n");
+    assert_eq!(
+        demo(&ep, &["rwlock", "rw"], "r\n\nw\n\n"),
+        "acquired read lock\nreleased\nacquired write lock\nreleased\n"
+    );
+    assert_eq!(
+        demo(&ep, &["barrier", "b"], "hold\nrelease\nwait\n"),
+        "hold: done\nrelease: done\nwait: done\n"
+    );
+    assert_eq!(demo(&ep, &["double-barrier", "db", "1"], "\n"), "entered\nleft\n");
+}
+
+/// etcd's Go Election (as `etcdctl elect` runs it) and the Rust one campaign for the same name.
+#[tokio::test]
+async fn rust_and_go_candidates_share_an_election() {
+    use concord::client::Election;
+    let c = Cluster::start(1, &[]);
+    let client = client(&c, 0).await;
+    let session = Session::new(&client, 10).await.unwrap();
+    let mut rust = Election::new(&session, "shared-e");
+    rust.campaign(b"rust").await.unwrap();
+    let mut go = tokio::process::Command::new("/usr/bin/etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &c.members[0].endpoint(), "elect", "shared-e", "go"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(go.stdout.take().unwrap()).lines();
+    wait_for_keys(&client, "shared-e/", 2).await;
+    assert_eq!(rust.leader().await.unwrap().value.as_ref(), b"rust", "the Go candidate waits");
+    rust.resign().await.unwrap();
+    // etcdctl prints the leader key and its value once it leads.
+    let key = tokio::time::timeout(WAIT, lines.next_line()).await.unwrap().unwrap().unwrap();
+    let value = tokio::time::timeout(WAIT, lines.next_line()).await.unwrap().unwrap().unwrap();
+    assert!(key.starts_with("shared-e/") && value == "go", "{key} {value}");
+    assert_eq!(rust.leader().await.unwrap().value.as_ref(), b"go");
+    let _ = go.kill().await;
+}

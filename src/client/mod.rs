@@ -15,7 +15,7 @@ pub mod stm;
 
 pub use barrier::{Barrier, DoubleBarrier};
 pub use election::Election;
-pub use mutex::Mutex;
+pub use mutex::{LockGuard, Locker, Mutex};
 pub use queue::{PriorityQueue, Queue};
 pub use rwmutex::RWMutex;
 pub use session::{Session, DEFAULT_TTL};

@@ -213,3 +213,50 @@ pub(super) async fn wait_deletes(
         }
     }
 }
+
+/// A guard-style lock on top of [`Mutex`] (`let _held = locker.lock().await?;`). Dropping the guard
+/// releases the lock in the background; [`LockGuard::unlock`] releases it and reports errors. Like Go's
+/// `NewLocker`, guards of one session share its key: the session holds the lock, not the guard.
+pub struct Locker {
+    client: Client,
+    lease: i64,
+    name: Vec<u8>,
+}
+
+impl Locker {
+    pub fn new(session: &Session, name: &str) -> Locker {
+        Locker { client: session.client().clone(), lease: session.lease(), name: name.as_bytes().to_vec() }
+    }
+
+    pub async fn lock(&self) -> Result<LockGuard, ClientError> {
+        let mut mutex = Mutex::with_lease(&self.client, self.lease, &self.name);
+        mutex.lock().await?;
+        Ok(LockGuard { mutex: Some(mutex) })
+    }
+}
+
+pub struct LockGuard {
+    mutex: Option<Mutex>,
+}
+
+impl LockGuard {
+    /// See [`Mutex::fencing_token`].
+    pub fn fencing_token(&self) -> i64 {
+        self.mutex.as_ref().map_or(-1, Mutex::fencing_token)
+    }
+
+    pub async fn unlock(mut self) -> Result<(), ClientError> {
+        match self.mutex.take() {
+            Some(mut m) => m.unlock().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some(m) = self.mutex.take() {
+            drop(WaitGuard { client: m.client.clone(), key: Some(m.key.clone()) });
+        }
+    }
+}
