@@ -46,6 +46,7 @@ async fn bench_workloads_run_against_a_server() {
         &["txn-put", "--txn-ops", "4", "--key-space-size", "1000"],
         &["txn-mixed", "--key-space-size", "10"],
         &["lease-keepalive"],
+        &["stm", "--accounts", "5"],
     ] {
         let r = bench(&ep, args);
         assert_eq!((r["requests"].as_u64(), r["errors"].as_u64()), (Some(200), Some(0)), "{args:?}: {r}");

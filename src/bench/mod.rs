@@ -59,6 +59,18 @@ pub struct Keys {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StmIsolation {
+    /// SerializableSnapshot.
+    Ss,
+    /// Serializable.
+    S,
+    /// RepeatableReads.
+    Rr,
+    /// ReadCommitted.
+    Rc,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Consistency {
     /// Linearizable.
     L,
@@ -95,6 +107,15 @@ pub enum Workload {
     },
     /// Lease keepalives: each client grants a lease, then renews it over its own keepalive stream.
     LeaseKeepalive,
+    /// Contended STM bank transfers (etcd's `stm` benchmark): each request moves half of a random
+    /// account's balance to another, through `concord::client::stm` at `--isolation`.
+    Stm {
+        /// Number of accounts (fewer means more conflicts).
+        #[arg(long, default_value_t = 5)]
+        accounts: usize,
+        #[arg(long, value_enum, default_value = "ss")]
+        isolation: StmIsolation,
+    },
     /// Watch fan-out: `--watchers` watchers of one key over `--streams` streams; `--total` puts to that
     /// key by `--clients` writers. Reports events delivered per second and put-to-delivery latency.
     Watch {
@@ -198,6 +219,7 @@ fn workload_name(w: &Workload) -> String {
         Workload::TxnPut { .. } => "txn-put".into(),
         Workload::TxnMixed { .. } => "txn-mixed".into(),
         Workload::LeaseKeepalive => "lease-keepalive".into(),
+        Workload::Stm { .. } => "stm".into(),
         Workload::Watch { .. } => "watch".into(),
     }
 }
@@ -205,6 +227,7 @@ fn workload_name(w: &Workload) -> String {
 /// What one client holds between requests.
 enum Client {
     Kv(KvClient<Channel>),
+    Stm(crate::client::Client),
     /// A lease and the keepalive stream that renews it.
     Lease {
         id: i64,
@@ -215,6 +238,9 @@ enum Client {
 
 impl Client {
     async fn new(channel: Channel, w: &Workload) -> Result<Client, tonic::Status> {
+        if let Workload::Stm { .. } = w {
+            return Ok(Client::Stm(crate::client::Client::from_channel(channel)));
+        }
         if !matches!(w, Workload::LeaseKeepalive) {
             let kv = KvClient::new(channel)
                 .max_decoding_message_size(usize::MAX)
@@ -254,9 +280,15 @@ async fn one_request(client: &mut Client, w: &Workload, i: u64, rng: &mut Rng) -
     let kv = match client {
         Client::Kv(kv) => kv,
         Client::Lease { id, tx, rx } => return keepalive(*id, tx, rx).await,
+        Client::Stm(c) => {
+            let Workload::Stm { accounts, isolation } = w else {
+                return Err(tonic::Status::internal("not stm"));
+            };
+            return transfer(c, *accounts, *isolation, rng).await;
+        }
     };
     match w {
-        Workload::LeaseKeepalive | Workload::Watch { .. } => {
+        Workload::LeaseKeepalive | Workload::Watch { .. } | Workload::Stm { .. } => {
             Err(tonic::Status::internal("not a KV workload"))
         }
         Workload::Put(keys) => {
@@ -309,6 +341,41 @@ async fn one_request(client: &mut Client, w: &Workload, i: u64, rng: &mut Rng) -
             kv.txn(txn).await.map(|_| ())
         }
     }
+}
+
+/// One STM transfer of half an account's balance (a missing account reads as 100).
+async fn transfer(
+    client: &crate::client::Client,
+    accounts: usize,
+    isolation: StmIsolation,
+    rng: &mut Rng,
+) -> Result<(), tonic::Status> {
+    use crate::client::{stm, ClientError, Isolation};
+    let n = accounts.max(2) as u64;
+    let from = rng.below(n);
+    let to = (from + 1 + rng.below(n - 1)) % n;
+    let (from, to) = (format!("bench-stm/{from}").into_bytes(), format!("bench-stm/{to}").into_bytes());
+    let iso = match isolation {
+        StmIsolation::Ss => Isolation::SerializableSnapshot,
+        StmIsolation::S => Isolation::Serializable,
+        StmIsolation::Rr => Isolation::RepeatableReads,
+        StmIsolation::Rc => Isolation::ReadCommitted,
+    };
+    let result = stm::run(client, iso, &[], |s| {
+        let (from, to) = (from.clone(), to.clone());
+        Box::pin(async move {
+            let balance = |v: Vec<u8>| String::from_utf8_lossy(&v).parse::<i64>().unwrap_or(100);
+            let (a, b) = (balance(s.get(&from).await?), balance(s.get(&to).await?));
+            s.put(&from, (a - a / 2).to_string().as_bytes());
+            s.put(&to, (b + a / 2).to_string().as_bytes());
+            Ok(())
+        })
+    })
+    .await;
+    result.map(|_| ()).map_err(|e| match e {
+        ClientError::Status(s) => s,
+        other => tonic::Status::unknown(other.to_string()),
+    })
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {

@@ -68,6 +68,11 @@ impl Client {
         Err(last)
     }
 
+    /// A client over a channel made elsewhere (the bench tool shares its connections).
+    pub fn from_channel(channel: Channel) -> Client {
+        Client { channel }
+    }
+
     pub fn kv(&self) -> KvClient<Channel> {
         KvClient::new(self.channel.clone())
     }
