@@ -723,3 +723,30 @@ async fn rust_and_go_candidates_share_an_election() {
     assert_eq!(rust.leader().await.unwrap().value.as_ref(), b"go");
     let _ = go.kill().await;
 }
+
+#[tokio::test]
+async fn session_done_fires_when_its_lease_is_gone_and_stm_deletes_and_reads_revisions() {
+    use concord::client::{stm, Isolation};
+    use concord::pb::etcdserverpb::LeaseRevokeRequest;
+    let c = Cluster::start(1, &[]);
+    let client = client(&c, 0).await;
+    let session = Session::new(&client, 10).await.unwrap();
+    client.lease().lease_revoke(LeaseRevokeRequest { id: session.lease() }).await.unwrap();
+    tokio::time::timeout(WAIT, session.done()).await.expect("done() resolves once the lease is revoked");
+
+    let put = PutRequest { key: b"s/a".to_vec(), value: b"1".to_vec(), ..Default::default() };
+    let rev = client.kv().put(put).await.unwrap().into_inner().header.unwrap().revision;
+    stm::run(&client, Isolation::SerializableSnapshot, &[b"s/a".to_vec()], |s| {
+        Box::pin(async move {
+            assert_eq!(s.rev(b"s/a").await?, rev);
+            assert_eq!(s.rev(b"s/missing").await?, 0);
+            s.del(b"s/a");
+            assert_eq!(s.get(b"s/a").await?, b"", "a transaction sees its own delete");
+            Ok(())
+        })
+    })
+    .await
+    .unwrap();
+    let r = client.kv().range(RangeRequest { key: b"s/a".to_vec(), ..Default::default() }).await.unwrap();
+    assert!(r.into_inner().kvs.is_empty());
+}
