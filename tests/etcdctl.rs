@@ -141,3 +141,31 @@ async fn etcdctl_leases() {
     let (ok, _, err) = etcdctl(&ep, &["put", "k", "v", "--lease=123"], None);
     assert!(!ok && err.contains("etcdserver: requested lease not found"), "{err}");
 }
+
+#[tokio::test]
+async fn etcdctl_defrag_gives_space_back_and_hashkv_answers() {
+    let c = Cluster::start(1, &[]);
+    let m = &c.members[0];
+    let mut client = m.client().await;
+    let big = "x".repeat(200_000);
+    let mut last = 0;
+    for i in 0..40 {
+        last = client
+            .put(format!("big/{}", i % 4), big.as_str(), None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+    }
+    client.delete("big/", Some(etcd_client::DeleteOptions::new().with_prefix())).await.unwrap();
+    client.compact(last + 1, None).await.unwrap();
+    let before = client.status().await.unwrap().db_size();
+    let ep = format!("127.0.0.1:{}", m.client_port);
+    let (ok, out, err) = etcdctl(&ep, &["defrag"], None);
+    assert!(ok && out.contains("Finished defragmenting etcd member"), "{out} {err}");
+    let after = client.status().await.unwrap().db_size();
+    assert!(after < before / 4, "db size {before} -> {after}");
+    let (ok, out, err) = etcdctl(&ep, &["endpoint", "hashkv"], None);
+    assert!(ok && out.contains(&ep), "{out} {err}");
+}

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{errors, header};
+use super::{errors, header, mvcc_status};
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::etcdserverpb::*;
 use crate::raft::RaftNode;
@@ -47,15 +47,28 @@ impl Maintenance for MaintenanceService {
         &self,
         _: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        Err(errors::not_supported("Defragment"))
+        let sm = self.node.sm.clone();
+        let (before, after) = tokio::task::spawn_blocking(move || sm.defragment().map_err(|e| e.to_string()))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
+        tracing::info!(before, after, "defragmented the record files");
+        Ok(Response::new(DefragmentResponse { header: header(&self.node) }))
     }
 
+    /// etcd hashes its whole backend file; concord hashes every retained record (HashKV at the current
+    /// revision), which is what a comparison between members needs.
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(errors::not_supported("Hash"))
+        let (hash, _, _) = self.node.sm.read(|s| s.hash_kv(0)).map_err(mvcc_status)?;
+        Ok(Response::new(HashResponse { header: header(&self.node), hash }))
     }
 
-    async fn hash_kv(&self, _: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        Err(errors::not_supported("HashKV"))
+    async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        let rev = req.into_inner().revision;
+        let (hash, current, compact_revision) = self.node.sm.read(|s| s.hash_kv(rev)).map_err(mvcc_status)?;
+        let mut h = Some(ResponseHeader { revision: current, ..Default::default() });
+        super::fill_header(&self.node, &mut h);
+        Ok(Response::new(HashKvResponse { header: h, hash, compact_revision }))
     }
 
     type SnapshotStream = SnapshotStream;

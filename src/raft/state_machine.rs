@@ -305,6 +305,17 @@ impl StateMachine {
         Ok(durable)
     }
 
+    /// etcd's Defragment: reclaims every segment that holds a dead record and checkpoints, so the space
+    /// goes back to the file system now. Returns the record files' size before and after.
+    pub fn defragment(&self) -> Result<(u64, u64), StorageError> {
+        let w = |e| sm_err(ErrorVerb::Write, e);
+        let before = self.db_size().0;
+        self.store_mut().backend_mut().start_defrag().map_err(w)?;
+        while self.store_mut().backend_mut().reclaim_step(RECLAIM_BUDGET).map_err(w)? {}
+        self.checkpoint()?;
+        Ok((before, self.db_size().0))
+    }
+
     /// Reclaims mostly-dead segments a step at a time, then checkpoints if that (or the amount written)
     /// calls for it.
     fn maintain(&self) -> Result<(), StorageError> {

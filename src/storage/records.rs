@@ -71,6 +71,8 @@ pub struct RecordLog {
     victim: Option<(u32, Vec<Revision>)>,
     /// Set when something may have become reclaimable.
     reclaim_hint: bool,
+    /// A defragmentation is under way: every segment with a dead record is reclaimed.
+    defrag: bool,
     /// Reclaimed segments, deleted once a checkpoint covers the copies of their records.
     drained: Vec<u32>,
     buf: Vec<u8>,
@@ -208,6 +210,7 @@ impl RecordLog {
             written_since_checkpoint: 0,
             victim: None,
             reclaim_hint: true,
+            defrag: false,
             drained: Vec::new(),
             buf: Vec::new(),
         };
@@ -338,11 +341,14 @@ impl RecordLog {
             let candidate = self
                 .segments
                 .iter()
-                .filter(|(id, s)| **id != self.active && s.live * 2 <= s.len)
+                .filter(|(id, s)| {
+                    **id != self.active && (s.live * 2 <= s.len || (self.defrag && s.live < s.len))
+                })
                 .min_by_key(|(_, s)| s.live)
                 .map(|(id, _)| *id);
             let Some(id) = candidate else {
                 self.reclaim_hint = false;
+                self.defrag = false;
                 return Ok(false);
             };
             let revs = self.locs.iter().filter(|(_, l)| l.seg == id).map(|(r, _)| *r).rev().collect();
@@ -380,6 +386,16 @@ impl RecordLog {
         }
         self.victim = Some((id, pending));
         Ok(true)
+    }
+
+    /// Starts a defragmentation: the active segment is sealed if it holds dead records, and every
+    /// segment with a dead record becomes reclaimable, until none is left.
+    pub fn start_defrag(&mut self) -> Result<(), StorageError> {
+        if self.segments.get(&self.active).is_some_and(|s| s.live < s.len) {
+            self.create_segment(self.active + 1)?;
+        }
+        self.defrag = true;
+        Ok(())
     }
 
     /// Captures what a checkpoint must make durable, with the owner's `meta` describing this exact state.
