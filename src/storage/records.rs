@@ -10,7 +10,8 @@
 //! Layout in the directory:
 //! - `<id:08x>.rec`: records `u32 len | u32 crc32 | i64 main | i64 sub | KeyValue (protobuf)`; `len` and
 //!   the checksum cover everything after the 8-byte header; integers little-endian.
-//! - `checkpoint`: `u32 len | u32 crc32 | u32 first | u32 active | u64 active_len | owner's bytes`,
+//! - `checkpoint`: `u32 len | u32 crc32 | u32 first | u32 active | u64 active_len | u32 n | n × u32
+//!   segment ids | owner's bytes`,
 //!   replaced atomically (write, fsync, rename, fsync the directory).
 //!
 //! Nothing is synced on the write path: the Raft log is the durability point. A checkpoint states which
@@ -145,15 +146,22 @@ struct CheckpointFile {
     first: u32,
     active: u32,
     active_len: u64,
+    /// Every segment the checkpointed state needs: one missing on open is lost data, not a reclaimed
+    /// segment.
+    segments: Vec<u32>,
     meta: Vec<u8>,
 }
 
 impl CheckpointFile {
     fn encode(&self) -> Vec<u8> {
-        let mut body = Vec::with_capacity(16 + self.meta.len());
+        let mut body = Vec::with_capacity(20 + 4 * self.segments.len() + self.meta.len());
         body.extend_from_slice(&self.first.to_le_bytes());
         body.extend_from_slice(&self.active.to_le_bytes());
         body.extend_from_slice(&self.active_len.to_le_bytes());
+        body.extend_from_slice(&(self.segments.len() as u32).to_le_bytes());
+        for id in &self.segments {
+            body.extend_from_slice(&id.to_le_bytes());
+        }
         body.extend_from_slice(&self.meta);
         let mut out = Vec::with_capacity(HEADER + body.len());
         out.extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -169,18 +177,24 @@ impl CheckpointFile {
             Err(e) => return Err(e.into()),
         };
         let bad = || corrupt("checkpoint file is damaged");
-        if data.len() < HEADER + 16 || le_u32(&data) as usize != data.len() - HEADER {
+        if data.len() < HEADER + 20 || le_u32(&data) as usize != data.len() - HEADER {
             return Err(bad());
         }
         let body = &data[HEADER..];
         if crc32fast::hash(body) != le_u32(&data[4..]) {
             return Err(bad());
         }
+        let n = le_u32(&body[16..]) as usize;
+        let meta_at = 20 + 4 * n;
+        if body.len() < meta_at {
+            return Err(bad());
+        }
         Ok(Some(CheckpointFile {
             first: le_u32(body),
             active: le_u32(&body[4..]),
             active_len: le_i64(&body[8..]) as u64,
-            meta: body[16..].to_vec(),
+            segments: (0..n).map(|i| le_u32(&body[20 + 4 * i..])).collect(),
+            meta: body[meta_at..].to_vec(),
         }))
     }
 }
@@ -193,6 +207,11 @@ impl RecordLog {
         let checkpoint = CheckpointFile::read(dir)?;
         let (first, active, active_len) =
             checkpoint.as_ref().map_or((1, 1, 0), |c| (c.first, c.active, c.active_len));
+        if let Some(c) = &checkpoint {
+            if let Some(id) = c.segments.iter().find(|id| !segment_path(dir, **id).exists()) {
+                return Err(corrupt(format!("segment {id:x}, named by the checkpoint, is missing")));
+            }
+        }
         let mut ids: Vec<u32> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| u32::from_str_radix(e.file_name().to_str()?.strip_suffix(".rec")?, 16).ok())
@@ -412,7 +431,14 @@ impl RecordLog {
             dir: self.dir.clone(),
             files,
             new_files: self.new_files,
-            checkpoint: CheckpointFile { first: self.first, active: self.active, active_len, meta }.encode(),
+            checkpoint: CheckpointFile {
+                first: self.first,
+                active: self.active,
+                active_len,
+                segments: self.segments.keys().copied().collect(),
+                meta,
+            }
+            .encode(),
             drained: self.drained.clone(),
             written: self.written_since_checkpoint,
         }
@@ -681,6 +707,17 @@ mod tests {
         assert_eq!(revs(&log), vec![2, 3, 4]);
         assert_eq!(log.get(Revision::new(3, 0)).unwrap().unwrap().value, &b"a"[..]);
         assert_eq!(log.get(Revision::new(5, 0)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_missing_checkpointed_segment_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = RecordLog::open(dir.path()).unwrap();
+        put(&mut log, 2..5, "a");
+        checkpoint(&mut log, b"");
+        drop(log);
+        std::fs::remove_file(segment_path(dir.path(), 1)).unwrap();
+        assert!(matches!(RecordLog::open(dir.path()), Err(StorageError::Corrupt(_))));
     }
 
     #[test]
