@@ -79,7 +79,7 @@ pub struct ElectionService {
 type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send>>;
 
 fn leader_response(kv: crate::pb::mvccpb::KeyValue) -> LeaderResponse {
-    // The observed key-value carries its own revision; etcd fills the header the same way.
+    // An observed change carries its own revision (etcd's Observe reports the watch's).
     let header = Some(ResponseHeader { revision: kv.mod_revision, ..Default::default() });
     LeaderResponse { header, kv: Some(kv) }
 }
@@ -110,8 +110,8 @@ impl ElectionApi for ElectionService {
     async fn leader(&self, req: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
         let name = req.into_inner().name;
         let e = Election::with_lease(&self.client.get().await?, 0, &name);
-        let kv = e.leader().await.map_err(status)?;
-        Ok(Response::new(leader_response(kv)))
+        let (header, kv) = e.leader_read().await.map_err(status)?;
+        Ok(Response::new(LeaderResponse { header, kv: Some(kv) }))
     }
 
     type ObserveStream = ObserveStream;

@@ -168,8 +168,14 @@ impl Election {
 
     /// The current leader's key-value (key, proclaimed value, create revision).
     pub async fn leader(&self) -> Result<KeyValue, ClientError> {
+        Ok(self.leader_read().await?.1)
+    }
+
+    /// The leader's key-value with the header of the read that found it (as etcd's `Leader` returns).
+    pub async fn leader_read(&self) -> Result<(Option<ResponseHeader>, KeyValue), ClientError> {
         let resp = self.client.kv().range(self.oldest()).await?.into_inner();
-        resp.kvs.into_iter().next().ok_or_else(no_leader)
+        let kv = resp.kvs.into_iter().next().ok_or_else(no_leader)?;
+        Ok((resp.header, kv))
     }
 
     /// This session's leader key, while campaigning or leading.
