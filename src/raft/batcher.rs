@@ -3,7 +3,8 @@
 //! openraft 0.9's core waits for every log append to be flushed before it takes the next message, so one
 //! `client_write` costs one fsync however the log store batches. Group commit therefore happens here:
 //! while one entry is being made durable, the writes that arrive gather, and the next entry carries them
-//! all. Each request inside keeps its own revision and response; only the fsync is shared.
+//! all. Each request inside keeps its own revision and response; only the fsync is shared. A request
+//! that finds nothing in flight is proposed directly by its caller: there is nothing to wait for.
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,19 +34,41 @@ struct Pending {
 #[derive(Clone)]
 pub struct Batcher {
     tx: mpsc::UnboundedSender<Pending>,
+    raft: Raft,
+    /// Entries proposed and not yet answered, by the batching task or directly.
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts an entry in flight until dropped (also when its proposer's future is dropped).
+struct InFlight(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl Batcher {
     /// Starts the batching task; it ends when every `Batcher` handle is dropped.
     pub fn start(raft: Raft) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx));
-        Batcher { tx }
+        let in_flight = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        tokio::spawn(run(raft.clone(), rx, in_flight.clone()));
+        Batcher { tx, raft, in_flight }
     }
 
     /// Proposes `req` (of about `size` bytes encoded) and waits for its outcome, applied on this member
     /// (the leader): the response and the index of the log entry that carried it.
     pub async fn propose(&self, req: Request, size: usize) -> Result<(Response, u64), ProposeError> {
+        use std::sync::atomic::Ordering;
+        // Nothing in flight: nothing to batch with, so propose from here and save the two task hand-offs
+        // through the batching task (a lone client's write is latency-bound).
+        if self.in_flight.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            let _in_flight = InFlight(self.in_flight.clone());
+            let (reply, rx) = oneshot::channel();
+            submit(&self.raft, vec![Pending { req, size, reply }]).await;
+            return rx.await.map_err(|_| ProposeError::Fatal("batcher stopped".into()))?;
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Pending { req, size, reply })
@@ -54,7 +77,11 @@ impl Batcher {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn run(
+    raft: Raft,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     let mut carry: Option<Pending> = None;
     loop {
         let first = match carry.take() {
@@ -79,6 +106,8 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
                 Err(_) => break,
             }
         }
+        in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let _in_flight = InFlight(in_flight.clone());
         submit(&raft, batch).await;
     }
 }
