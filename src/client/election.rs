@@ -4,14 +4,15 @@
 
 use tokio::sync::mpsc;
 
+use super::keys::{compare, op};
 use super::{prefix_end, Client, ClientError, Session};
-use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use crate::pb::etcdserverpb::compare::{CompareResult, TargetUnion};
 use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::pb::etcdserverpb::request_op::Request as Op;
 use crate::pb::etcdserverpb::response_op::Response as OpResponse;
 use crate::pb::etcdserverpb::{
-    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RangeResponse, RequestOp, ResponseHeader,
-    TxnRequest, WatchCreateRequest,
+    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RangeResponse, ResponseHeader, TxnRequest,
+    WatchCreateRequest,
 };
 use crate::pb::mvccpb::{event::EventType, KeyValue};
 
@@ -26,18 +27,8 @@ pub struct Election {
     header: Option<ResponseHeader>,
 }
 
-fn op(r: Op) -> RequestOp {
-    RequestOp { request: Some(r) }
-}
-
 fn created_at(key: &[u8], rev: i64) -> Compare {
-    Compare {
-        result: CompareResult::Equal as i32,
-        target: CompareTarget::Create as i32,
-        key: key.to_vec(),
-        range_end: Vec::new(),
-        target_union: Some(TargetUnion::CreateRevision(rev)),
-    }
+    compare(key, CompareResult::Equal, TargetUnion::CreateRevision(rev))
 }
 
 /// etcd's errors, with etcd's texts.

@@ -6,6 +6,29 @@ use crate::pb::etcdserverpb::request_op::Request as Op;
 use crate::pb::etcdserverpb::{Compare, PutRequest, RequestOp, TxnRequest, WatchCreateRequest};
 use crate::pb::mvccpb::event::EventType;
 
+/// A Txn compare on one key; the target follows from what is compared (etcd's
+/// `v3.Compare(v3.CreateRevision(key), "=", 0)` and the like).
+pub(super) fn compare(key: &[u8], result: CompareResult, value: TargetUnion) -> Compare {
+    let target = match value {
+        TargetUnion::Version(_) => CompareTarget::Version,
+        TargetUnion::CreateRevision(_) => CompareTarget::Create,
+        TargetUnion::ModRevision(_) => CompareTarget::Mod,
+        TargetUnion::Value(_) => CompareTarget::Value,
+        TargetUnion::Lease(_) => CompareTarget::Lease,
+    };
+    Compare {
+        result: result as i32,
+        target: target as i32,
+        key: key.to_vec(),
+        range_end: Vec::new(),
+        target_union: Some(value),
+    }
+}
+
+pub(super) fn op(r: Op) -> RequestOp {
+    RequestOp { request: Some(r) }
+}
+
 /// Puts `key` only if it does not exist; the revision of the put, or `None` if the key exists.
 pub(super) async fn put_new(
     client: &Client,
@@ -13,19 +36,9 @@ pub(super) async fn put_new(
     value: &[u8],
     lease: i64,
 ) -> Result<Option<i64>, ClientError> {
-    let cmp = Compare {
-        result: CompareResult::Equal as i32,
-        target: CompareTarget::Version as i32,
-        key: key.to_vec(),
-        range_end: Vec::new(),
-        target_union: Some(TargetUnion::Version(0)),
-    };
+    let cmp = compare(key, CompareResult::Equal, TargetUnion::Version(0));
     let put = PutRequest { key: key.to_vec(), value: value.to_vec(), lease, ..Default::default() };
-    let txn = TxnRequest {
-        compare: vec![cmp],
-        success: vec![RequestOp { request: Some(Op::RequestPut(put)) }],
-        failure: vec![],
-    };
+    let txn = TxnRequest { compare: vec![cmp], success: vec![op(Op::RequestPut(put))], failure: vec![] };
     let resp = client.kv().txn(txn).await?.into_inner();
     Ok(resp.succeeded.then(|| resp.header.map_or(0, |h| h.revision)))
 }

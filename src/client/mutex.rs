@@ -6,14 +6,14 @@
 //! A lease-based lock cannot by itself stop a holder that was paused past its lease from acting; guard
 //! writes with [`Mutex::is_owner`] (the key's create revision, a fencing token) in the write's Txn.
 
+use super::keys::{compare, op, wait_event};
 use super::{prefix_end, Client, ClientError, Session};
-use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use crate::pb::etcdserverpb::compare::{CompareResult, TargetUnion};
 use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::pb::etcdserverpb::request_op::Request as Op;
 use crate::pb::etcdserverpb::response_op::Response as OpResponse;
 use crate::pb::etcdserverpb::{
-    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RangeResponse, RequestOp, ResponseHeader,
-    TxnRequest, WatchCreateRequest,
+    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RangeResponse, ResponseHeader, TxnRequest,
 };
 use crate::pb::mvccpb::event::EventType;
 
@@ -72,14 +72,7 @@ impl Mutex {
     /// Queues this session's key and tells whether it is the oldest: (acquired, header).
     async fn enqueue(&mut self) -> Result<(bool, ResponseHeader), ClientError> {
         self.key = [self.prefix.clone(), format!("{:x}", self.lease).into_bytes()].concat();
-        let cmp = Compare {
-            result: CompareResult::Equal as i32,
-            target: CompareTarget::Create as i32,
-            key: self.key.clone(),
-            range_end: Vec::new(),
-            target_union: Some(TargetUnion::CreateRevision(0)),
-        };
-        let op = |r: Op| RequestOp { request: Some(r) };
+        let cmp = compare(&self.key, CompareResult::Equal, TargetUnion::CreateRevision(0));
         let put =
             op(Op::RequestPut(PutRequest { key: self.key.clone(), lease: self.lease, ..Default::default() }));
         // An existing key means this session already waits or holds: reuse it.
@@ -168,13 +161,7 @@ impl Mutex {
 
     /// A Txn compare that holds only while this holder still owns the lock (etcd's `IsOwner`).
     pub fn is_owner(&self) -> Compare {
-        Compare {
-            result: CompareResult::Equal as i32,
-            target: CompareTarget::Create as i32,
-            key: self.key.clone(),
-            range_end: Vec::new(),
-            target_union: Some(TargetUnion::CreateRevision(self.rev)),
-        }
+        compare(&self.key, CompareResult::Equal, TargetUnion::CreateRevision(self.rev))
     }
 }
 
@@ -198,19 +185,7 @@ pub(super) async fn wait_deletes(
         let header = resp.header.unwrap_or_default();
         let Some(last) = resp.kvs.into_iter().next() else { return Ok(header) };
         // Watch from the revision of the read, so a deletion right after it is not missed.
-        let create = WatchCreateRequest {
-            key: last.key.to_vec(),
-            start_revision: header.revision,
-            ..Default::default()
-        };
-        let mut watch = client.watch(create).await?;
-        'wait: loop {
-            for ev in watch.next().await?.events {
-                if ev.r#type == EventType::Delete as i32 {
-                    break 'wait;
-                }
-            }
-        }
+        wait_event(client, &last.key, header.revision, EventType::Delete).await?;
     }
 }
 

@@ -2,32 +2,17 @@
 //! share a queue. Each item is a key; a consumer claims one by deleting it at the revision it read (a
 //! Txn on its mod revision), so every item is delivered exactly once however many consumers race.
 
+use super::keys::{compare, op, put_unique};
 use super::{prefix_end, Client, ClientError};
-use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use crate::pb::etcdserverpb::compare::{CompareResult, TargetUnion};
 use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::pb::etcdserverpb::request_op::Request as Op;
-use crate::pb::etcdserverpb::{
-    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
-};
+use crate::pb::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, TxnRequest, WatchCreateRequest};
 use crate::pb::mvccpb::{event::EventType, KeyValue};
-
-fn op(r: Op) -> RequestOp {
-    RequestOp { request: Some(r) }
-}
-
-fn compare(key: &[u8], target: CompareTarget, result: CompareResult, value: TargetUnion) -> Compare {
-    Compare {
-        result: result as i32,
-        target: target as i32,
-        key: key.to_vec(),
-        range_end: Vec::new(),
-        target_union: Some(value),
-    }
-}
 
 /// Deletes `key` if it is still at `rev`: the claim of one item.
 async fn delete_rev_key(client: &Client, key: &[u8], rev: i64) -> Result<bool, ClientError> {
-    let cmp = compare(key, CompareTarget::Mod, CompareResult::Equal, TargetUnion::ModRevision(rev));
+    let cmp = compare(key, CompareResult::Equal, TargetUnion::ModRevision(rev));
     let del = op(Op::RequestDeleteRange(DeleteRangeRequest { key: key.to_vec(), ..Default::default() }));
     let txn = TxnRequest { compare: vec![cmp], success: vec![del], failure: vec![] };
     Ok(client.kv().txn(txn).await?.into_inner().succeeded)
@@ -84,18 +69,7 @@ impl Queue {
     }
 
     pub async fn enqueue(&self, value: &[u8]) -> Result<(), ClientError> {
-        loop {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            let key = format!("{}/{nanos}", self.prefix).into_bytes();
-            let cmp = compare(&key, CompareTarget::Version, CompareResult::Equal, TargetUnion::Version(0));
-            let put = op(Op::RequestPut(PutRequest { key, value: value.to_vec(), ..Default::default() }));
-            let txn = TxnRequest { compare: vec![cmp], success: vec![put], failure: vec![] };
-            if self.client.kv().txn(txn).await?.into_inner().succeeded {
-                return Ok(());
-            }
-        }
+        put_unique(&self.client, &self.prefix, value, 0).await.map(|_| ())
     }
 
     /// Takes the oldest item, waiting for one if the queue is empty.
@@ -141,8 +115,7 @@ impl PriorityQueue {
                 None => 0,
             };
             let rev = resp.header.map_or(0, |h| h.revision);
-            let cmp =
-                compare(&base, CompareTarget::Mod, CompareResult::Less, TargetUnion::ModRevision(rev + 1));
+            let cmp = compare(&base, CompareResult::Less, TargetUnion::ModRevision(rev + 1));
             let put_base = op(Op::RequestPut(PutRequest { key: base.clone(), ..Default::default() }));
             let key = format!("{prefix}/{next:016}").into_bytes();
             let put = op(Op::RequestPut(PutRequest { key, value: value.to_vec(), ..Default::default() }));

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::{Client, ClientError};
-use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use crate::pb::etcdserverpb::compare::{CompareResult, TargetUnion};
 use crate::pb::etcdserverpb::request_op::Request as Op;
 use crate::pb::etcdserverpb::response_op::Response as OpResponse;
 use crate::pb::etcdserverpb::{
@@ -39,13 +39,7 @@ pub struct Stm {
 }
 
 fn mod_revision(key: &[u8], result: CompareResult, rev: i64) -> Compare {
-    Compare {
-        result: result as i32,
-        target: CompareTarget::Mod as i32,
-        key: key.to_vec(),
-        range_end: Vec::new(),
-        target_union: Some(TargetUnion::ModRevision(rev)),
-    }
+    super::keys::compare(key, result, TargetUnion::ModRevision(rev))
 }
 
 impl Stm {
