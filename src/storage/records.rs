@@ -524,21 +524,27 @@ impl RecordLog {
     }
 }
 
-impl Backend for RecordLog {
-    fn get(&self, rev: Revision) -> Result<Option<KeyValue>, MvccError> {
-        let Ok(i) = self.position(rev) else { return Ok(None) };
-        let rec = self.read_raw(self.locs[i].1).map_err(backend_err)?;
+impl RecordLog {
+    /// Reads and checks the record of `rev` at `loc`.
+    fn record(&self, rev: Revision, loc: Loc) -> Result<KeyValue, MvccError> {
+        let rec = self.read_raw(loc).map_err(backend_err)?;
         if check_record(&rec) != Some(rev) {
             return Err(backend_err(format!("record {rev} is damaged")));
         }
         // Decoding from `Bytes` makes the key and value slices of the one buffer read, not copies.
-        KeyValue::decode(bytes::Bytes::from(rec).slice(HEADER + REV..)).map(Some).map_err(backend_err)
+        KeyValue::decode(bytes::Bytes::from(rec).slice(HEADER + REV..)).map_err(backend_err)
+    }
+}
+
+impl Backend for RecordLog {
+    fn get(&self, rev: Revision) -> Result<Option<KeyValue>, MvccError> {
+        let Ok(i) = self.position(rev) else { return Ok(None) };
+        self.record(rev, self.locs[i].1).map(Some)
     }
 
     fn for_each(&self, f: &mut dyn FnMut(Revision, KeyValue)) -> Result<(), MvccError> {
-        for (rev, _) in &self.locs {
-            let kv = self.get(*rev)?.ok_or_else(|| backend_err(format!("record {rev} vanished")))?;
-            f(*rev, kv);
+        for (rev, loc) in &self.locs {
+            f(*rev, self.record(*rev, *loc)?);
         }
         Ok(())
     }
@@ -550,9 +556,8 @@ impl Backend for RecordLog {
         f: &mut dyn FnMut(Revision, KeyValue) -> bool,
     ) -> Result<(), MvccError> {
         let start = self.locs.partition_point(|(r, _)| r.main < from);
-        for (rev, _) in self.locs[start..].iter().take_while(|(r, _)| r.main <= to) {
-            let kv = self.get(*rev)?.ok_or_else(|| backend_err(format!("record {rev} vanished")))?;
-            if !f(*rev, kv) {
+        for (rev, loc) in self.locs[start..].iter().take_while(|(r, _)| r.main <= to) {
+            if !f(*rev, self.record(*rev, *loc)?) {
                 break;
             }
         }
