@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::{Cluster, Etcd};
 use concord::pb::etcdserverpb::compare::{CompareTarget, TargetUnion};
 use concord::pb::etcdserverpb::kv_client::KvClient;
@@ -16,17 +14,8 @@ use concord::pb::etcdserverpb::*;
 use tonic::transport::Channel;
 
 async fn connect(port: u16) -> KvClient<Channel> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(mut c) = KvClient::connect(format!("http://127.0.0.1:{port}")).await {
-            let probe = RangeRequest { key: b"probe".to_vec(), ..Default::default() };
-            if c.range(probe).await.is_ok() {
-                return c;
-            }
-        }
-        assert!(Instant::now() < deadline, "server on {port} did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_serving(port).await;
+    KvClient::connect(format!("http://127.0.0.1:{port}")).await.expect("connect")
 }
 
 /// A small deterministic PRNG (xorshift), so a failure can be replayed from its seed.

@@ -169,19 +169,9 @@ async fn rust_and_go_holders_of_the_same_name_exclude_each_other() {
 #[tokio::test]
 async fn the_mutex_works_against_real_etcd() {
     let etcd = common::Etcd::start();
-    // etcd takes a moment to serve: retry until a read goes through.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let client = loop {
-        if let Ok(c) =
-            Client::connect(&[format!("127.0.0.1:{}", etcd.client_port)], Duration::from_secs(1)).await
-        {
-            if c.kv().range(RangeRequest { key: b"x".to_vec(), ..Default::default() }).await.is_ok() {
-                break c;
-            }
-        }
-        assert!(tokio::time::Instant::now() < deadline, "etcd did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    common::wait_serving(etcd.client_port).await;
+    let client =
+        Client::connect(&[format!("127.0.0.1:{}", etcd.client_port)], Duration::from_secs(5)).await.unwrap();
     let (s1, s2) = (Session::new(&client, 10).await.unwrap(), Session::new(&client, 10).await.unwrap());
     let (mut a, mut b) = (Mutex::new(&s1, "etcd-lock"), Mutex::new(&s2, "etcd-lock"));
     a.lock().await.unwrap();
@@ -628,26 +618,31 @@ fn demo(endpoint: &str, args: &[&str], input: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Every demo, driven through stdin, against the server at `ep`.
+fn check_demos(ep: &str) {
+    let bank = demo(ep, &["bank"], "");
+    assert!(bank.ends_with("account sum is 500\n"), "{bank}");
+    assert_eq!(demo(ep, &["queue", "q"], "push a\npush b\npop\npop\n"), "a\nb\n");
+    assert_eq!(demo(ep, &["pqueue", "p"], "push low 9\npush high 1\npop\npop\n"), "high\nlow\n");
+    let lock = demo(ep, &["lock", "demo-lock"], "\n");
+    assert!(lock.starts_with("acquired lock demo-lock/") && lock.ends_with("released\n"), "{lock}");
+    assert_eq!(
+        demo(ep, &["rwlock", "rw"], "r\n\nw\n\n"),
+        "acquired read lock\nreleased\nacquired write lock\nreleased\n"
+    );
+    assert_eq!(
+        demo(ep, &["barrier", "b"], "hold\nrelease\nwait\n"),
+        "hold: done\nrelease: done\nwait: done\n"
+    );
+    assert_eq!(demo(ep, &["double-barrier", "db", "1"], "\n"), "entered\nleft\n");
+}
+
 #[tokio::test]
 async fn the_demos_run_against_a_server() {
     let c = Cluster::start(1, &[]);
     c.members[0].client().await;
     let ep = c.members[0].endpoint();
-    let bank = demo(&ep, &["bank"], "");
-    assert!(bank.ends_with("account sum is 500\n"), "{bank}");
-    assert_eq!(demo(&ep, &["queue", "q"], "push a\npush b\npop\npop\n"), "a\nb\n");
-    assert_eq!(demo(&ep, &["pqueue", "p"], "push low 9\npush high 1\npop\npop\n"), "high\nlow\n");
-    let lock = demo(&ep, &["lock", "demo-lock"], "\n");
-    assert!(lock.starts_with("acquired lock demo-lock/") && lock.ends_with("released\n"), "{lock}");
-    assert_eq!(
-        demo(&ep, &["rwlock", "rw"], "r\n\nw\n\n"),
-        "acquired read lock\nreleased\nacquired write lock\nreleased\n"
-    );
-    assert_eq!(
-        demo(&ep, &["barrier", "b"], "hold\nrelease\nwait\n"),
-        "hold: done\nrelease: done\nwait: done\n"
-    );
-    assert_eq!(demo(&ep, &["double-barrier", "db", "1"], "\n"), "entered\nleft\n");
+    check_demos(&ep);
 }
 
 #[tokio::test]
@@ -670,30 +665,8 @@ async fn a_locker_guard_releases_when_dropped() {
 async fn the_demos_run_against_real_etcd() {
     let etcd = common::Etcd::start();
     let ep = format!("127.0.0.1:{}", etcd.client_port);
-    // etcd takes a moment to serve: the first demo retries its connection.
-    let deadline = std::time::Instant::now() + WAIT;
-    while std::process::Command::new("/usr/bin/etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &ep, "get", "x"])
-        .output()
-        .map_or(true, |o| !o.status.success())
-    {
-        assert!(std::time::Instant::now() < deadline, "etcd did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let bank = demo(&ep, &["bank"], "");
-    assert!(bank.ends_with("account sum is 500\n"), "{bank}");
-    assert_eq!(demo(&ep, &["queue", "q"], "push a\npush b\npop\npop\n"), "a\nb\n");
-    assert_eq!(demo(&ep, &["pqueue", "p"], "push low 9\npush high 1\npop\npop\n"), "high\nlow\n");
-    assert_eq!(
-        demo(&ep, &["rwlock", "rw"], "r\n\nw\n\n"),
-        "acquired read lock\nreleased\nacquired write lock\nreleased\n"
-    );
-    assert_eq!(
-        demo(&ep, &["barrier", "b"], "hold\nrelease\nwait\n"),
-        "hold: done\nrelease: done\nwait: done\n"
-    );
-    assert_eq!(demo(&ep, &["double-barrier", "db", "1"], "\n"), "entered\nleft\n");
+    common::wait_serving(etcd.client_port).await;
+    check_demos(&ep);
 }
 
 /// etcd's Go Election (as `etcdctl elect` runs it) and the Rust one campaign for the same name.

@@ -228,3 +228,19 @@ pub fn go_program(name: &str) -> PathBuf {
     }
     out
 }
+
+/// Waits until a server (concord or etcd) on 127.0.0.1:`port` answers a read.
+pub async fn wait_serving(port: u16) {
+    use concord::pb::etcdserverpb::{kv_client::KvClient, RangeRequest};
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut c) = KvClient::connect(format!("http://127.0.0.1:{port}")).await {
+            let probe = RangeRequest { key: b"probe".to_vec(), ..Default::default() };
+            if c.range(probe).await.is_ok() {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "server on {port} did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
