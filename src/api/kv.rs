@@ -3,7 +3,7 @@
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::{errors, fill_header, mvcc_status, node_status, validate};
+use super::{errors, fill_header, mvcc_status, node_status, unexpected, validate, write};
 use crate::mvcc::txn::is_read_only;
 use crate::pb::etcdserverpb::kv_server::Kv;
 use crate::pb::etcdserverpb::request_op::Request as Op;
@@ -30,13 +30,6 @@ impl KvService {
         }
         Ok(())
     }
-
-    async fn write(&self, req: raft::Request) -> Result<raft::Response, Status> {
-        match self.node.write(req).await.map_err(node_status)? {
-            raft::Response::Error(e) => Err(mvcc_status(e)),
-            other => Ok(other),
-        }
-    }
 }
 
 /// A read-only txn whose every range is serializable is served from local state (etcd's
@@ -46,10 +39,6 @@ fn txn_serializable(t: &TxnRequest) -> bool {
         .iter()
         .chain(&t.failure)
         .all(|op| matches!(&op.request, Some(Op::RequestRange(r)) if r.serializable))
-}
-
-fn unexpected() -> Status {
-    Status::internal("etcdserver: unexpected response from the state machine")
 }
 
 #[tonic::async_trait]
@@ -69,7 +58,7 @@ impl Kv for KvService {
         let req = request.into_inner();
         validate::put(&req)?;
         self.check_size(&req)?;
-        let raft::Response::Put(mut resp) = self.write(raft::Request::Put(req)).await? else {
+        let raft::Response::Put(mut resp) = write(&self.node, raft::Request::Put(req)).await? else {
             return Err(unexpected());
         };
         fill_header(&self.node, &mut resp.header);
@@ -83,7 +72,9 @@ impl Kv for KvService {
         let req = request.into_inner();
         validate::delete_range(&req)?;
         self.check_size(&req)?;
-        let raft::Response::DeleteRange(mut resp) = self.write(raft::Request::DeleteRange(req)).await? else {
+        let raft::Response::DeleteRange(mut resp) =
+            write(&self.node, raft::Request::DeleteRange(req)).await?
+        else {
             return Err(unexpected());
         };
         fill_header(&self.node, &mut resp.header);
@@ -100,7 +91,7 @@ impl Kv for KvService {
             self.node.sm.read(|s| s.txn_read(&req)).map_err(mvcc_status)?
         } else {
             self.check_size(&req)?;
-            let raft::Response::Txn(resp) = self.write(raft::Request::Txn(req)).await? else {
+            let raft::Response::Txn(resp) = write(&self.node, raft::Request::Txn(req)).await? else {
                 return Err(unexpected());
             };
             resp
@@ -114,7 +105,7 @@ impl Kv for KvService {
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         let req = request.into_inner();
-        let raft::Response::Compact(mut resp) = self.write(raft::Request::Compact(req)).await? else {
+        let raft::Response::Compact(mut resp) = write(&self.node, raft::Request::Compact(req)).await? else {
             return Err(unexpected());
         };
         fill_header(&self.node, &mut resp.header);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{errors, header, mvcc_status, node_status};
+use super::{errors, header, node_status, unexpected, write};
 use crate::lease::MAX_TTL;
 use crate::pb::etcdserverpb::lease_server::Lease;
 use crate::pb::etcdserverpb::*;
@@ -33,17 +33,6 @@ impl LeaseService {
         let seed = ((node.id & 0xffff) << 48) | ((now_ms & 0xff_ffff_ffff) << 8);
         LeaseService { node, min_ttl: min_ttl_ms.div_ceil(1000) as i64, ids: AtomicU64::new(seed) }
     }
-
-    async fn write(&self, req: raft::Request) -> Result<raft::Response, Status> {
-        match self.node.write(req).await.map_err(node_status)? {
-            raft::Response::Error(e) => Err(mvcc_status(e)),
-            other => Ok(other),
-        }
-    }
-}
-
-fn unexpected() -> Status {
-    Status::internal("etcdserver: unexpected response from the state machine")
 }
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
@@ -64,7 +53,7 @@ impl Lease for LeaseService {
             id = (self.ids.fetch_add(1, Ordering::Relaxed) & (i64::MAX as u64)) as i64;
         }
         let ttl = req.ttl.max(self.min_ttl);
-        match self.write(raft::Request::LeaseGrant { id, ttl }).await? {
+        match write(&self.node, raft::Request::LeaseGrant { id, ttl }).await? {
             raft::Response::LeaseGrant(mut r) => {
                 super::fill_header(&self.node, &mut r.header);
                 Ok(Response::new(r))
@@ -78,7 +67,7 @@ impl Lease for LeaseService {
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let id = req.into_inner().id;
-        match self.write(raft::Request::LeaseRevoke { id }).await? {
+        match write(&self.node, raft::Request::LeaseRevoke { id }).await? {
             raft::Response::LeaseRevoke(mut r) => {
                 super::fill_header(&self.node, &mut r.header);
                 Ok(Response::new(r))

@@ -94,6 +94,19 @@ pub fn node_status(e: NodeError) -> Status {
     }
 }
 
+/// Proposes a write through Raft; a deterministic error from apply becomes etcd's status for it.
+pub async fn write(node: &RaftNode, req: crate::raft::Request) -> Result<crate::raft::Response, Status> {
+    match node.write(req).await.map_err(node_status)? {
+        crate::raft::Response::Error(e) => Err(mvcc_status(e)),
+        other => Ok(other),
+    }
+}
+
+/// A response of another kind than the request's: a bug, never a client's doing.
+pub fn unexpected() -> Status {
+    Status::internal("etcdserver: unexpected response from the state machine")
+}
+
 /// Fills the member-level fields of a response header, keeping the revision the store put there.
 pub fn fill_header(node: &RaftNode, header: &mut Option<ResponseHeader>) {
     let h = header.get_or_insert_with(ResponseHeader::default);
