@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::client::{Client, ClientError, Election, Mutex};
+use crate::client::{Client, Election, Mutex};
 use crate::pb::etcdserverpb::{DeleteRangeRequest, ResponseHeader};
 use crate::pb::v3electionpb::election_server::Election as ElectionApi;
 use crate::pb::v3electionpb::*;
@@ -30,15 +30,7 @@ impl Loopback {
 
     async fn get(&self) -> Result<Client, Status> {
         let connect = || Client::connect(std::slice::from_ref(&self.addr), Duration::from_secs(5));
-        self.client.get_or_try_init(connect).await.cloned().map_err(status)
-    }
-}
-
-/// The server's errors pass through with their status; etcd's recipe errors are plain (Unknown).
-fn status(e: ClientError) -> Status {
-    match e {
-        ClientError::Status(s) => s,
-        other => Status::unknown(other.to_string()),
+        self.client.get_or_try_init(connect).await.cloned().map_err(Status::from)
     }
 }
 
@@ -55,7 +47,7 @@ impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
         let req = req.into_inner();
         let mut m = Mutex::with_lease(&self.client.get().await?, req.lease, &req.name);
-        m.lock().await.map_err(status)?;
+        m.lock().await.map_err(Status::from)?;
         Ok(Response::new(LockResponse { header: m.header().copied(), key: m.key().to_vec() }))
     }
 
@@ -89,7 +81,7 @@ impl ElectionApi for ElectionService {
     async fn campaign(&self, req: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
         let req = req.into_inner();
         let mut e = Election::with_lease(&self.client.get().await?, req.lease, &req.name);
-        e.campaign(&req.value).await.map_err(status)?;
+        e.campaign(&req.value).await.map_err(Status::from)?;
         let leader = LeaderKey {
             name: req.name,
             key: e.key().map(<[u8]>::to_vec).unwrap_or_default(),
@@ -103,14 +95,14 @@ impl ElectionApi for ElectionService {
         let req = req.into_inner();
         let l = req.leader.ok_or_else(missing_leader)?;
         let mut e = Election::resume(&self.client.get().await?, l.lease, &l.name, &l.key, l.rev);
-        e.proclaim(&req.value).await.map_err(status)?;
+        e.proclaim(&req.value).await.map_err(Status::from)?;
         Ok(Response::new(ProclaimResponse { header: e.header().copied() }))
     }
 
     async fn leader(&self, req: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
         let name = req.into_inner().name;
         let e = Election::with_lease(&self.client.get().await?, 0, &name);
-        let (header, kv) = e.leader_read().await.map_err(status)?;
+        let (header, kv) = e.leader_read().await.map_err(Status::from)?;
         Ok(Response::new(LeaderResponse { header, kv: Some(kv) }))
     }
 
@@ -126,7 +118,7 @@ impl ElectionApi for ElectionService {
     async fn resign(&self, req: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
         let l = req.into_inner().leader.ok_or_else(missing_leader)?;
         let mut e = Election::resume(&self.client.get().await?, l.lease, &l.name, &l.key, l.rev);
-        e.resign().await.map_err(status)?;
+        e.resign().await.map_err(Status::from)?;
         Ok(Response::new(ResignResponse { header: e.header().copied() }))
     }
 }

@@ -350,7 +350,7 @@ async fn transfer(
     isolation: StmIsolation,
     rng: &mut Rng,
 ) -> Result<(), tonic::Status> {
-    use crate::client::{stm, ClientError, Isolation};
+    use crate::client::{stm, Isolation};
     let n = accounts.max(2) as u64;
     let from = rng.below(n);
     let to = (from + 1 + rng.below(n - 1)) % n;
@@ -372,10 +372,7 @@ async fn transfer(
         })
     })
     .await;
-    result.map(|_| ()).map_err(|e| match e {
-        ClientError::Status(s) => s,
-        other => tonic::Status::unknown(other.to_string()),
-    })
+    result.map(|_| ()).map_err(tonic::Status::from)
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {

@@ -47,6 +47,17 @@ pub enum ClientError {
     SessionExpired,
 }
 
+/// A server's error passes through with its status; the recipes' own errors are plain, as etcd's Go
+/// recipe errors reach a gRPC caller (Unknown).
+impl From<ClientError> for tonic::Status {
+    fn from(e: ClientError) -> tonic::Status {
+        match e {
+            ClientError::Status(s) => s,
+            other => tonic::Status::unknown(other.to_string()),
+        }
+    }
+}
+
 /// A connection to one of the given endpoints (the first that answers).
 #[derive(Clone)]
 pub struct Client {
