@@ -109,7 +109,10 @@ impl LeaseTable {
         for ev in events {
             let Some(kv) = &ev.kv else { continue };
             let lease = if ev.r#type == EventType::Put as i32 { kv.lease } else { 0 };
-            self.attach(&kv.key, lease);
+            // Every write passes here: without attached keys, a write without a lease has nothing to do.
+            if lease != 0 || !self.key_lease.is_empty() {
+                self.attach(&kv.key, lease);
+            }
         }
     }
 }
