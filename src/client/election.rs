@@ -4,7 +4,7 @@
 
 use tokio::sync::mpsc;
 
-use super::keys::{compare, op};
+use super::keys::{compare, op, wait_prefix_event};
 use super::{prefix_end, Client, ClientError, Session};
 use crate::pb::etcdserverpb::compare::{CompareResult, TargetUnion};
 use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
@@ -207,19 +207,7 @@ async fn observe(
             Some(kv) => kv,
             None => {
                 // No leader yet: the first put under the prefix after this read is the next one.
-                let create = WatchCreateRequest {
-                    key: oldest.key.clone(),
-                    range_end: oldest.range_end.clone(),
-                    start_revision: rev,
-                    ..Default::default()
-                };
-                let mut w = client.watch(create).await?;
-                loop {
-                    let put = w.next().await?.events.into_iter().find(|e| e.r#type == EventType::Put as i32);
-                    if let Some(kv) = put.and_then(|e| e.kv) {
-                        break kv;
-                    }
-                }
+                wait_prefix_event(&client, &oldest.key, rev, EventType::Put).await?
             }
         };
         let (key, from) = (leader.key.to_vec(), leader.mod_revision + 1);

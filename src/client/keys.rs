@@ -4,7 +4,7 @@ use super::{Client, ClientError};
 use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::pb::etcdserverpb::request_op::Request as Op;
 use crate::pb::etcdserverpb::{Compare, PutRequest, RequestOp, TxnRequest, WatchCreateRequest};
-use crate::pb::mvccpb::event::EventType;
+use crate::pb::mvccpb::{event::EventType, KeyValue};
 
 /// A Txn compare on one key; the target follows from what is compared (etcd's
 /// `v3.Compare(v3.CreateRevision(key), "=", 0)` and the like).
@@ -60,7 +60,7 @@ pub(super) async fn put_unique(
     }
 }
 
-/// Waits, from revision `rev` on, for an event of `kind` on `key`.
+/// Waits, from revision `rev` on, for an event of `kind` on `key` (etcd's `WaitEvents`).
 pub(super) async fn wait_event(
     client: &Client,
     key: &[u8],
@@ -68,10 +68,33 @@ pub(super) async fn wait_event(
     kind: EventType,
 ) -> Result<(), ClientError> {
     let create = WatchCreateRequest { key: key.to_vec(), start_revision: rev, ..Default::default() };
+    first_event(client, create, kind).await.map(|_| ())
+}
+
+/// Waits, from revision `rev` on, for an event of `kind` under `prefix`; returns its key-value (etcd's
+/// `WaitPrefixEvents`).
+pub(super) async fn wait_prefix_event(
+    client: &Client,
+    prefix: &[u8],
+    rev: i64,
+    kind: EventType,
+) -> Result<KeyValue, ClientError> {
+    let range_end = super::prefix_end(prefix);
+    let create =
+        WatchCreateRequest { key: prefix.to_vec(), range_end, start_revision: rev, ..Default::default() };
+    first_event(client, create, kind).await
+}
+
+async fn first_event(
+    client: &Client,
+    create: WatchCreateRequest,
+    kind: EventType,
+) -> Result<KeyValue, ClientError> {
     let mut watch = client.watch(create).await?;
     loop {
-        if watch.next().await?.events.iter().any(|e| e.r#type == kind as i32) {
-            return Ok(());
+        let found = watch.next().await?.events.into_iter().find(|e| e.r#type == kind as i32);
+        if let Some(kv) = found.and_then(|e| e.kv) {
+            return Ok(kv);
         }
     }
 }

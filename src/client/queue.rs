@@ -2,13 +2,13 @@
 //! share a queue. Each item is a key; a consumer claims one by deleting it at the revision it read (a
 //! Txn on its mod revision), so every item is delivered exactly once however many consumers race.
 
-use super::keys::{compare, op, put_unique};
+use super::keys::{compare, op, put_unique, wait_prefix_event};
 use super::{prefix_end, Client, ClientError};
 use crate::pb::etcdserverpb::compare::{CompareResult, TargetUnion};
 use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::pb::etcdserverpb::request_op::Request as Op;
-use crate::pb::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, TxnRequest, WatchCreateRequest};
-use crate::pb::mvccpb::{event::EventType, KeyValue};
+use crate::pb::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, TxnRequest};
+use crate::pb::mvccpb::event::EventType;
 
 /// Deletes `key` if it is still at `rev`: the claim of one item.
 async fn delete_rev_key(client: &Client, key: &[u8], rev: i64) -> Result<bool, ClientError> {
@@ -38,19 +38,7 @@ async fn dequeue(client: &Client, prefix: &[u8], sort_target: SortTarget) -> Res
         }
         // Nothing yet: wait for the next put under the prefix after this read, then try to claim it.
         let rev = resp.header.map_or(0, |h| h.revision);
-        let create = WatchCreateRequest {
-            key: prefix.to_vec(),
-            range_end: prefix_end(prefix),
-            start_revision: rev,
-            ..Default::default()
-        };
-        let mut watch = client.watch(create).await?;
-        let kv: KeyValue = loop {
-            let put = watch.next().await?.events.into_iter().find(|e| e.r#type == EventType::Put as i32);
-            if let Some(kv) = put.and_then(|e| e.kv) {
-                break kv;
-            }
-        };
+        let kv = wait_prefix_event(client, prefix, rev, EventType::Put).await?;
         if delete_rev_key(client, &kv.key, kv.mod_revision).await? {
             return Ok(kv.value.to_vec());
         }
