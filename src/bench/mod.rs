@@ -350,7 +350,7 @@ async fn transfer(
     isolation: StmIsolation,
     rng: &mut Rng,
 ) -> Result<(), tonic::Status> {
-    use crate::client::{stm, Isolation};
+    use crate::client::Isolation;
     let n = accounts.max(2) as u64;
     let from = rng.below(n);
     let to = (from + 1 + rng.below(n - 1)) % n;
@@ -361,18 +361,7 @@ async fn transfer(
         StmIsolation::Rr => Isolation::RepeatableReads,
         StmIsolation::Rc => Isolation::ReadCommitted,
     };
-    let result = stm::run(client, iso, &[], |s| {
-        let (from, to) = (from.clone(), to.clone());
-        Box::pin(async move {
-            let balance = |v: Vec<u8>| String::from_utf8_lossy(&v).parse::<i64>().unwrap_or(100);
-            let (a, b) = (balance(s.get(&from).await?), balance(s.get(&to).await?));
-            s.put(&from, (a - a / 2).to_string().as_bytes());
-            s.put(&to, (b + a / 2).to_string().as_bytes());
-            Ok(())
-        })
-    })
-    .await;
-    result.map(|_| ()).map_err(tonic::Status::from)
+    crate::client::demo::transfer_half(client, iso, &from, &to, 100).await.map_err(tonic::Status::from)
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {

@@ -144,17 +144,7 @@ async fn bank(client: &Client) -> Result<(), ClientError> {
                 if from == to {
                     continue;
                 }
-                stm::run(&client, Isolation::SerializableSnapshot, &[], |s| {
-                    let (from, to) = (from.clone(), to.clone());
-                    Box::pin(async move {
-                        let balance = |v: Vec<u8>| String::from_utf8_lossy(&v).parse::<i64>().unwrap_or(0);
-                        let (a, b) = (balance(s.get(&from).await?), balance(s.get(&to).await?));
-                        s.put(&from, (a - a / 2).to_string().as_bytes());
-                        s.put(&to, (b + a / 2).to_string().as_bytes());
-                        Ok(())
-                    })
-                })
-                .await?;
+                transfer_half(&client, Isolation::SerializableSnapshot, &from, &to, 0).await?;
             }
             Ok::<(), ClientError>(())
         }));
@@ -171,4 +161,27 @@ async fn bank(client: &Client) -> Result<(), ClientError> {
     }
     println!("account sum is {sum}");
     Ok(())
+}
+
+/// The bank demo's step (also `concord bench stm`'s): moves half of `from`'s balance to `to` in one STM
+/// transaction; an account that does not exist (or is not a number) holds `missing`.
+pub async fn transfer_half(
+    client: &Client,
+    iso: Isolation,
+    from: &[u8],
+    to: &[u8],
+    missing: i64,
+) -> Result<(), ClientError> {
+    stm::run(client, iso, &[], |s| {
+        let (from, to) = (from.to_vec(), to.to_vec());
+        Box::pin(async move {
+            let balance = |v: Vec<u8>| String::from_utf8_lossy(&v).parse::<i64>().unwrap_or(missing);
+            let (a, b) = (balance(s.get(&from).await?), balance(s.get(&to).await?));
+            s.put(&from, (a - a / 2).to_string().as_bytes());
+            s.put(&to, (b + a / 2).to_string().as_bytes());
+            Ok(())
+        })
+    })
+    .await
+    .map(|_| ())
 }
