@@ -84,6 +84,10 @@ pub struct Config {
         value_parser = parse_duration
     )]
     pub experimental_watch_progress_notify_interval: std::time::Duration,
+    /// Dial these members at these URLs instead of their advertised peer URLs: name=url,... Not an
+    /// etcd flag: the fault suite routes each directed peer link through a proxy of its own with it.
+    #[arg(long, value_delimiter = ',', value_parser = parse_name_url)]
+    pub experimental_peer_dial_urls: Vec<(String, String)>,
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -93,6 +97,11 @@ impl Default for Config {
     fn default() -> Self {
         Config::parse_from(["concord"])
     }
+}
+
+fn parse_name_url(s: &str) -> Result<(String, String), String> {
+    let (name, url) = s.split_once('=').ok_or_else(|| format!("expected name=url, got {s:?}"))?;
+    Ok((name.to_string(), url.to_string()))
 }
 
 /// A Go-style duration (`1h`, `10m`, `30s`, `500ms`, `1m30s`), as etcd's duration flags take.

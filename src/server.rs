@@ -151,7 +151,7 @@ impl Server {
             .map_err(|e| ServerError::Raft(e.to_string()))?;
         let log_store = LogStore::open(db.clone(), &data_dir.join("wal"), sm.clone())
             .map_err(|e| ServerError::Raft(e.to_string()))?;
-        let network = Network::default();
+        let network = Network::new(config.experimental_peer_dial_urls.iter().cloned().collect());
         let raft = openraft::Raft::new(
             id,
             Arc::new(raft_config),

@@ -21,12 +21,23 @@ use crate::pb::concordraft::RaftPayload;
 #[derive(Clone, Default)]
 pub struct Network {
     channels: Arc<Mutex<HashMap<u64, (String, Channel)>>>,
+    /// Member name → the URL to dial instead of its advertised peer URL. The fault suite gives each
+    /// member its own proxy per peer this way, so that every directed link can fail on its own.
+    dial: Arc<HashMap<String, String>>,
 }
 
 impl Network {
+    pub fn new(dial: HashMap<String, String>) -> Self {
+        Network { channels: Arc::default(), dial: Arc::new(dial) }
+    }
+
     pub fn channel(&self, id: u64, member: &Member) -> Result<Channel, String> {
-        let url =
-            member.peer_urls.first().cloned().ok_or_else(|| format!("member {id:x} has no peer URL"))?;
+        let url = match self.dial.get(&member.name) {
+            Some(url) => url.clone(),
+            None => {
+                member.peer_urls.first().cloned().ok_or_else(|| format!("member {id:x} has no peer URL"))?
+            }
+        };
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((u, ch)) = map.get(&id) {
             if *u == url {

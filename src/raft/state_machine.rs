@@ -366,8 +366,7 @@ impl StateMachine {
         if let Some(l) = durable.last_applied {
             self.applied_tx.send_replace(l.index);
         }
-        // Watchers read what the snapshot brought from history (or learn it was compacted).
-        self.hub.publish(self.read(|s| s.current_revision()), Vec::new());
+        self.hub.restored(self.read(|s| s.current_revision()));
         tracing::info!(snapshot = %snapshot_id, "installed snapshot from the leader");
         Ok(())
     }

@@ -22,6 +22,9 @@ const QUEUE: usize = 128;
 pub struct Batch {
     pub revision: i64,
     pub events: Vec<Event>,
+    /// A snapshot replaced the state: whatever happened up to `revision` is only in the history, and
+    /// `events` is empty.
+    pub restored: bool,
 }
 
 pub struct Hub {
@@ -52,15 +55,24 @@ impl Hub {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Publishes the batch that took the store to `revision` (an empty one after a snapshot install,
-    /// which moves the revision without events).
+    /// Publishes the batch that took the store to `revision`.
     pub fn publish(&self, revision: i64, events: Vec<Event>) {
+        self.send(Batch { revision, events, restored: false });
+    }
+
+    /// Tells every stream that a snapshot install took the store to `revision` without events: their
+    /// watchers read what it brought from history (or learn that it was compacted).
+    pub fn restored(&self, revision: i64) {
+        self.send(Batch { revision, events: Vec::new(), restored: true });
+    }
+
+    fn send(&self, batch: Batch) {
         let mut inner = self.lock();
-        inner.published = revision;
+        inner.published = batch.revision;
         if inner.streams.is_empty() {
             return;
         }
-        let batch = Arc::new(Batch { revision, events });
+        let batch = Arc::new(batch);
         inner.streams.retain(|_, e| {
             if e.lagged.load(Ordering::Relaxed) {
                 return true;

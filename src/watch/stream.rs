@@ -277,6 +277,10 @@ impl<H: History> WatchStream<H> {
         if batch.revision <= self.live {
             return Ok(());
         }
+        if batch.restored {
+            self.fall_behind(batch.revision);
+            return Ok(());
+        }
         let due = if self.watchers.len() > self.unsynced.len() {
             self.due(&batch.events, true)
         } else {
@@ -292,18 +296,24 @@ impl<H: History> WatchStream<H> {
     /// The hub dropped batches for this stream: what it missed comes from history.
     fn rejoin(&mut self) {
         let published = self.sub.rejoin();
-        if published <= self.live {
+        self.fall_behind(published);
+    }
+
+    /// Everything after `live` up to `revision` reached the store without reaching this stream: every
+    /// synced watcher reads it from history.
+    fn fall_behind(&mut self, revision: i64) {
+        if revision <= self.live {
             return;
         }
         for (id, w) in &mut self.watchers {
             if !self.unsynced.contains(id) {
                 w.next = w.next.max(self.live + 1);
-                if w.next <= published {
+                if w.next <= revision {
                     self.unsynced.insert(*id);
                 }
             }
         }
-        self.live = published;
+        self.live = revision;
     }
 
     async fn catch_up(&mut self) -> Result<(), Gone> {
@@ -526,6 +536,29 @@ mod tests {
         assert_eq!(revisions(&mut rx, 600).await, (2..602).collect::<Vec<_>>());
         put(&mem, &hub, "live");
         assert_eq!(revisions(&mut rx, 1).await, [602], "live again after catching up");
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_install_sends_synced_watchers_to_history_for_what_it_brought() {
+        let mem = Arc::new(Mem(RwLock::new(Store::open(MemBackend::default(), 1, -1).unwrap())));
+        let hub = Hub::new(1);
+        let (req, mut rx) = start(&mem, &hub, 64);
+        req.send(create("k", 0)).await.unwrap();
+        assert!(rx.recv().await.unwrap().created);
+        put(&mem, &hub, "k0");
+        assert_eq!(revisions(&mut rx, 1).await, [2]);
+        // An install: the store moves on by revisions 3..=7, and the hub hears of them without events.
+        let installed = {
+            let mut s = mem.0.write().unwrap();
+            for i in 1..=5 {
+                s.put(&PutRequest { key: format!("k{i}").into(), ..Default::default() }, &|_| false).unwrap();
+            }
+            s.commit().unwrap();
+            s.current_revision()
+        };
+        hub.restored(installed);
+        put(&mem, &hub, "k6");
+        assert_eq!(revisions(&mut rx, 6).await, (3..=8).collect::<Vec<_>>());
     }
 
     #[tokio::test]

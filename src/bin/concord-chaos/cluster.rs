@@ -1,0 +1,234 @@
+//! The cluster under test: `n` concord processes on 127.0.0.1, each dialling its peers through the
+//! fault proxy, each with its own data dir and log under the run's folder.
+
+use std::fs::OpenOptions;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use concord::pb::etcdserverpb::maintenance_client::MaintenanceClient;
+use concord::pb::etcdserverpb::StatusRequest;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proxy::Net;
+
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    args: Vec<String>,
+    log: PathBuf,
+    bin: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl Member {
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    pub fn start(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let log = OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(&self.bin)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: nothing of the shutdown path runs, as in a crash or power loss of the process.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.paused = false;
+    }
+
+    /// SIGSTOP: the process keeps its sockets but answers nothing, as under a long GC or VM pause.
+    pub fn pause(&mut self) {
+        if self.signal("-STOP") {
+            self.paused = true;
+        }
+    }
+
+    pub fn resume(&mut self) {
+        if self.paused {
+            self.signal("-CONT");
+            self.paused = false;
+        }
+    }
+
+    fn signal(&self, sig: &str) -> bool {
+        let Some(c) = &self.child else { return false };
+        Command::new("kill").args([sig, &c.id().to_string()]).status().is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.resume();
+        self.kill();
+    }
+}
+
+pub struct Cluster {
+    pub members: Vec<Member>,
+    pub net: Net,
+    channels: Vec<Channel>,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Cluster {
+    /// Starts `n` members named n1…nN with small timeouts and `--snapshot-count snapshot_count`, so that
+    /// elections, snapshots and log purges all happen within a short run.
+    pub async fn start(bin: &Path, dir: &Path, n: usize, snapshot_count: u64) -> Result<Cluster> {
+        let client_ports = (0..n).map(|_| free_port()).collect::<Result<Vec<_>>>()?;
+        let peer_ports = (0..n).map(|_| free_port()).collect::<Result<Vec<_>>>()?;
+        let net = Net::start(&peer_ports).await?;
+        let name = |i: usize| format!("n{}", i + 1);
+        let initial_cluster = (0..n)
+            .map(|i| format!("{}=http://127.0.0.1:{}", name(i), peer_ports[i]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for i in 0..n {
+            let client = format!("http://127.0.0.1:{}", client_ports[i]);
+            let peer = format!("http://127.0.0.1:{}", peer_ports[i]);
+            let dial = (0..n)
+                .filter(|&j| j != i)
+                .map(|j| format!("{}={}", name(j), net.dial_url(i, j)))
+                .collect::<Vec<_>>();
+            let mut args: Vec<String> = vec![
+                "--name".into(),
+                name(i),
+                "--data-dir".into(),
+                dir.join(name(i)).display().to_string(),
+                "--listen-client-urls".into(),
+                client.clone(),
+                "--advertise-client-urls".into(),
+                client,
+                "--listen-peer-urls".into(),
+                peer.clone(),
+                "--initial-advertise-peer-urls".into(),
+                peer,
+                "--initial-cluster".into(),
+                initial_cluster.clone(),
+                "--initial-cluster-token".into(),
+                "concord-chaos".into(),
+                "--heartbeat-interval".into(),
+                "50".into(),
+                "--election-timeout".into(),
+                "500".into(),
+                "--snapshot-count".into(),
+                snapshot_count.to_string(),
+            ];
+            if !dial.is_empty() {
+                args.push("--experimental-peer-dial-urls".into());
+                args.push(dial.join(","));
+            }
+            let mut m = Member {
+                name: name(i),
+                client_port: client_ports[i],
+                args,
+                log: dir.join(format!("{}.log", name(i))),
+                bin: bin.to_path_buf(),
+                child: None,
+                paused: false,
+            };
+            m.start()?;
+            members.push(m);
+        }
+        let channels = members
+            .iter()
+            .map(|m| {
+                Ok(Endpoint::from_shared(m.endpoint())?
+                    .connect_timeout(Duration::from_millis(500))
+                    .connect_lazy())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Cluster { members, net, channels })
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::endpoint).collect()
+    }
+
+    /// The member that a reachable member names as leader, if any.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut ids = Vec::new();
+        let mut leader = None;
+        for (i, ch) in self.channels.iter().enumerate() {
+            if !self.members[i].is_running() || self.members[i].is_paused() {
+                continue;
+            }
+            let mut c = MaintenanceClient::new(ch.clone());
+            let Ok(Ok(s)) =
+                tokio::time::timeout(Duration::from_millis(500), c.status(StatusRequest {})).await
+            else {
+                continue;
+            };
+            let s = s.into_inner();
+            ids.push((i, s.header.map_or(0, |h| h.member_id)));
+            if s.leader != 0 {
+                leader = Some(s.leader);
+            }
+        }
+        let leader = leader?;
+        ids.into_iter().find(|(_, id)| *id == leader).map(|(i, _)| i)
+    }
+
+    /// Heals every fault: links up, paused members resumed, killed members restarted.
+    pub fn heal(&mut self) -> Result<()> {
+        self.net.heal();
+        for m in &mut self.members {
+            m.resume();
+            m.start()?;
+        }
+        Ok(())
+    }
+}
+
+impl Cluster {
+    /// Waits until every member answers a linearizable read (so it has a leader it can reach).
+    pub async fn wait_healthy(&self, timeout: Duration) -> Result<()> {
+        use concord::pb::etcdserverpb::{kv_client::KvClient, RangeRequest};
+        let deadline = tokio::time::Instant::now() + timeout;
+        for (m, ch) in self.members.iter().zip(&self.channels) {
+            loop {
+                let mut kv = KvClient::new(ch.clone());
+                let read = kv.range(RangeRequest { key: b"health".to_vec(), ..Default::default() });
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), read).await {
+                    break;
+                }
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "{} is not serving after the heal",
+                    m.name
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+}

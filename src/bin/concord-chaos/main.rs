@@ -1,0 +1,176 @@
+//! concord-chaos: a Jepsen-style fault suite for concord.
+//!
+//! Each run starts a fresh cluster of real `concord` processes whose peer links each pass through a
+//! proxy this program controls, drives one workload against it through the etcd v3 API while a
+//! nemesis, on a schedule drawn from the seed, partitions, kills, pauses and slows members; then heals
+//! everything, makes the workload's final reads and checks the history. Every run leaves a folder with
+//! the history, the faults, the verdict and an HTML report, and prints one summary line.
+
+mod cluster;
+mod history;
+mod linear;
+mod nemesis;
+mod proxy;
+mod report;
+mod rng;
+mod workload;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tokio::sync::oneshot;
+use tonic::transport::Endpoint;
+
+use crate::cluster::Cluster;
+use crate::history::Status;
+use crate::rng::Rng;
+use crate::workload::Ctx;
+
+#[derive(Parser, Debug)]
+#[command(about = "Jepsen-style fault runs against a concord cluster")]
+struct Args {
+    /// Workloads, one run each per seed.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "register,set,bank,watch")]
+    workload: Vec<workload::Kind>,
+    /// Faults to draw from.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "partition,kill,pause,delay")]
+    nemesis: Vec<nemesis::Kind>,
+    /// Run without faults (a baseline for the checkers).
+    #[arg(long)]
+    no_faults: bool,
+    /// Seconds of load (and faults) per run.
+    #[arg(long, default_value_t = 60)]
+    time: u64,
+    /// The first seed (default: from the clock); run k uses seed + k.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Seeds to run (each runs every workload).
+    #[arg(long, default_value_t = 1)]
+    runs: u64,
+    #[arg(long, default_value_t = 3)]
+    members: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 10)]
+    clients: usize,
+    /// Operations per second per client (about).
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Client timeout per operation, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+    /// `--snapshot-count` of the members: small, so snapshots and log purges happen during faults.
+    #[arg(long, default_value_t = 100)]
+    snapshot_count: u64,
+    /// Where each run's folder goes.
+    #[arg(long, default_value = "chaos-results")]
+    out: PathBuf,
+    /// The concord binary (default: the one beside this program).
+    #[arg(long)]
+    concord: Option<PathBuf>,
+    /// Keep the members' data dirs of valid runs too (they are kept for invalid ones).
+    #[arg(long)]
+    keep_data: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let bin = match &args.concord {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.with_file_name("concord"),
+    };
+    anyhow::ensure!(bin.exists(), "no concord binary at {} (build it, or pass --concord)", bin.display());
+    let first = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    });
+    let mut invalid = 0;
+    for seed in first..first + args.runs {
+        for &kind in &args.workload {
+            let summary =
+                run(&args, &bin, kind, seed).await.with_context(|| format!("{kind:?} seed {seed}"))?;
+            println!("{}", summary.0);
+            invalid += usize::from(!summary.1);
+        }
+    }
+    anyhow::ensure!(invalid == 0, "{invalid} invalid run(s)");
+    Ok(())
+}
+
+/// One run: returns its summary line and whether it was valid.
+async fn run(args: &Args, bin: &std::path::Path, kind: workload::Kind, seed: u64) -> Result<(String, bool)> {
+    let name = format!("{kind:?}").to_lowercase();
+    let dir = args.out.join(format!("{name}-{seed}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let mut cluster = Cluster::start(bin, &dir, args.members, args.snapshot_count).await?;
+    cluster.wait_healthy(Duration::from_secs(30)).await?;
+
+    let start = std::time::Instant::now();
+    let until = tokio::time::Instant::now() + Duration::from_secs(args.time);
+    let channels = cluster
+        .endpoints()
+        .into_iter()
+        .map(|e| Ok(Endpoint::from_shared(e)?.connect_timeout(Duration::from_millis(500)).connect_lazy()))
+        .collect::<Result<Vec<_>>>()?;
+    let mut rng = Rng::new(seed);
+    let ctx = Ctx {
+        channels,
+        clients: args.clients,
+        rate: args.rate,
+        timeout: Duration::from_millis(args.timeout_ms),
+        start,
+        until,
+        seed: rng.next_u64(),
+    };
+    let (healed, healed_rx) = oneshot::channel();
+    let work = tokio::spawn(workload::run(kind, ctx, healed_rx));
+    let kinds = if args.no_faults { &[][..] } else { &args.nemesis[..] };
+    let faults = nemesis::run(&mut cluster, kinds, rng.fork(), start, until).await?;
+    // A cluster that does not recover once every fault is healed is a failed run, not a pass.
+    let recovered = cluster.wait_healthy(Duration::from_secs(60)).await;
+    let _ = healed.send(());
+    let outcome = match recovered {
+        Ok(()) => work.await??,
+        Err(e) => {
+            work.abort();
+            workload::Outcome {
+                valid: false,
+                points: Vec::new(),
+                history: Vec::new(),
+                details: serde_json::json!({ "error": e.to_string() }),
+            }
+        }
+    };
+    drop(cluster);
+
+    let count = |s: Status| outcome.points.iter().filter(|p| p.status == s).count();
+    let nemesis = if kinds.is_empty() {
+        "none".to_string()
+    } else {
+        kinds.iter().map(|k| format!("{k:?}").to_lowercase()).collect::<Vec<_>>().join(",")
+    };
+    let summary = format!(
+        "workload={name} nemesis={nemesis} seed={seed} ops={} ok={} fail={} info={} faults={} valid={}",
+        outcome.points.len(),
+        count(Status::Ok),
+        count(Status::Fail),
+        count(Status::Info),
+        faults.len(),
+        outcome.valid
+    );
+    std::fs::write(dir.join("history.jsonl"), outcome.history.join("\n") + "\n")?;
+    std::fs::write(dir.join("nemesis.json"), serde_json::to_string_pretty(&faults)?)?;
+    let verdict =
+        serde_json::json!({ "valid": outcome.valid, "summary": summary, "checker": outcome.details });
+    std::fs::write(dir.join("verdict.json"), serde_json::to_string_pretty(&verdict)?)?;
+    let html = report::html(&summary, &outcome.details, &outcome.points, &faults, args.time as f64);
+    std::fs::write(dir.join("report.html"), html)?;
+    if outcome.valid && !args.keep_data {
+        for i in 0..args.members {
+            let _ = std::fs::remove_dir_all(dir.join(format!("n{}", i + 1)));
+        }
+    }
+    Ok((summary, outcome.valid))
+}

@@ -1,0 +1,288 @@
+//! The bank workload: transfers between accounts, each a Txn that moves money only if neither account
+//! changed since it was read (compare on mod revisions), and reads of every account at once. Every
+//! read must see the same total and no negative balance; reads at the same revision must agree; and
+//! revisions must respect real time (a read that began after an operation finished sees its revision).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use concord::client::prefix_end;
+use concord::pb::etcdserverpb::{
+    compare, request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::{attempt, lines, settle, Conn, Ctx, Outcome};
+use crate::history::{points, Named, Op, Recorder, Status};
+
+const ACCOUNTS: u64 = 5;
+const INITIAL: i64 = 100;
+const PREFIX: &str = "bank/";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "f", rename_all = "lowercase")]
+pub enum BankOp {
+    /// Ok: moved, at `revision`; Fail: an account had changed since it was read.
+    Transfer {
+        from: u64,
+        to: u64,
+        amount: i64,
+        revision: Option<i64>,
+    },
+    Read {
+        balances: BTreeMap<u64, i64>,
+        revision: i64,
+    },
+}
+
+impl Named for BankOp {
+    fn f(&self) -> &'static str {
+        match self {
+            BankOp::Transfer { .. } => "transfer",
+            BankOp::Read { .. } => "read",
+        }
+    }
+}
+
+fn account(i: u64) -> Vec<u8> {
+    format!("{PREFIX}{i}").into_bytes()
+}
+
+fn read_all() -> RangeRequest {
+    RangeRequest { key: PREFIX.into(), range_end: prefix_end(PREFIX.as_bytes()), ..Default::default() }
+}
+
+/// Balances and mod revisions by account, and the read's revision.
+fn parse(r: &concord::pb::etcdserverpb::RangeResponse) -> (BTreeMap<u64, (i64, i64)>, i64) {
+    let accounts = r
+        .kvs
+        .iter()
+        .filter_map(|kv| {
+            let i = std::str::from_utf8(&kv.key).ok()?.strip_prefix(PREFIX)?.parse().ok()?;
+            let balance = std::str::from_utf8(&kv.value).ok()?.parse().ok()?;
+            Some((i, (balance, kv.mod_revision)))
+        })
+        .collect();
+    (accounts, r.header.as_ref().map_or(0, |h| h.revision))
+}
+
+pub async fn run(ctx: Ctx, healed: oneshot::Receiver<()>) -> anyhow::Result<Outcome> {
+    let rec = Recorder::new(ctx.start);
+    // Open the accounts in one Txn before the clients start.
+    let mut conn = Conn::new(&ctx, ctx.clients);
+    let open: Vec<RequestOp> = (0..ACCOUNTS)
+        .map(|i| RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: account(i),
+                value: INITIAL.to_string().into(),
+                ..Default::default()
+            })),
+        })
+        .collect();
+    settle(&mut conn, Duration::from_secs(30), |mut kv| {
+        let success = open.clone();
+        async move { kv.txn(TxnRequest { success, ..Default::default() }).await }
+    })
+    .await?;
+
+    let workers: Vec<_> =
+        (0..ctx.clients).map(|p| tokio::spawn(client(ctx.clone(), p, rec.clone()))).collect();
+    for w in workers {
+        w.await?;
+    }
+    let _ = healed.await;
+    let invoke = rec.now();
+    let last = settle(&mut conn, Duration::from_secs(30), |mut kv| async move { kv.range(read_all()).await })
+        .await?;
+    let (accounts, revision) = parse(&last);
+    let balances = accounts.into_iter().map(|(i, (b, _))| (i, b)).collect();
+    rec.record(ctx.clients, invoke, Status::Ok, BankOp::Read { balances, revision });
+
+    let history = rec.history();
+    let verdict = check(&history);
+    Ok(Outcome {
+        valid: verdict.problems.is_empty(),
+        points: points(&history),
+        history: lines(&history),
+        details: serde_json::to_value(&verdict)?,
+    })
+}
+
+async fn client(ctx: Ctx, process: usize, rec: Recorder<BankOp>) {
+    let mut conn = Conn::new(&ctx, process);
+    while ctx.running() {
+        ctx.pace(&mut conn.rng).await;
+        let invoke = rec.now();
+        let mut kv = conn.kv();
+        let read = attempt(ctx.timeout, kv.range(read_all())).await;
+        let Ok(read) = read else {
+            rec.record(
+                process,
+                invoke,
+                Status::Fail,
+                BankOp::Read { balances: BTreeMap::new(), revision: 0 },
+            );
+            conn.failed();
+            continue;
+        };
+        let (accounts, revision) = parse(&read);
+        if conn.rng.chance(0.5) {
+            let balances = accounts.iter().map(|(i, (b, _))| (*i, *b)).collect();
+            rec.record(process, invoke, Status::Ok, BankOp::Read { balances, revision });
+            continue;
+        }
+        // A transfer: between two accounts as just read, if neither has changed since.
+        let from = conn.rng.below(ACCOUNTS);
+        let to = (from + 1 + conn.rng.below(ACCOUNTS - 1)) % ACCOUNTS;
+        let (Some(&(from_balance, from_rev)), Some(&(to_balance, to_rev))) =
+            (accounts.get(&from), accounts.get(&to))
+        else {
+            continue;
+        };
+        let amount = conn.rng.between(0, 5).min(from_balance.max(0) as u64) as i64;
+        let same = |key: u64, rev: i64| Compare {
+            key: account(key),
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Mod as i32,
+            target_union: Some(compare::TargetUnion::ModRevision(rev)),
+            ..Default::default()
+        };
+        let set = |key: u64, balance: i64| RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: account(key),
+                value: balance.to_string().into(),
+                ..Default::default()
+            })),
+        };
+        let txn = kv.txn(TxnRequest {
+            compare: vec![same(from, from_rev), same(to, to_rev)],
+            success: vec![set(from, from_balance - amount), set(to, to_balance + amount)],
+            failure: vec![],
+        });
+        let (status, revision) = match attempt(ctx.timeout, txn).await {
+            Ok(r) if r.succeeded => (Status::Ok, r.header.map(|h| h.revision)),
+            Ok(_) => (Status::Fail, None),
+            Err(s) => (s, None),
+        };
+        if matches!(status, Status::Info) {
+            conn.failed();
+        }
+        rec.record(process, invoke, status, BankOp::Transfer { from, to, amount, revision });
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct BankVerdict {
+    pub reads: usize,
+    pub transfers: usize,
+    pub problems: Vec<String>,
+}
+
+pub fn check(history: &[Op<BankOp>]) -> BankVerdict {
+    let mut v = BankVerdict::default();
+    let total = INITIAL * ACCOUNTS as i64;
+    let mut at_revision: BTreeMap<i64, &BTreeMap<u64, i64>> = BTreeMap::new();
+    // (revision, invoke, complete) of everything acknowledged, for the real-time check.
+    let mut done: Vec<(i64, u64, u64, usize)> = Vec::new();
+    for (n, o) in history.iter().enumerate() {
+        if o.status != Status::Ok {
+            continue;
+        }
+        match &o.value {
+            BankOp::Read { balances, revision } => {
+                v.reads += 1;
+                let sum: i64 = balances.values().sum();
+                if sum != total || balances.len() != ACCOUNTS as usize || balances.values().any(|b| *b < 0) {
+                    v.problems.push(format!(
+                        "read at revision {revision} saw {balances:?} (total {sum}, want {total})"
+                    ));
+                }
+                match at_revision.insert(*revision, balances) {
+                    Some(other) if other != balances => v.problems.push(format!(
+                        "two reads at revision {revision} disagree: {other:?} and {balances:?}"
+                    )),
+                    _ => {}
+                }
+                done.push((*revision, o.invoke, o.complete, n));
+            }
+            BankOp::Transfer { revision, .. } => {
+                v.transfers += 1;
+                if let Some(r) = revision {
+                    done.push((*r, o.invoke, o.complete, n));
+                }
+            }
+        }
+    }
+    // Strictly serializable in revision order: whatever completed before another operation began
+    // must have a revision no greater than what that operation saw or wrote.
+    let mut by_complete = done.clone();
+    by_complete.sort_by_key(|d| d.2);
+    let mut by_invoke = done;
+    by_invoke.sort_by_key(|d| d.1);
+    let (mut i, mut highest): (usize, Option<(i64, usize)>) = (0, None);
+    for &(rev, invoke, _, n) in &by_invoke {
+        while i < by_complete.len() && by_complete[i].2 < invoke {
+            let (r, _, _, m) = by_complete[i];
+            if highest.is_none_or(|(h, _)| r > h) {
+                highest = Some((r, m));
+            }
+            i += 1;
+        }
+        if let Some((h, m)) = highest {
+            if rev < h {
+                v.problems.push(format!(
+                    "operation {n} ({:?}) at revision {rev} began after operation {m} ({:?}) at revision {h} \
+                     had finished",
+                    history[n].value, history[m].value
+                ));
+            }
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(invoke: u64, revision: i64, balances: &[i64]) -> Op<BankOp> {
+        let balances = balances.iter().enumerate().map(|(i, b)| (i as u64, *b)).collect();
+        Op {
+            process: 0,
+            status: Status::Ok,
+            invoke,
+            complete: invoke + 5,
+            value: BankOp::Read { balances, revision },
+        }
+    }
+
+    fn transfer(invoke: u64, revision: i64) -> Op<BankOp> {
+        let value = BankOp::Transfer { from: 0, to: 1, amount: 10, revision: Some(revision) };
+        Op { process: 1, status: Status::Ok, invoke, complete: invoke + 5, value }
+    }
+
+    #[test]
+    fn consistent_reads_pass() {
+        let h = [read(0, 2, &[100; 5]), transfer(10, 3), read(20, 3, &[90, 110, 100, 100, 100])];
+        assert_eq!(check(&h).problems, Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_changed_total_is_flagged() {
+        let h = [read(0, 3, &[90, 100, 100, 100, 100])];
+        assert!(check(&h).problems[0].contains("total 490"));
+    }
+
+    #[test]
+    fn a_read_behind_a_finished_transfer_is_flagged() {
+        let h = [transfer(0, 5), read(20, 4, &[100; 5])];
+        assert!(check(&h).problems[0].contains("began after"), "{:?}", check(&h).problems);
+    }
+
+    #[test]
+    fn reads_disagreeing_at_one_revision_are_flagged() {
+        let h = [read(0, 4, &[100; 5]), read(10, 4, &[90, 110, 100, 100, 100])];
+        assert!(check(&h).problems[0].contains("disagree"));
+    }
+}
