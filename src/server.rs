@@ -174,6 +174,14 @@ impl Server {
                 .collect();
             // Every member of a new cluster initializes with the same membership; openraft allows that.
             raft.initialize(nodes).await.map_err(|e| ServerError::Raft(e.to_string()))?;
+        } else if initialized {
+            // A restarted member starts as a follower (see `LogStore::read_vote`); the only voter need
+            // not wait out an election timeout to lead again (etcd's initial election tick advance).
+            let m = raft.metrics().borrow().clone();
+            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            if voters == [id] {
+                let _ = raft.trigger().elect().await;
+            }
         }
 
         let leader_wait = Duration::from_secs(5) + Duration::from_millis(2 * config.election_timeout);

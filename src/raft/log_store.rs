@@ -207,8 +207,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.sync_db().await
     }
 
+    /// The vote, never as a committed (leader's) one: openraft would resume a committed vote's
+    /// leadership at once on restart, taking its read index from a commit index that may be older than
+    /// what it acknowledged before the crash (the commit index is not synced), so a read could go back in
+    /// time (found by concord-chaos). A restarted member starts as a follower, as in etcd; the term and
+    /// who it voted for, all that Raft needs kept, are unchanged.
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        get_meta(&self.db, keys::VOTE)
+        let vote: Option<Vote> = get_meta(&self.db, keys::VOTE)?;
+        Ok(vote.map(|v| Vote::new(v.leader_id().term, v.leader_id().voted_for().unwrap_or_default())))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {

@@ -103,7 +103,10 @@ impl RaftNode {
                 m.current_leader.map(|id| (id, m.membership_config.membership().get_node(&id).cloned()))
             };
             match leader {
-                Some((id, _)) if id == self.id => return Ok(self.answer_lease(query)),
+                Some((id, _)) if id == self.id => match self.answer_lease(query.clone()).await {
+                    Err(NodeError::NoLeader) => {} // deposed meanwhile: ask the new leader
+                    answer => return answer,
+                },
                 Some((id, Some(node))) => {
                     if let Ok(answer) = self.ask_leader(id, &node, &query, deadline).await {
                         return Ok(answer);
@@ -135,16 +138,24 @@ impl RaftNode {
             .map_err(|e| NodeError::Internal(e.to_string()))?
     }
 
-    /// The answer of this member's lease clock (meaningful on the leader).
-    pub fn answer_lease(&self, query: LeaseQuery) -> LeaseAnswer {
-        match query {
+    /// The answer of this member's lease clock, given only while it leads: a quorum confirms that first
+    /// (etcd's `ensureLeadership` before a renewal), and the answer waits until everything committed
+    /// before has been applied here. A deposed leader that has not noticed yet would otherwise renew
+    /// leases that the new leader is about to expire, or not know of a lease just granted.
+    pub async fn answer_lease(&self, query: LeaseQuery) -> Result<LeaseAnswer, NodeError> {
+        let (index, confirmed_by) = self.reads.read_index().await?;
+        if confirmed_by != self.id {
+            return Err(NodeError::NoLeader);
+        }
+        self.wait_applied(index).await?;
+        Ok(match query {
             LeaseQuery::Renew(id) => {
                 LeaseAnswer::Renewed(self.lessor.renew(id, self.sm.lease(id, false).map(|l| l.0)))
             }
             LeaseQuery::TimeToLive { id, keys } => LeaseAnswer::TimeToLive(
                 self.sm.lease(id, keys).map(|(ttl, ks)| (ttl, self.lessor.remaining(id, ttl), ks)),
             ),
-        }
+        })
     }
 
     /// Proposes on the leader only: a member that is not the leader answers `NoLeader` instead of passing
@@ -207,7 +218,7 @@ impl RaftNode {
     /// The commit index a linearizable read must wait for, confirmed by the leader with a quorum; shared
     /// by every read that arrives while the previous confirmation was in flight.
     pub async fn read_index(&self) -> Result<u64, NodeError> {
-        self.reads.read_index().await
+        Ok(self.reads.read_index().await?.0)
     }
 
     pub async fn wait_applied(&self, index: u64) -> Result<(), NodeError> {

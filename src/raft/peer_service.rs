@@ -55,7 +55,7 @@ impl RaftPeer for PeerService {
         if self.node.leader() != Some(self.node.id) {
             return payload(&Err::<LeaseAnswer, _>(NodeError::NoLeader));
         }
-        payload(&Ok::<_, NodeError>(self.node.answer_lease(query)))
+        payload(&self.node.answer_lease(query).await)
     }
 
     async fn read_index(&self, _req: GrpcRequest<RaftPayload>) -> Result<GrpcResponse<RaftPayload>, Status> {

@@ -13,7 +13,9 @@ use super::node::NodeError;
 use super::types::Raft;
 use crate::pb::concordraft::RaftPayload;
 
-type Waiter = oneshot::Sender<Result<u64, NodeError>>;
+/// A round's answer: the read index, and the leader that confirmed it.
+type Round = Result<(u64, u64), NodeError>;
+type Waiter = oneshot::Sender<Round>;
 
 #[derive(Clone)]
 pub struct ReadIndexer {
@@ -45,8 +47,8 @@ impl ReadIndexer {
         ReadIndexer { tx }
     }
 
-    /// The commit index a linearizable read arriving now must wait for.
-    pub async fn read_index(&self) -> Result<u64, NodeError> {
+    /// The commit index a linearizable read arriving now must wait for, and the leader that confirmed it.
+    pub async fn read_index(&self) -> Round {
         let (tx, rx) = oneshot::channel();
         self.tx.send(tx).map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)?
@@ -59,12 +61,12 @@ impl Source {
     }
 
     /// One round: on the leader, a quorum confirms leadership; elsewhere, the leader answers.
-    async fn fetch(&self) -> Result<u64, NodeError> {
+    async fn fetch(&self) -> Round {
         let deadline = tokio::time::Instant::now() + self.leader_wait;
         loop {
             match self.leader() {
                 Some(l) if l == self.id => match self.raft.get_read_log_id().await {
-                    Ok((read, _)) => return Ok(read.map_or(0, |l| l.index)),
+                    Ok((read, _)) => return Ok((read.map_or(0, |l| l.index), l)),
                     Err(RaftError::Fatal(_)) => return Err(NodeError::Stopped),
                     Err(RaftError::APIError(_)) => {}
                 },
@@ -77,7 +79,7 @@ impl Source {
                         match tokio::time::timeout_at(deadline, call).await {
                             Ok(Ok(reply)) => {
                                 match decode::<Result<u64, NodeError>>(&reply.into_inner().data) {
-                                    Ok(Ok(index)) => return Ok(index),
+                                    Ok(Ok(index)) => return Ok((index, l)),
                                     // The member we took for the leader is not (any more): ask again.
                                     Ok(Err(NodeError::NoLeader)) => {}
                                     Ok(Err(e)) => return Err(e),

@@ -64,6 +64,20 @@ impl Member {
         self.child.is_some()
     }
 
+    /// SIGSTOP: alive, holding its sockets, answering nothing.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        assert!(Command::new("kill").args([sig, &pid]).status().expect("kill").success());
+    }
+
     pub async fn client(&self) -> etcd_client::Client {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

@@ -18,7 +18,7 @@ mod workload;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use tokio::sync::oneshot;
 use tonic::transport::Endpoint;
@@ -32,7 +32,7 @@ use crate::workload::Ctx;
 #[command(about = "Jepsen-style fault runs against a concord cluster")]
 struct Args {
     /// Workloads, one run each per seed.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "register,set,bank,watch")]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "register,set,bank,watch,lease,lock")]
     workload: Vec<workload::Kind>,
     /// Faults to draw from.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "partition,kill,pause,delay")]
@@ -72,11 +72,21 @@ struct Args {
     /// Keep the members' data dirs of valid runs too (they are kept for invalid ones).
     #[arg(long)]
     keep_data: bool,
+    /// Check a finished run's history again (its folder), with the first `--workload`'s checker.
+    #[arg(long, value_name = "RUN_DIR")]
+    recheck: Option<PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(dir) = &args.recheck {
+        let history = std::fs::read_to_string(dir.join("history.jsonl"))?;
+        let (valid, details) = workload::recheck(args.workload[0], &history)?;
+        println!("{}", serde_json::to_string_pretty(&details)?);
+        anyhow::ensure!(valid, "invalid: {}", dir.display());
+        return Ok(());
+    }
     let bin = match &args.concord {
         Some(b) => b.clone(),
         None => std::env::current_exe()?.with_file_name("concord"),
@@ -88,10 +98,13 @@ async fn main() -> Result<()> {
     let mut invalid = 0;
     for seed in first..first + args.runs {
         for &kind in &args.workload {
-            let summary =
-                run(&args, &bin, kind, seed).await.with_context(|| format!("{kind:?} seed {seed}"))?;
-            println!("{}", summary.0);
-            invalid += usize::from(!summary.1);
+            // A run the harness could not carry out (a member that would not start) counts as invalid.
+            let (summary, valid) = match run(&args, &bin, kind, seed).await {
+                Ok(done) => done,
+                Err(e) => (format!("workload={kind:?} seed={seed} error={e:#} valid=false"), false),
+            };
+            println!("{summary}");
+            invalid += usize::from(!valid);
         }
     }
     anyhow::ensure!(invalid == 0, "{invalid} invalid run(s)");

@@ -2,6 +2,8 @@
 //! makes its final reads, and checks the history it recorded.
 
 pub mod bank;
+pub mod lease;
+pub mod lock;
 pub mod register;
 pub mod set;
 pub mod watch;
@@ -29,6 +31,12 @@ pub enum Kind {
     Bank,
     /// Watchers of a prefix (reconnecting from their last revision) must see exactly the final history.
     Watch,
+    /// Keys on kept-alive leases never vanish; keys on abandoned leases vanish within TTL plus a bound.
+    Lease,
+    /// A counter incremented under a concord Mutex with fenced (guarded) writes: no lost increment.
+    Lock,
+    /// The same with plain writes: shows why fencing is needed (expected to fail under faults).
+    LockUnguarded,
 }
 
 /// What every workload gets from the harness.
@@ -141,7 +149,41 @@ pub async fn run(kind: Kind, ctx: Ctx, healed: oneshot::Receiver<()>) -> anyhow:
         Kind::Set => set::run(ctx, healed).await,
         Kind::Bank => bank::run(ctx, healed).await,
         Kind::Watch => watch::run(ctx, healed).await,
+        Kind::Lease => lease::run(ctx, healed).await,
+        Kind::Lock => lock::run(ctx, healed, true).await,
+        Kind::LockUnguarded => lock::run(ctx, healed, false).await,
     }
+}
+
+/// Checks a saved history again (`history.jsonl` of a run): whether it is valid, and the findings.
+/// The watch workload's verdict rests on its watchers' logs, which are not saved.
+pub fn recheck(kind: Kind, history: &str) -> anyhow::Result<(bool, serde_json::Value)> {
+    fn parse<V: serde::de::DeserializeOwned>(history: &str) -> anyhow::Result<Vec<crate::history::Op<V>>> {
+        history.lines().filter(|l| !l.trim().is_empty()).map(|l| Ok(serde_json::from_str(l)?)).collect()
+    }
+    Ok(match kind {
+        Kind::Register => {
+            let v = register::check(&parse(history)?);
+            (v.values().all(Option::is_none), serde_json::to_value(v)?)
+        }
+        Kind::Set => {
+            let v = set::check(&parse(history)?);
+            (v.valid(), serde_json::to_value(v)?)
+        }
+        Kind::Bank => {
+            let v = bank::check(&parse(history)?);
+            (v.problems.is_empty(), serde_json::to_value(v)?)
+        }
+        Kind::Lease => {
+            let v = lease::check(&parse(history)?);
+            (v.problems.is_empty(), serde_json::to_value(v)?)
+        }
+        Kind::Lock | Kind::LockUnguarded => {
+            let v = lock::check(&parse(history)?);
+            (v.problems.is_empty(), serde_json::to_value(v)?)
+        }
+        Kind::Watch => anyhow::bail!("a watch run cannot be checked again: its watchers' logs are not saved"),
+    })
 }
 
 /// Serialises a history, one operation per line.
