@@ -348,8 +348,11 @@ async fn lease_clock(
         for id in node.lessor.expired(&node.sm.leases()) {
             let node = node.clone();
             tokio::spawn(async move {
-                match node.write(crate::raft::Request::LeaseRevoke { id }).await {
+                // Proposed here or nowhere: a revoke forwarded to a newer leader would carry out this
+                // clock's decision after that leader renewed the lease (found by concord-chaos).
+                match node.write_as_leader(crate::raft::Request::LeaseRevoke { id }).await {
                     Ok(_) => tracing::debug!(lease = id, "revoked expired lease"),
+                    Err(crate::raft::node::NodeError::NoLeader) => {} // deposed: the new leader's clock decides
                     Err(e) => {
                         tracing::warn!(lease = id, "revoking an expired lease: {e}; will retry");
                         node.lessor.retry(id);

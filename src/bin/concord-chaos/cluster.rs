@@ -99,26 +99,39 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// What the cluster runs.
+#[derive(Clone, Debug)]
+pub enum Server {
+    Concord(PathBuf),
+    /// Real etcd, to validate the harness: it must pass the same workloads.
+    Etcd(PathBuf),
+}
+
 impl Cluster {
     /// Starts `n` members named n1…nN with small timeouts and `--snapshot-count snapshot_count`, so that
     /// elections, snapshots and log purges all happen within a short run.
-    pub async fn start(bin: &Path, dir: &Path, n: usize, snapshot_count: u64) -> Result<Cluster> {
+    pub async fn start(server: &Server, dir: &Path, n: usize, snapshot_count: u64) -> Result<Cluster> {
         let client_ports = (0..n).map(|_| free_port()).collect::<Result<Vec<_>>>()?;
         let peer_ports = (0..n).map(|_| free_port()).collect::<Result<Vec<_>>>()?;
-        let net = Net::start(&peer_ports).await?;
         let name = |i: usize| format!("n{}", i + 1);
-        let initial_cluster = (0..n)
-            .map(|i| format!("{}=http://127.0.0.1:{}", name(i), peer_ports[i]))
-            .collect::<Vec<_>>()
-            .join(",");
+        // concord dials each peer through a proxy of its own; etcd dials the URL a peer advertises, so
+        // each etcd member advertises the proxy in front of it.
+        let (net, bin, advertised) = match server {
+            Server::Concord(bin) => {
+                let urls = peer_ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect::<Vec<_>>();
+                (Net::start(&peer_ports).await?, bin, urls)
+            }
+            Server::Etcd(bin) => {
+                let net = Net::start_by_header(&peer_ports).await?;
+                let urls = (0..n).map(|j| net.dial_url((j + 1) % n, j)).collect();
+                (net, bin, urls)
+            }
+        };
+        let initial_cluster =
+            (0..n).map(|i| format!("{}={}", name(i), advertised[i])).collect::<Vec<_>>().join(",");
         let mut members = Vec::new();
         for i in 0..n {
             let client = format!("http://127.0.0.1:{}", client_ports[i]);
-            let peer = format!("http://127.0.0.1:{}", peer_ports[i]);
-            let dial = (0..n)
-                .filter(|&j| j != i)
-                .map(|j| format!("{}={}", name(j), net.dial_url(i, j)))
-                .collect::<Vec<_>>();
             let mut args: Vec<String> = vec![
                 "--name".into(),
                 name(i),
@@ -129,9 +142,9 @@ impl Cluster {
                 "--advertise-client-urls".into(),
                 client,
                 "--listen-peer-urls".into(),
-                peer.clone(),
+                format!("http://127.0.0.1:{}", peer_ports[i]),
                 "--initial-advertise-peer-urls".into(),
-                peer,
+                advertised[i].clone(),
                 "--initial-cluster".into(),
                 initial_cluster.clone(),
                 "--initial-cluster-token".into(),
@@ -143,16 +156,17 @@ impl Cluster {
                 "--snapshot-count".into(),
                 snapshot_count.to_string(),
             ];
-            if !dial.is_empty() {
+            if matches!(server, Server::Concord(_)) && n > 1 {
+                let dial = (0..n).filter(|&j| j != i).map(|j| format!("{}={}", name(j), net.dial_url(i, j)));
                 args.push("--experimental-peer-dial-urls".into());
-                args.push(dial.join(","));
+                args.push(dial.collect::<Vec<_>>().join(","));
             }
             let mut m = Member {
                 name: name(i),
                 client_port: client_ports[i],
                 args,
                 log: dir.join(format!("{}.log", name(i))),
-                bin: bin.to_path_buf(),
+                bin: bin.clone(),
                 child: None,
                 paused: false,
             };
@@ -210,6 +224,21 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// Tells the proxies which member id is which member (for etcd's `X-Server-From`).
+    pub async fn name_members(&self) -> Result<()> {
+        use concord::pb::etcdserverpb::{cluster_client::ClusterClient, MemberListRequest};
+        let mut cluster = ClusterClient::new(self.channels[0].clone());
+        let list = cluster.member_list(MemberListRequest::default());
+        let list = tokio::time::timeout(Duration::from_secs(5), list).await??.into_inner();
+        let ids = list
+            .members
+            .iter()
+            .filter_map(|m| Some((m.id, self.members.iter().position(|x| x.name == m.name)?)))
+            .collect();
+        self.net.name_senders(ids);
+        Ok(())
+    }
+
     /// Waits until every member answers a linearizable read (so it has a leader it can reach).
     pub async fn wait_healthy(&self, timeout: Duration) -> Result<()> {
         use concord::pb::etcdserverpb::{kv_client::KvClient, RangeRequest};

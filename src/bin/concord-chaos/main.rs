@@ -23,7 +23,7 @@ use clap::Parser;
 use tokio::sync::oneshot;
 use tonic::transport::Endpoint;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Server};
 use crate::history::Status;
 use crate::rng::Rng;
 use crate::workload::Ctx;
@@ -69,6 +69,10 @@ struct Args {
     /// The concord binary (default: the one beside this program).
     #[arg(long)]
     concord: Option<PathBuf>,
+    /// Run real etcd (this binary) instead of concord, to validate the harness and the checkers. Peer
+    /// links then go through one proxy per member, which tells senders apart by etcd's headers.
+    #[arg(long, value_name = "ETCD_BIN")]
+    etcd: Option<PathBuf>,
     /// Keep the members' data dirs of valid runs too (they are kept for invalid ones).
     #[arg(long)]
     keep_data: bool,
@@ -87,11 +91,13 @@ async fn main() -> Result<()> {
         anyhow::ensure!(valid, "invalid: {}", dir.display());
         return Ok(());
     }
-    let bin = match &args.concord {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?.with_file_name("concord"),
+    let server = match (&args.etcd, &args.concord) {
+        (Some(etcd), _) => Server::Etcd(etcd.clone()),
+        (None, Some(b)) => Server::Concord(b.clone()),
+        (None, None) => Server::Concord(std::env::current_exe()?.with_file_name("concord")),
     };
-    anyhow::ensure!(bin.exists(), "no concord binary at {} (build it, or pass --concord)", bin.display());
+    let (Server::Concord(bin) | Server::Etcd(bin)) = &server;
+    anyhow::ensure!(bin.exists(), "no server binary at {} (build concord, or pass --concord)", bin.display());
     let first = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
     });
@@ -99,9 +105,9 @@ async fn main() -> Result<()> {
     for seed in first..first + args.runs {
         for &kind in &args.workload {
             // A run the harness could not carry out (a member that would not start) counts as invalid.
-            let (summary, valid) = match run(&args, &bin, kind, seed).await {
+            let (summary, valid) = match run(&args, &server, kind, seed).await {
                 Ok(done) => done,
-                Err(e) => (format!("workload={kind:?} seed={seed} error={e:#} valid=false"), false),
+                Err(e) => (format!("server=? workload={kind:?} seed={seed} error={e:#} valid=false"), false),
             };
             println!("{summary}");
             invalid += usize::from(!valid);
@@ -112,13 +118,14 @@ async fn main() -> Result<()> {
 }
 
 /// One run: returns its summary line and whether it was valid.
-async fn run(args: &Args, bin: &std::path::Path, kind: workload::Kind, seed: u64) -> Result<(String, bool)> {
+async fn run(args: &Args, server: &Server, kind: workload::Kind, seed: u64) -> Result<(String, bool)> {
     let name = format!("{kind:?}").to_lowercase();
     let dir = args.out.join(format!("{name}-{seed}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let mut cluster = Cluster::start(bin, &dir, args.members, args.snapshot_count).await?;
+    let mut cluster = Cluster::start(server, &dir, args.members, args.snapshot_count).await?;
     cluster.wait_healthy(Duration::from_secs(30)).await?;
+    cluster.name_members().await?;
 
     let start = std::time::Instant::now();
     let until = tokio::time::Instant::now() + Duration::from_secs(args.time);
@@ -164,8 +171,12 @@ async fn run(args: &Args, bin: &std::path::Path, kind: workload::Kind, seed: u64
     } else {
         kinds.iter().map(|k| format!("{k:?}").to_lowercase()).collect::<Vec<_>>().join(",")
     };
+    let server = match server {
+        Server::Concord(_) => "concord",
+        Server::Etcd(_) => "etcd",
+    };
     let summary = format!(
-        "workload={name} nemesis={nemesis} seed={seed} ops={} ok={} fail={} info={} faults={} valid={}",
+        "server={server} workload={name} nemesis={nemesis} seed={seed} ops={} ok={} fail={} info={} faults={} valid={}",
         outcome.points.len(),
         count(Status::Ok),
         count(Status::Fail),

@@ -13,8 +13,8 @@ use concord::pb::etcdserverpb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::{attempt, lines, settle, Conn, Ctx, Outcome};
-use crate::history::{points, Named, Op, Recorder, Status};
+use super::{attempt, clients, outcome, settle, Conn, Ctx, Outcome};
+use crate::history::{Named, Op, Recorder, Status};
 
 const ACCOUNTS: u64 = 5;
 const INITIAL: i64 = 100;
@@ -86,11 +86,7 @@ pub async fn run(ctx: Ctx, healed: oneshot::Receiver<()>) -> anyhow::Result<Outc
     })
     .await?;
 
-    let workers: Vec<_> =
-        (0..ctx.clients).map(|p| tokio::spawn(client(ctx.clone(), p, rec.clone()))).collect();
-    for w in workers {
-        w.await?;
-    }
+    clients(&ctx, |ctx, p| client(ctx, p, rec.clone())).await?;
     let _ = healed.await;
     let invoke = rec.now();
     let last = settle(&mut conn, Duration::from_secs(30), |mut kv| async move { kv.range(read_all()).await })
@@ -100,13 +96,7 @@ pub async fn run(ctx: Ctx, healed: oneshot::Receiver<()>) -> anyhow::Result<Outc
     rec.record(ctx.clients, invoke, Status::Ok, BankOp::Read { balances, revision });
 
     let history = rec.history();
-    let verdict = check(&history);
-    Ok(Outcome {
-        valid: verdict.problems.is_empty(),
-        points: points(&history),
-        history: lines(&history),
-        details: serde_json::to_value(&verdict)?,
-    })
+    outcome(&history, &check(&history))
 }
 
 async fn client(ctx: Ctx, process: usize, rec: Recorder<BankOp>) {
@@ -177,6 +167,12 @@ pub struct BankVerdict {
     pub reads: usize,
     pub transfers: usize,
     pub problems: Vec<String>,
+}
+
+impl super::Verdict for BankVerdict {
+    fn valid(&self) -> bool {
+        self.problems.is_empty()
+    }
 }
 
 pub fn check(history: &[Op<BankOp>]) -> BankVerdict {

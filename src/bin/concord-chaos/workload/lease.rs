@@ -12,8 +12,8 @@ use concord::pb::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, PutReq
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::{attempt, lines, settle, Conn, Ctx, Outcome};
-use crate::history::{points, Named, Op, Recorder, Status};
+use super::{attempt, clients, outcome, settle, Conn, Ctx, Outcome};
+use crate::history::{Named, Op, Recorder, Status};
 
 const PREFIX: &str = "lease/";
 const TTL: i64 = 3;
@@ -62,11 +62,7 @@ impl Named for LeaseOp {
 
 pub async fn run(ctx: Ctx, healed: oneshot::Receiver<()>) -> anyhow::Result<Outcome> {
     let rec = Recorder::new(ctx.start);
-    let workers: Vec<_> =
-        (0..ctx.clients).map(|p| tokio::spawn(client(ctx.clone(), p, rec.clone()))).collect();
-    for w in workers {
-        w.await?;
-    }
+    clients(&ctx, |ctx, p| client(ctx, p, rec.clone())).await?;
     let _ = healed.await;
 
     // Every lease is abandoned now: wait for their keys to go, up to the bound.
@@ -95,13 +91,7 @@ pub async fn run(ctx: Ctx, healed: oneshot::Receiver<()>) -> anyhow::Result<Outc
     rec.record(ctx.clients, invoke, Status::Ok, LeaseOp::Final { remaining });
 
     let history = rec.history();
-    let verdict = check(&history);
-    Ok(Outcome {
-        valid: verdict.problems.is_empty(),
-        points: points(&history),
-        history: lines(&history),
-        details: serde_json::to_value(&verdict)?,
-    })
+    outcome(&history, &check(&history))
 }
 
 /// One keepalive over a stream of its own: the lease's TTL, or 0 if it is gone.
@@ -202,6 +192,12 @@ pub struct LeaseVerdict {
     pub keepalives: usize,
     pub reads: usize,
     pub problems: Vec<String>,
+}
+
+impl super::Verdict for LeaseVerdict {
+    fn valid(&self) -> bool {
+        self.problems.is_empty()
+    }
 }
 
 pub fn check(history: &[Op<LeaseOp>]) -> LeaseVerdict {

@@ -14,8 +14,8 @@ use concord::pb::etcdserverpb::{request_op, PutRequest, RangeRequest, RequestOp,
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::{attempt, lines, settle, Conn, Ctx, Outcome};
-use crate::history::{points, Named, Op, Recorder, Status};
+use super::{attempt, clients, outcome, settle, Conn, Ctx, Outcome};
+use crate::history::{Named, Op, Recorder, Status};
 
 const COUNTER: &str = "lock-counter";
 const LOCK: &str = "chaos-lock";
@@ -50,11 +50,7 @@ fn counter(kvs: &[concord::pb::mvccpb::KeyValue]) -> i64 {
 
 pub async fn run(ctx: Ctx, healed: oneshot::Receiver<()>, guarded: bool) -> anyhow::Result<Outcome> {
     let rec = Recorder::new(ctx.start);
-    let workers: Vec<_> =
-        (0..ctx.clients).map(|p| tokio::spawn(client(ctx.clone(), p, rec.clone(), guarded))).collect();
-    for w in workers {
-        w.await?;
-    }
+    clients(&ctx, |ctx, p| client(ctx, p, rec.clone(), guarded)).await?;
     let _ = healed.await;
     let mut conn = Conn::new(&ctx, ctx.clients);
     let invoke = rec.now();
@@ -65,13 +61,7 @@ pub async fn run(ctx: Ctx, healed: oneshot::Receiver<()>, guarded: bool) -> anyh
     rec.record(ctx.clients, invoke, Status::Ok, LockOp::Final { value: counter(&read.kvs) });
 
     let history = rec.history();
-    let verdict = check(&history);
-    Ok(Outcome {
-        valid: verdict.problems.is_empty(),
-        points: points(&history),
-        history: lines(&history),
-        details: serde_json::to_value(&verdict)?,
-    })
+    outcome(&history, &check(&history))
 }
 
 async fn client(ctx: Ctx, process: usize, rec: Recorder<LockOp>, guarded: bool) {
@@ -133,6 +123,12 @@ pub struct LockVerdict {
     pub refused: usize,
     pub final_value: Option<i64>,
     pub problems: Vec<String>,
+}
+
+impl super::Verdict for LockVerdict {
+    fn valid(&self) -> bool {
+        self.problems.is_empty()
+    }
 }
 
 pub fn check(history: &[Op<LockOp>]) -> LockVerdict {

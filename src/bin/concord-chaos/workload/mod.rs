@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use crate::history::{Point, Status};
+use crate::history::{points, Named, Op, Point, Status};
 use crate::rng::Rng;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -155,35 +155,57 @@ pub async fn run(kind: Kind, ctx: Ctx, healed: oneshot::Receiver<()>) -> anyhow:
     }
 }
 
+/// A checker's findings.
+pub trait Verdict: Serialize {
+    fn valid(&self) -> bool;
+}
+
+/// Runs `client(ctx, process)` for every client and waits for all of them.
+pub async fn clients<F, Fut>(ctx: &Ctx, client: F) -> anyhow::Result<()>
+where
+    F: Fn(Ctx, usize) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let workers: Vec<_> = (0..ctx.clients).map(|p| tokio::spawn(client(ctx.clone(), p))).collect();
+    for w in workers {
+        w.await?;
+    }
+    Ok(())
+}
+
+/// A checked history as a run's outcome.
+pub fn outcome<V: Named + Serialize>(history: &[Op<V>], verdict: &impl Verdict) -> anyhow::Result<Outcome> {
+    Ok(Outcome {
+        valid: verdict.valid(),
+        points: points(history),
+        history: lines(history),
+        details: serde_json::to_value(verdict)?,
+    })
+}
+
 /// Checks a saved history again (`history.jsonl` of a run): whether it is valid, and the findings.
 /// The watch workload's verdict rests on its watchers' logs, which are not saved.
 pub fn recheck(kind: Kind, history: &str) -> anyhow::Result<(bool, serde_json::Value)> {
-    fn parse<V: serde::de::DeserializeOwned>(history: &str) -> anyhow::Result<Vec<crate::history::Op<V>>> {
-        history.lines().filter(|l| !l.trim().is_empty()).map(|l| Ok(serde_json::from_str(l)?)).collect()
+    fn judge<V: serde::de::DeserializeOwned, R: Verdict>(
+        history: &str,
+        check: fn(&[Op<V>]) -> R,
+    ) -> anyhow::Result<(bool, serde_json::Value)> {
+        let ops: Vec<Op<V>> = history
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        let verdict = check(&ops);
+        Ok((verdict.valid(), serde_json::to_value(verdict)?))
     }
-    Ok(match kind {
-        Kind::Register => {
-            let v = register::check(&parse(history)?);
-            (v.values().all(Option::is_none), serde_json::to_value(v)?)
-        }
-        Kind::Set => {
-            let v = set::check(&parse(history)?);
-            (v.valid(), serde_json::to_value(v)?)
-        }
-        Kind::Bank => {
-            let v = bank::check(&parse(history)?);
-            (v.problems.is_empty(), serde_json::to_value(v)?)
-        }
-        Kind::Lease => {
-            let v = lease::check(&parse(history)?);
-            (v.problems.is_empty(), serde_json::to_value(v)?)
-        }
-        Kind::Lock | Kind::LockUnguarded => {
-            let v = lock::check(&parse(history)?);
-            (v.problems.is_empty(), serde_json::to_value(v)?)
-        }
+    match kind {
+        Kind::Register => judge(history, register::check),
+        Kind::Set => judge(history, set::check),
+        Kind::Bank => judge(history, bank::check),
+        Kind::Lease => judge(history, lease::check),
+        Kind::Lock | Kind::LockUnguarded => judge(history, lock::check),
         Kind::Watch => anyhow::bail!("a watch run cannot be checked again: its watchers' logs are not saved"),
-    })
+    }
 }
 
 /// Serialises a history, one operation per line.

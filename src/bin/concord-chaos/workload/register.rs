@@ -11,8 +11,8 @@ use concord::pb::etcdserverpb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::{attempt, lines, Conn, Ctx, Outcome};
-use crate::history::{points, Named, Op, Recorder, Status};
+use super::{attempt, clients, outcome, Conn, Ctx, Outcome};
+use crate::history::{Named, Op, Recorder, Status};
 use crate::linear::{self, Call, Model};
 
 const KEYS: u64 = 5;
@@ -61,21 +61,10 @@ fn key_name(key: u64) -> Vec<u8> {
 pub async fn run(ctx: Ctx, healed: oneshot::Receiver<()>) -> anyhow::Result<Outcome> {
     let rec = Recorder::new(ctx.start);
     let next_value = Arc::new(AtomicI64::new(1));
-    let workers: Vec<_> = (0..ctx.clients)
-        .map(|p| tokio::spawn(client(ctx.clone(), p, rec.clone(), next_value.clone())))
-        .collect();
-    for w in workers {
-        w.await?;
-    }
+    clients(&ctx, |ctx, p| client(ctx, p, rec.clone(), next_value.clone())).await?;
     let _ = healed.await;
     let history = rec.history();
-    let verdict = check(&history);
-    Ok(Outcome {
-        valid: verdict.values().all(|v| v.is_none()),
-        points: points(&history),
-        history: lines(&history),
-        details: serde_json::to_value(&verdict)?,
-    })
+    outcome(&history, &check(&history))
 }
 
 async fn client(ctx: Ctx, process: usize, rec: Recorder<RegisterOp>, next_value: Arc<AtomicI64>) {
@@ -176,6 +165,12 @@ impl Model for Register {
             Step::Cas(from, to) => (*s == Some(from)).then_some(Some(to)),
             Step::CasFailed(from) => (*s != Some(from)).then_some(*s),
         }
+    }
+}
+
+impl super::Verdict for BTreeMap<u64, Option<String>> {
+    fn valid(&self) -> bool {
+        self.values().all(Option::is_none)
     }
 }
 

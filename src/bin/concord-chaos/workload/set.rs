@@ -11,8 +11,8 @@ use concord::pb::etcdserverpb::{PutRequest, RangeRequest};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::{attempt, lines, settle, Conn, Ctx, Outcome};
-use crate::history::{points, Named, Op, Recorder, Status};
+use super::{attempt, clients, outcome, settle, Conn, Ctx, Outcome};
+use crate::history::{Named, Op, Recorder, Status};
 
 const PREFIX: &str = "set/";
 
@@ -35,11 +35,7 @@ impl Named for SetOp {
 pub async fn run(ctx: Ctx, healed: oneshot::Receiver<()>) -> anyhow::Result<Outcome> {
     let rec = Recorder::new(ctx.start);
     let next = Arc::new(AtomicU64::new(0));
-    let workers: Vec<_> =
-        (0..ctx.clients).map(|p| tokio::spawn(client(ctx.clone(), p, rec.clone(), next.clone()))).collect();
-    for w in workers {
-        w.await?;
-    }
+    clients(&ctx, |ctx, p| client(ctx, p, rec.clone(), next.clone())).await?;
     let _ = healed.await;
 
     let mut conn = Conn::new(&ctx, ctx.clients);
@@ -58,13 +54,7 @@ pub async fn run(ctx: Ctx, healed: oneshot::Receiver<()>) -> anyhow::Result<Outc
     rec.record(ctx.clients, invoke, Status::Ok, SetOp::Read { elements });
 
     let history = rec.history();
-    let verdict = check(&history);
-    Ok(Outcome {
-        valid: verdict.valid(),
-        points: points(&history),
-        history: lines(&history),
-        details: serde_json::to_value(&verdict)?,
-    })
+    outcome(&history, &check(&history))
 }
 
 async fn client(ctx: Ctx, process: usize, rec: Recorder<SetOp>, next: Arc<AtomicU64>) {
@@ -95,8 +85,8 @@ pub struct SetVerdict {
     pub final_read: bool,
 }
 
-impl SetVerdict {
-    pub fn valid(&self) -> bool {
+impl super::Verdict for SetVerdict {
+    fn valid(&self) -> bool {
         self.final_read && self.lost.is_empty() && self.unexpected.is_empty()
     }
 }
@@ -134,6 +124,7 @@ pub fn check(history: &[Op<SetOp>]) -> SetVerdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workload::Verdict;
 
     fn add(status: Status, element: u64) -> Op<SetOp> {
         Op {

@@ -12,8 +12,8 @@ use concord::pb::mvccpb::event::EventType;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
-use super::{attempt, lines, settle, Conn, Ctx, Outcome};
-use crate::history::{points, Named, Op, Recorder, Status};
+use super::{attempt, outcome, settle, Conn, Ctx, Outcome};
+use crate::history::{Named, Op, Recorder, Status};
 
 const PREFIX: &str = "watch/";
 
@@ -78,13 +78,7 @@ pub async fn run(ctx: Ctx, healed: oneshot::Receiver<()>) -> anyhow::Result<Outc
         logs.push(w.await?);
     }
     let history = rec.history();
-    let verdict = check(&history, &reference, &logs);
-    Ok(Outcome {
-        valid: verdict.problems.is_empty(),
-        points: points(&history),
-        history: lines(&history),
-        details: serde_json::to_value(&verdict)?,
-    })
+    outcome(&history, &check(&history, &reference, &logs))
 }
 
 async fn writer(ctx: Ctx, process: usize, writers: usize, rec: Recorder<WatchOp>) {
@@ -215,6 +209,12 @@ pub struct WatchVerdict {
     pub watchers: usize,
     pub reconnects: usize,
     pub problems: Vec<String>,
+}
+
+impl super::Verdict for WatchVerdict {
+    fn valid(&self) -> bool {
+        self.problems.is_empty()
+    }
 }
 
 pub fn check(puts: &[Op<WatchOp>], reference: &[Event], logs: &[WatcherLog]) -> WatchVerdict {
