@@ -95,8 +95,27 @@ pub struct Cluster {
     channels: Vec<Channel>,
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `n` distinct free ports on 127.0.0.1, below the kernel's ephemeral range (32768 and up by default):
+/// a port from that range can be handed to some outgoing connection before its member binds it, or
+/// while the member is down between a kill and its restart.
+fn free_ports(n: usize) -> Result<Vec<u16>> {
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // A different starting point per harness keeps concurrent ones apart; binding proves a port free.
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos()
+        ^ std::process::id();
+    let mut held = Vec::new();
+    for i in 0..SPAN {
+        if held.len() == n {
+            break;
+        }
+        let port = (LOW + seed.wrapping_add(i) % SPAN) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    anyhow::ensure!(held.len() == n, "no {n} free ports between {LOW} and {}", LOW + SPAN);
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 /// What the cluster runs.
@@ -111,18 +130,18 @@ impl Cluster {
     /// Starts `n` members named n1…nN with small timeouts and `--snapshot-count snapshot_count`, so that
     /// elections, snapshots and log purges all happen within a short run.
     pub async fn start(server: &Server, dir: &Path, n: usize, snapshot_count: u64) -> Result<Cluster> {
-        let client_ports = (0..n).map(|_| free_port()).collect::<Result<Vec<_>>>()?;
-        let peer_ports = (0..n).map(|_| free_port()).collect::<Result<Vec<_>>>()?;
+        let ports = free_ports(2 * n)?;
+        let (client_ports, peer_ports) = ports.split_at(n);
         let name = |i: usize| format!("n{}", i + 1);
         // concord dials each peer through a proxy of its own; etcd dials the URL a peer advertises, so
         // each etcd member advertises the proxy in front of it.
         let (net, bin, advertised) = match server {
             Server::Concord(bin) => {
                 let urls = peer_ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect::<Vec<_>>();
-                (Net::start(&peer_ports).await?, bin, urls)
+                (Net::start(peer_ports).await?, bin, urls)
             }
             Server::Etcd(bin) => {
-                let net = Net::start_by_header(&peer_ports).await?;
+                let net = Net::start_by_header(peer_ports).await?;
                 let urls = (0..n).map(|j| net.dial_url((j + 1) % n, j)).collect();
                 (net, bin, urls)
             }
