@@ -177,8 +177,8 @@ impl Server {
         } else if initialized {
             // A restarted member starts as a follower (see `LogStore::read_vote`); the only voter need
             // not wait out an election timeout to lead again (etcd's initial election tick advance).
-            let m = raft.metrics().borrow().clone();
-            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            let voters: Vec<u64> =
+                raft.metrics().borrow().membership_config.membership().voter_ids().collect();
             if voters == [id] {
                 let _ = raft.trigger().elect().await;
             }

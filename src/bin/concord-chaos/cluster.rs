@@ -98,6 +98,11 @@ pub struct Cluster {
 /// `n` distinct free ports on 127.0.0.1, below the kernel's ephemeral range (32768 and up by default):
 /// a port from that range can be handed to some outgoing connection before its member binds it, or
 /// while the member is down between a kill and its restart.
+/// Member `i`'s name (and the name of its data dir and log under the run's folder).
+pub fn member_name(i: usize) -> String {
+    format!("n{}", i + 1)
+}
+
 fn free_ports(n: usize) -> Result<Vec<u16>> {
     const LOW: u32 = 20_000;
     const SPAN: u32 = 12_000;
@@ -132,7 +137,7 @@ impl Cluster {
     pub async fn start(server: &Server, dir: &Path, n: usize, snapshot_count: u64) -> Result<Cluster> {
         let ports = free_ports(2 * n)?;
         let (client_ports, peer_ports) = ports.split_at(n);
-        let name = |i: usize| format!("n{}", i + 1);
+        let name = member_name;
         // concord dials each peer through a proxy of its own; etcd dials the URL a peer advertises, so
         // each etcd member advertises the proxy in front of it.
         let (net, bin, advertised) = match server {

@@ -193,7 +193,7 @@ async fn run(args: &Args, server: &Server, kind: workload::Kind, seed: u64) -> R
     std::fs::write(dir.join("report.html"), html)?;
     if outcome.valid && !args.keep_data {
         for i in 0..args.members {
-            let _ = std::fs::remove_dir_all(dir.join(format!("n{}", i + 1)));
+            let _ = std::fs::remove_dir_all(dir.join(cluster::member_name(i)));
         }
     }
     Ok((summary, outcome.valid))

@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::cluster::Cluster;
+use crate::cluster::{member_name, Cluster};
 use crate::proxy::Link;
 use crate::rng::Rng;
 
@@ -66,7 +66,7 @@ pub async fn run(
 
 async fn inject(cluster: &mut Cluster, kind: Kind, rng: &mut Rng) -> Result<String> {
     let n = cluster.members.len();
-    let names = |ids: &[usize]| ids.iter().map(|&i| format!("n{}", i + 1)).collect::<Vec<_>>().join(",");
+    let names = |ids: &[usize]| ids.iter().map(|&i| member_name(i)).collect::<Vec<_>>().join(",");
     // Half the time the fault aims at the leader, as the interesting failures are the leader's.
     let target = match cluster.leader().await {
         Some(l) if rng.chance(0.5) => l,

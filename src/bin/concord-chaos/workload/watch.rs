@@ -38,6 +38,18 @@ pub struct Event {
     pub delete: bool,
 }
 
+impl From<concord::pb::mvccpb::Event> for Event {
+    fn from(e: concord::pb::mvccpb::Event) -> Event {
+        let kv = e.kv.unwrap_or_default();
+        Event {
+            revision: kv.mod_revision,
+            key: String::from_utf8_lossy(&kv.key).into_owned(),
+            value: String::from_utf8_lossy(&kv.value).into_owned(),
+            delete: e.r#type == EventType::Delete as i32,
+        }
+    }
+}
+
 pub async fn run(ctx: Ctx, healed: oneshot::Receiver<()>) -> anyhow::Result<Outcome> {
     let rec = Recorder::new(ctx.start);
     let writers = (ctx.clients / 2).max(1);
@@ -149,14 +161,9 @@ async fn watcher(ctx: Ctx, process: usize, mut target: watch::Receiver<Option<i6
                             return Err("compacted".to_string());
                         }
                         for e in r.events {
-                            let kv = e.kv.unwrap_or_default();
-                            next = kv.mod_revision + 1;
-                            log.events.push(Event {
-                                revision: kv.mod_revision,
-                                key: String::from_utf8_lossy(&kv.key).into_owned(),
-                                value: String::from_utf8_lossy(&kv.value).into_owned(),
-                                delete: e.r#type == EventType::Delete as i32,
-                            });
+                            let e = Event::from(e);
+                            next = e.revision + 1;
+                            log.events.push(e);
                         }
                     }
                     _ = target.changed() => {}
@@ -190,15 +197,7 @@ async fn read_history(conn: &Conn, target: i64) -> anyhow::Result<Vec<Event>> {
     let mut stream = client.watch(create).await?;
     let mut events = Vec::new();
     while events.last().is_none_or(|e: &Event| e.revision < target) {
-        for e in stream.next().await?.events {
-            let kv = e.kv.unwrap_or_default();
-            events.push(Event {
-                revision: kv.mod_revision,
-                key: String::from_utf8_lossy(&kv.key).into_owned(),
-                value: String::from_utf8_lossy(&kv.value).into_owned(),
-                delete: e.r#type == EventType::Delete as i32,
-            });
-        }
+        events.extend(stream.next().await?.events.into_iter().map(Event::from));
     }
     Ok(events)
 }
