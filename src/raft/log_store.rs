@@ -222,8 +222,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.put_meta(keys::COMMITTED, &committed)
     }
 
+    /// The stored commit index is not synced and may lag what the state machine made durable (a
+    /// checkpoint, which is also the snapshot); openraft refuses to start with a snapshot past the commit
+    /// index (found by concord-chaos: a member killed after writing a snapshot could not restart).
+    /// Whatever was applied was committed, so the applied log id is a lower bound.
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(get_meta::<Option<LogId>>(&self.db, keys::COMMITTED)?.flatten())
+        let stored = get_meta::<Option<LogId>>(&self.db, keys::COMMITTED)?.flatten();
+        Ok(stored.max(self.sm.last_applied()))
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
