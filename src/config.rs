@@ -84,6 +84,16 @@ pub struct Config {
         value_parser = parse_duration
     )]
     pub experimental_watch_progress_notify_interval: std::time::Duration,
+    /// Reject reconfiguration requests that would cause quorum loss.
+    #[arg(
+        long,
+        env = "ETCD_STRICT_RECONFIG_CHECK",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub strict_reconfig_check: bool,
     /// Dial these members at these URLs instead of their advertised peer URLs: name=url,... Not an
     /// etcd flag: the fault suite routes each directed peer link through a proxy of its own with it.
     #[arg(long, value_delimiter = ',', value_parser = parse_name_url)]

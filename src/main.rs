@@ -52,11 +52,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let server = Server::start(config).await.context("starting concord")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let removed = tokio::select! {
+        _ = tokio::signal::ctrl_c() => false,
+        _ = term.recv() => false,
+        _ = server.removed() => true,
+    };
     tracing::info!("shutting down");
     server.shutdown().await.context("shutting down")?;
+    if removed {
+        anyhow::bail!("{}", concord::raft::network::REMOVED);
+    }
     Ok(())
 }

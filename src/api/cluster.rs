@@ -1,64 +1,99 @@
-//! The Cluster service: MemberList now; membership changes arrive with the operations issue.
+//! The Cluster service: etcd's membership API, carried out by the leader (see `raft::membership`).
 
 use tonic::{Request, Response, Status};
 
-use super::{errors, header};
+use super::{header, node_status};
 use crate::pb::etcdserverpb::cluster_server::Cluster;
 use crate::pb::etcdserverpb::*;
+use crate::raft::membership::{MemberChange, MemberError, MemberInfo};
 use crate::raft::RaftNode;
 
 pub struct ClusterService {
     pub node: RaftNode,
 }
 
+fn member(m: MemberInfo) -> Member {
+    Member {
+        id: m.id,
+        name: m.name,
+        peer_ur_ls: m.peer_urls,
+        client_ur_ls: m.client_urls,
+        is_learner: m.learner,
+    }
+}
+
+fn members(list: Vec<MemberInfo>) -> Vec<Member> {
+    list.into_iter().map(member).collect()
+}
+
+fn member_status(e: MemberError) -> Status {
+    match e {
+        MemberError::Node(e) => node_status(e),
+        MemberError::BadUrls => Status::invalid_argument(e.to_string()),
+        MemberError::NotFound => Status::not_found(e.to_string()),
+        MemberError::Exists
+        | MemberError::PeerUrlExists
+        | MemberError::NotEnoughStarted
+        | MemberError::NotLearner
+        | MemberError::LearnerNotReady
+        | MemberError::TooManyLearners => Status::failed_precondition(e.to_string()),
+    }
+}
+
 impl ClusterService {
-    fn members(&self) -> Vec<Member> {
-        let m = self.node.raft.metrics().borrow().membership_config.clone();
-        let published = self.node.sm.client_urls();
-        m.membership()
-            .nodes()
-            .map(|(id, node)| Member {
-                id: *id,
-                name: node.name.clone(),
-                peer_ur_ls: node.peer_urls.clone(),
-                client_ur_ls: published.get(id).cloned().unwrap_or_else(|| node.client_urls.clone()),
-                is_learner: !m.membership().voter_ids().any(|v| v == *id),
-            })
-            .collect()
+    async fn change(&self, change: MemberChange) -> Result<(u64, Vec<MemberInfo>), Status> {
+        self.node.change_members(change).await.map_err(member_status)
     }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn member_add(&self, _: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
-        Err(errors::not_supported("MemberAdd"))
+    async fn member_add(
+        &self,
+        req: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        let req = req.into_inner();
+        let change = MemberChange::Add { peer_urls: req.peer_ur_ls.clone(), learner: req.is_learner };
+        let (id, list) = self.change(change).await?;
+        let added =
+            Member { id, peer_ur_ls: req.peer_ur_ls, is_learner: req.is_learner, ..Default::default() };
+        Ok(Response::new(MemberAddResponse {
+            header: header(&self.node),
+            member: Some(added),
+            members: members(list),
+        }))
     }
 
     async fn member_remove(
         &self,
-        _: Request<MemberRemoveRequest>,
+        req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(errors::not_supported("MemberRemove"))
+        let (_, list) = self.change(MemberChange::Remove { id: req.into_inner().id }).await?;
+        Ok(Response::new(MemberRemoveResponse { header: header(&self.node), members: members(list) }))
     }
 
     async fn member_update(
         &self,
-        _: Request<MemberUpdateRequest>,
+        req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(errors::not_supported("MemberUpdate"))
+        let req = req.into_inner();
+        let (_, list) = self.change(MemberChange::Update { id: req.id, peer_urls: req.peer_ur_ls }).await?;
+        Ok(Response::new(MemberUpdateResponse { header: header(&self.node), members: members(list) }))
     }
 
     async fn member_list(
         &self,
         _: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        Ok(Response::new(MemberListResponse { header: header(&self.node), members: self.members() }))
+        let list = members(self.node.members());
+        Ok(Response::new(MemberListResponse { header: header(&self.node), members: list }))
     }
 
     async fn member_promote(
         &self,
-        _: Request<MemberPromoteRequest>,
+        req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(errors::not_supported("MemberPromote"))
+        let (_, list) = self.change(MemberChange::Promote { id: req.into_inner().id }).await?;
+        Ok(Response::new(MemberPromoteResponse { header: header(&self.node), members: members(list) }))
     }
 }

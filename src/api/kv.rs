@@ -47,6 +47,9 @@ impl Kv for KvService {
         let req = request.into_inner();
         validate::range(&req)?;
         if !req.serializable {
+            if self.node.is_learner() {
+                return Err(super::learner::not_supported());
+            }
             self.node.read_barrier().await.map_err(node_status)?;
         }
         let mut resp = self.node.sm.read(|s| s.range(&req)).map_err(mvcc_status)?;

@@ -39,7 +39,7 @@ impl Maintenance for MaintenanceService {
             raft_applied_index: m.last_applied.map_or(0, |l| l.index),
             errors: vec![],
             db_size_in_use: db_size_in_use as i64,
-            is_learner: false,
+            is_learner: self.node.is_learner(),
         }))
     }
 

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod kv;
+pub mod learner;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;

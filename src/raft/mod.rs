@@ -7,6 +7,7 @@
 
 pub mod batcher;
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod node;
 pub mod peer_service;
@@ -15,7 +16,7 @@ pub mod state_machine;
 pub mod types;
 
 pub use node::RaftNode;
-pub use types::{Member, Request, Response, TypeConfig};
+pub use types::{Attributes, Member, Request, Response, TypeConfig};
 
 /// Waits (until `deadline` at most) for a leader to be known, then a moment more: a new leader may not
 /// take requests the instant it is elected. Used between retries of writes and read-index rounds.

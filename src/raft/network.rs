@@ -12,6 +12,7 @@ use openraft::raft::{
 };
 use tonic::transport::{Channel, Endpoint};
 
+use super::membership::MemberInfo;
 use super::types::{Member, TypeConfig};
 use super::{decode, encode};
 use crate::pb::concordraft::raft_peer_client::RaftPeerClient;
@@ -24,11 +25,47 @@ pub struct Network {
     /// Member name → the URL to dial instead of its advertised peer URL. The fault suite gives each
     /// member its own proxy per peer this way, so that every directed link can fail on its own.
     dial: Arc<HashMap<String, String>>,
+    /// Turns true once this member learns that it has been removed from the cluster.
+    removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
+
+/// What a removed member hears when it asks the leader for a vote, and logs before it stops.
+pub const REMOVED: &str = "the member has been permanently removed from the cluster";
 
 impl Network {
     pub fn new(dial: HashMap<String, String>) -> Self {
-        Network { channels: Arc::default(), dial: Arc::new(dial) }
+        Network {
+            channels: Arc::default(),
+            dial: Arc::new(dial),
+            removed: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
+
+    /// Resolves once this member has been removed from the cluster.
+    pub fn removed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.removed.subscribe()
+    }
+
+    pub fn mark_removed(&self) {
+        mark_removed(&self.removed);
+    }
+
+    /// Tells the member `gone` (best effort, in the background) that the leader `me` has removed it.
+    pub fn tell_removed(&self, me: u64, cluster_id: u64, gone: MemberInfo) {
+        if gone.id == me {
+            return self.mark_removed();
+        }
+        let node = Member { name: gone.name, peer_urls: gone.peer_urls, client_urls: gone.client_urls };
+        let Ok(mut client) = self.client(gone.id, &node) else { return };
+        tokio::spawn(async move {
+            for _ in 0..3 {
+                let data = cluster_id.to_be_bytes().to_vec();
+                let call = client.removed(RaftPayload { data });
+                if let Ok(Ok(_)) = tokio::time::timeout(std::time::Duration::from_secs(1), call).await {
+                    return;
+                }
+            }
+        });
     }
 
     pub fn channel(&self, id: u64, member: &Member) -> Result<Channel, String> {
@@ -60,16 +97,23 @@ impl Network {
     }
 }
 
+fn mark_removed(removed: &tokio::sync::watch::Sender<bool>) {
+    if !removed.send_replace(true) {
+        tracing::error!("{REMOVED}");
+    }
+}
+
 pub struct PeerClient {
     target: u64,
     client: Result<RaftPeerClient<Channel>, String>,
+    removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &Member) -> PeerClient {
-        PeerClient { target, client: self.client(target, node) }
+        PeerClient { target, client: self.client(target, node), removed: self.removed.clone() }
     }
 }
 
@@ -99,6 +143,10 @@ impl PeerClient {
         };
         let reply = reply.map_err(|s| match s.code() {
             tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&s)),
+            tonic::Code::FailedPrecondition if s.message() == REMOVED => {
+                mark_removed(&self.removed);
+                RPCError::Network(NetworkError::new(&s))
+            }
             _ => RPCError::Network(NetworkError::new(&s)),
         })?;
         let result: Result<Resp, E> =

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::batcher::{Batcher, ProposeError};
+use super::membership::{self, MemberChange, MemberError, MemberInfo};
 use super::network::Network;
 use super::read_index::ReadIndexer;
 use super::state_machine::StateMachine;
@@ -12,7 +13,7 @@ use super::{decode, encode};
 use crate::lease::Lessor;
 use crate::pb::concordraft::RaftPayload;
 
-#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum NodeError {
     #[error("no leader")]
     NoLeader,
@@ -52,6 +53,18 @@ pub struct RaftNode {
     pub leader_wait: Duration,
     /// The lease clock, running while this member leads.
     pub lessor: Arc<Lessor>,
+    /// `--strict-reconfig-check`: refuse membership changes that would leave too few started members.
+    pub strict_reconfig: bool,
+    /// Membership changes are carried out one at a time (openraft refuses one while another is in flight).
+    pub reconfig: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The peer RPCs that carry a request to the leader.
+#[derive(Clone, Copy)]
+enum ToLeader {
+    Forward,
+    Lease,
+    ChangeMembers,
 }
 
 impl RaftNode {
@@ -97,18 +110,15 @@ impl RaftNode {
     pub async fn lease_query(&self, query: LeaseQuery) -> Result<LeaseAnswer, NodeError> {
         let deadline = tokio::time::Instant::now() + self.leader_wait;
         loop {
-            let leader = {
-                let m = self.raft.metrics();
-                let m = m.borrow();
-                m.current_leader.map(|id| (id, m.membership_config.membership().get_node(&id).cloned()))
-            };
-            match leader {
+            match self.leader_node() {
                 Some((id, _)) if id == self.id => match self.answer_lease(query.clone()).await {
                     Err(NodeError::NoLeader) => {} // deposed meanwhile: ask the new leader
                     answer => return answer,
                 },
                 Some((id, Some(node))) => {
-                    if let Ok(answer) = self.ask_leader(id, &node, &query, deadline).await {
+                    let asked: Result<Result<LeaseAnswer, NodeError>, _> =
+                        self.call_leader(id, &node, ToLeader::Lease, &query, deadline).await;
+                    if let Ok(Ok(answer)) = asked {
                         return Ok(answer);
                     }
                 }
@@ -119,23 +129,6 @@ impl RaftNode {
             }
             super::wait_for_leader(&self.raft, deadline).await;
         }
-    }
-
-    async fn ask_leader(
-        &self,
-        leader: u64,
-        node: &Member,
-        query: &LeaseQuery,
-        deadline: tokio::time::Instant,
-    ) -> Result<LeaseAnswer, NodeError> {
-        let mut client = self.network.client(leader, node).map_err(NodeError::Internal)?;
-        let data = encode(query).map_err(|e| NodeError::Internal(e.to_string()))?;
-        let reply = tokio::time::timeout_at(deadline, client.lease(RaftPayload { data }))
-            .await
-            .map_err(|_| NodeError::Timeout)?
-            .map_err(|s| NodeError::Internal(s.to_string()))?;
-        decode::<Result<LeaseAnswer, NodeError>>(&reply.into_inner().data)
-            .map_err(|e| NodeError::Internal(e.to_string()))?
     }
 
     /// The answer of this member's lease clock, given only while it leads: a quorum confirms that first
@@ -169,18 +162,27 @@ impl RaftNode {
         }
     }
 
-    /// Sends a write to the leader. Only the leader's own "not leader" answer comes back as `NoLeader`
-    /// (safe to retry); a failed call may or may not have reached it, so it is never retried here.
-    async fn forward(
+    /// Sends a request to the leader. Only the leader's own "not leader" answer (inside `R`) and a refused
+    /// connection mean it surely was not carried out; any other failure may or may not have reached the
+    /// leader, so it comes back as `Timeout` and callers retry only idempotent requests.
+    async fn call_leader<T: serde::Serialize, R: serde::de::DeserializeOwned>(
         &self,
         leader: u64,
         node: &Member,
-        req: &Request,
+        rpc: ToLeader,
+        req: &T,
         deadline: tokio::time::Instant,
-    ) -> Result<(Response, u64), NodeError> {
+    ) -> Result<R, NodeError> {
         let mut client = self.network.client(leader, node).map_err(NodeError::Internal)?;
-        let data = encode(req).map_err(|e| NodeError::Internal(e.to_string()))?;
-        let reply = match tokio::time::timeout_at(deadline, client.forward(RaftPayload { data })).await {
+        let payload = RaftPayload { data: encode(req).map_err(|e| NodeError::Internal(e.to_string()))? };
+        let call = async {
+            match rpc {
+                ToLeader::Forward => client.forward(payload).await,
+                ToLeader::Lease => client.lease(payload).await,
+                ToLeader::ChangeMembers => client.change_members(payload).await,
+            }
+        };
+        let reply = match tokio::time::timeout_at(deadline, call).await {
             Err(_) => return Err(NodeError::Timeout),
             Ok(Err(s)) if s.code() == tonic::Code::Unavailable && s.message().contains("connect") => {
                 // Refused before anything was sent: the request never left this member.
@@ -189,8 +191,125 @@ impl RaftNode {
             Ok(Err(_)) => return Err(NodeError::Timeout),
             Ok(Ok(reply)) => reply,
         };
-        decode::<Result<(Response, u64), NodeError>>(&reply.into_inner().data)
-            .map_err(|e| NodeError::Internal(e.to_string()))?
+        decode(&reply.into_inner().data).map_err(|e| NodeError::Internal(e.to_string()))
+    }
+
+    /// Sends a write to the leader.
+    async fn forward(
+        &self,
+        leader: u64,
+        node: &Member,
+        req: &Request,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Response, u64), NodeError> {
+        self.call_leader(leader, node, ToLeader::Forward, req, deadline).await?
+    }
+
+    /// The members as this member knows them.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        membership::list(m.membership(), &self.sm.attributes())
+    }
+
+    /// Whether this member is a learner (a member that replicates but does not vote).
+    pub fn is_learner(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        membership.get_node(&self.id).is_some() && !membership.voter_ids().any(|v| v == self.id)
+    }
+
+    /// Carries out a membership change on the leader, from any member, and returns the id it concerns
+    /// (the new id for an add) and the members after it. Like a forwarded write, it is retried only when
+    /// the leader surely did not receive it.
+    pub async fn change_members(&self, change: MemberChange) -> Result<(u64, Vec<MemberInfo>), MemberError> {
+        let deadline = tokio::time::Instant::now() + self.leader_wait;
+        loop {
+            let result = match self.leader_node() {
+                Some((id, _)) if id == self.id => self.change_as_leader(&change, deadline).await,
+                Some((id, Some(node))) => {
+                    match self.call_leader(id, &node, ToLeader::ChangeMembers, &change, deadline).await {
+                        Ok(answer) => answer,
+                        Err(e) => Err(e.into()),
+                    }
+                }
+                _ => Err(NodeError::NoLeader.into()),
+            };
+            match result {
+                Err(MemberError::Node(NodeError::NoLeader)) if tokio::time::Instant::now() < deadline => {}
+                other => return other,
+            }
+            super::wait_for_leader(&self.raft, deadline).await;
+        }
+    }
+
+    fn leader_node(&self) -> Option<(u64, Option<Member>)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.current_leader.map(|id| (id, m.membership_config.membership().get_node(&id).cloned()))
+    }
+
+    /// The leader's half of `change_members`: etcd's checks, then openraft's joint consensus. A removed
+    /// member is told so, since the log entry that removes it is never replicated to it.
+    pub async fn change_as_leader(
+        &self,
+        change: &MemberChange,
+        deadline: tokio::time::Instant,
+    ) -> Result<(u64, Vec<MemberInfo>), MemberError> {
+        use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+        let _one_at_a_time = self.reconfig.lock().await;
+        loop {
+            let (members, progress) = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                if m.current_leader != Some(self.id) {
+                    return Err(NodeError::NoLeader.into());
+                }
+                let progress = membership::Progress {
+                    leader_last_index: m.last_log_index.unwrap_or(0),
+                    matched: m
+                        .replication
+                        .iter()
+                        .flatten()
+                        .map(|(id, log)| (*id, log.map_or(0, |l| l.index)))
+                        .collect(),
+                };
+                (membership::list(m.membership_config.membership(), &self.sm.attributes()), progress)
+            };
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let (id, removed) = match change {
+                MemberChange::Add { peer_urls, .. } => {
+                    (membership::new_member_id(peer_urls, self.cluster_id, now.as_nanos()), None)
+                }
+                MemberChange::Remove { id } => (*id, members.iter().find(|m| m.id == *id).cloned()),
+                MemberChange::Update { id, .. } | MemberChange::Promote { id } => (*id, None),
+            };
+            let plan = membership::plan(change, &members, &progress, self.strict_reconfig, id)?;
+            match self.raft.change_membership(plan.changes, plan.retain).await {
+                Ok(_) => {
+                    if let Some(gone) = removed {
+                        self.network.tell_removed(self.id, self.cluster_id, gone);
+                    }
+                    return Ok((id, self.members()));
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) if tokio::time::Instant::now() < deadline => {
+                    // A change left by the previous leader is still being committed: wait for it.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    return Err(NodeError::NoLeader.into())
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::EmptyMembership(_),
+                ))) => return Err(MemberError::NotEnoughStarted),
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::LearnerNotFound(_),
+                ))) => return Err(MemberError::NotFound),
+                Err(e) => return Err(NodeError::Internal(e.to_string()).into()),
+            }
+        }
     }
 
     /// The only voter, and leader with this term's first entry applied. After a restart the state machine

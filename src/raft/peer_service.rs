@@ -2,6 +2,8 @@
 
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
+use super::membership::{MemberChange, MemberError};
+use super::network::REMOVED;
 use super::node::{LeaseAnswer, LeaseQuery, NodeError, RaftNode};
 use super::types::Request;
 use super::{decode, encode};
@@ -20,6 +22,21 @@ fn parse<T: serde::de::DeserializeOwned>(req: GrpcRequest<RaftPayload>) -> Resul
     decode(&req.into_inner().data).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+impl PeerService {
+    /// A vote request the leader answers with "removed": the candidate is not a member, and its log is
+    /// no newer than the leader's, so no membership the leader has not seen can name it either (a
+    /// member added by a later leader would hold that leader's entries, of a higher term).
+    fn removed_candidate(&self, rpc: &openraft::raft::VoteRequest<u64>) -> bool {
+        let m = self.node.raft.metrics();
+        let m = m.borrow();
+        let candidate = rpc.vote.leader_id().voted_for();
+        let last = rpc.last_log_id.map(|l| (l.leader_id.term, l.index));
+        m.current_leader == Some(self.node.id)
+            && candidate.is_some_and(|c| m.membership_config.membership().get_node(&c).is_none())
+            && last <= Some((m.current_term, m.last_log_index.unwrap_or(0)))
+    }
+}
+
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
     async fn append_entries(
@@ -32,6 +49,9 @@ impl RaftPeer for PeerService {
 
     async fn vote(&self, req: GrpcRequest<RaftPayload>) -> Result<GrpcResponse<RaftPayload>, Status> {
         let rpc = parse(req)?;
+        if self.removed_candidate(&rpc) {
+            return Err(Status::failed_precondition(REMOVED));
+        }
         payload(&self.node.raft.vote(rpc).await)
     }
 
@@ -56,6 +76,32 @@ impl RaftPeer for PeerService {
             return payload(&Err::<LeaseAnswer, _>(NodeError::NoLeader));
         }
         payload(&self.node.answer_lease(query).await)
+    }
+
+    async fn change_members(
+        &self,
+        req: GrpcRequest<RaftPayload>,
+    ) -> Result<GrpcResponse<RaftPayload>, Status> {
+        let change: MemberChange = parse(req)?;
+        // Only the leader carries it out; see `lease`.
+        if self.node.leader() != Some(self.node.id) {
+            return payload(&Err::<(), _>(MemberError::Node(NodeError::NoLeader)));
+        }
+        let deadline = tokio::time::Instant::now() + self.node.leader_wait;
+        payload(&self.node.change_as_leader(&change, deadline).await)
+    }
+
+    async fn cluster_info(&self, _: GrpcRequest<RaftPayload>) -> Result<GrpcResponse<RaftPayload>, Status> {
+        payload(&(self.node.cluster_id, self.node.members()))
+    }
+
+    async fn removed(&self, req: GrpcRequest<RaftPayload>) -> Result<GrpcResponse<RaftPayload>, Status> {
+        let cluster_id = req.into_inner().data;
+        if cluster_id != self.node.cluster_id.to_be_bytes() {
+            return Err(Status::failed_precondition("cluster ID mismatch"));
+        }
+        self.node.network.mark_removed();
+        payload(&())
     }
 
     async fn read_index(&self, _req: GrpcRequest<RaftPayload>) -> Result<GrpcResponse<RaftPayload>, Status> {

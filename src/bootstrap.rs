@@ -1,0 +1,91 @@
+//! Who this member is: its id and its cluster's id. A member of a new cluster derives both from
+//! `--initial-cluster`; a member joining an existing cluster (after `etcdctl member add`) asks the
+//! members it is told about, as etcd's `getClusterFromRemotePeers` does. Both are kept in the data dir,
+//! so a restart needs neither the flags nor the peers.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::config::{fnv64, member_id, ClusterState, Config};
+use crate::pb::concordraft::raft_peer_client::RaftPeerClient;
+use crate::pb::concordraft::RaftPayload;
+use crate::raft::membership::MemberInfo;
+use crate::server::ServerError;
+use crate::storage::{keys, Db, StorageError};
+
+/// How long a joining member keeps trying to reach the cluster it was told about.
+const JOIN_PATIENCE: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub id: u64,
+    pub cluster_id: u64,
+}
+
+/// The identity stored in `db`, or a new one (then stored).
+pub async fn identity(config: &Config, db: &Db) -> Result<Identity, ServerError> {
+    let stored = |key: &[u8]| -> Result<Option<u64>, ServerError> {
+        let v = db.raft.get(key).map_err(StorageError::from)?;
+        Ok(v.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes))
+    };
+    let members = config.initial_members()?;
+    let from_flags = || {
+        let ids: Vec<u64> =
+            members.iter().map(|(name, urls)| member_id(name, urls, &config.initial_cluster_token)).collect();
+        let id = members.iter().zip(&ids).find(|((n, _), _)| *n == config.name).map_or(0, |(_, id)| *id);
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        let bytes: Vec<u8> = sorted.iter().flat_map(|i| i.to_be_bytes()).collect();
+        Identity { id, cluster_id: fnv64(&[&bytes, config.initial_cluster_token.as_bytes()]) }
+    };
+    let identity = match (stored(keys::MEMBER_ID)?, stored(keys::CLUSTER_ID)?) {
+        (Some(id), Some(cluster_id)) => return Ok(Identity { id, cluster_id }),
+        // A data dir from before member ids were stored: its id came from the flags.
+        (None, Some(cluster_id)) => Identity { id: from_flags().id, cluster_id },
+        _ if config.initial_cluster_state == ClusterState::New => from_flags(),
+        _ => join(config, &members).await?,
+    };
+    db.raft.insert(keys::MEMBER_ID, &identity.id.to_be_bytes()).map_err(StorageError::from)?;
+    db.raft.insert(keys::CLUSTER_ID, &identity.cluster_id.to_be_bytes()).map_err(StorageError::from)?;
+    db.sync()?;
+    Ok(identity)
+}
+
+/// Finds this member in an existing cluster: the member whose peer URLs are ours.
+async fn join(config: &Config, members: &[(String, Vec<String>)]) -> Result<Identity, ServerError> {
+    let ours: BTreeSet<&String> = config.initial_advertise_peer_urls.iter().collect();
+    let urls: Vec<&String> =
+        members.iter().filter(|(name, _)| *name != config.name).flat_map(|(_, urls)| urls).collect();
+    let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
+    loop {
+        for url in &urls {
+            let Ok((cluster_id, listed)) = cluster_info(url).await else { continue };
+            return match listed.iter().find(|m| m.peer_urls.iter().collect::<BTreeSet<_>>() == ours) {
+                Some(m) => Ok(Identity { id: m.id, cluster_id }),
+                None => Err(ServerError::Join(format!(
+                    "no member of the cluster at {url} has peer URLs {:?}; add this member with \
+                     `etcdctl member add {} --peer-urls={}` first",
+                    config.initial_advertise_peer_urls,
+                    config.name,
+                    config.initial_advertise_peer_urls.join(",")
+                ))),
+            };
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ServerError::Join(format!(
+                "cannot fetch cluster info from peer urls {urls:?}: could not retrieve cluster information \
+                 from the given URLs"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn cluster_info(url: &str) -> Result<(u64, Vec<MemberInfo>), Box<dyn std::error::Error>> {
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(url.to_string())?.connect_timeout(Duration::from_secs(1));
+    let mut client = RaftPeerClient::new(endpoint.connect().await?);
+    let reply =
+        tokio::time::timeout(Duration::from_secs(2), client.cluster_info(RaftPayload::default())).await??;
+    Ok(crate::raft::decode(&reply.into_inner().data)?)
+}

@@ -1,0 +1,209 @@
+//! Runtime membership changes, driven the way etcd's runtime-reconfiguration guide does: with etcdctl.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{etcdctl, status, Cluster};
+use etcd_client::GetOptions;
+
+/// `etcdctl` against `127.0.0.1:port` (etcdctl 3.4 sends an `http://` endpoint verbatim as :authority).
+fn ctl(port: u16, args: &[&str]) -> (bool, String, String) {
+    etcdctl(&format!("127.0.0.1:{port}"), args, None)
+}
+
+/// The value of `KEY="value"` in etcdctl's `member add` output.
+fn env_value(out: &str, key: &str) -> String {
+    let line =
+        out.lines().find(|l| l.starts_with(&format!("{key}="))).unwrap_or_else(|| panic!("{key} in {out}"));
+    line[key.len() + 1..].trim_matches('"').to_string()
+}
+
+/// Waits until `check` holds, failing with `what` after 30 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The runtime-reconfiguration runbook: `member add`, start the new member with the environment etcdctl
+/// printed, and it catches up (by snapshot: the log has been purged) while writes go on.
+#[tokio::test]
+async fn a_member_added_with_etcdctl_joins_under_write_load_and_catches_up() {
+    let mut c = Cluster::start(3, &["--snapshot-count", "50"]);
+    let mut client = c.members[0].client().await;
+    for i in 0..300 {
+        client.put(format!("k{i}"), format!("v{i}"), None).await.expect("put");
+    }
+    let writer = {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            loop {
+                if client.put("load", n.to_string(), None).await.is_ok() {
+                    n += 1;
+                }
+            }
+        })
+    };
+
+    let port0 = c.members[0].client_port;
+    let new = c.prepare_member("m3");
+    let peer = format!("http://127.0.0.1:{}", new.peer_port);
+    let (ok, out, err) = ctl(port0, &["member", "add", "m3", &format!("--peer-urls={peer}")]);
+    assert!(ok, "member add failed: {err}");
+    assert!(out.contains("added to cluster"), "{out}");
+    assert_eq!(env_value(&out, "ETCD_NAME"), "m3");
+    assert_eq!(env_value(&out, "ETCD_INITIAL_CLUSTER_STATE"), "existing");
+    assert_eq!(env_value(&out, "ETCD_INITIAL_ADVERTISE_PEER_URLS"), peer);
+    let initial_cluster = env_value(&out, "ETCD_INITIAL_CLUSTER");
+    assert_eq!(initial_cluster.split(',').count(), 4, "{initial_cluster}");
+    // Added but not started yet: etcdctl lists it as unstarted.
+    let (_, list, _) = ctl(port0, &["member", "list"]);
+    assert!(list.lines().any(|l| l.contains("unstarted") && l.contains(&peer)), "{list}");
+
+    new.initial_cluster = initial_cluster;
+    new.extra = vec!["--initial-cluster-state".into(), "existing".into()];
+    new.start();
+    let mut joined = c.members[3].client().await;
+    eventually("the new member has every key", || {
+        let mut joined = joined.clone();
+        async move {
+            let r = joined.get("k", Some(GetOptions::new().with_prefix().with_serializable())).await;
+            r.is_ok_and(|r| r.count() == 300)
+        }
+    })
+    .await;
+    writer.abort();
+
+    // Every member lists four started members, and a linearizable read through the new member sees the
+    // last write.
+    let (_, list, _) = ctl(c.members[3].client_port, &["member", "list"]);
+    assert_eq!(list.lines().count(), 4, "{list}");
+    assert!(!list.contains("unstarted"), "{list}");
+    client.put("last", "write", None).await.expect("put");
+    let r = joined.get("last", None).await.expect("get");
+    assert_eq!(r.kvs()[0].value(), b"write");
+    // Same data everywhere: etcd's corruption check compares HashKV at one revision.
+    let rev = r.header().expect("header").revision();
+    let mut hashes = Vec::new();
+    for m in &c.members {
+        let mc = m.client().await;
+        eventually("the member applied the last write", || {
+            let mut mc = mc.clone();
+            async move {
+                mc.get("last", Some(GetOptions::new().with_serializable()))
+                    .await
+                    .is_ok_and(|r| r.count() == 1)
+            }
+        })
+        .await;
+        hashes.push(mc.maintenance_client().hash_kv(rev).await.expect("hashkv").hash());
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+}
+
+/// A learner replicates without voting, serves only serializable reads, and is promoted once caught up.
+#[tokio::test]
+async fn a_learner_serves_serializable_reads_only_until_promoted() {
+    let mut c = Cluster::start(3, &[]);
+    let mut client = c.members[0].client().await;
+    client.put("k", "v", None).await.expect("put");
+    let port0 = c.members[0].client_port;
+    let new = c.prepare_member("m3");
+    let peer = format!("http://127.0.0.1:{}", new.peer_port);
+    let (ok, out, err) = ctl(port0, &["member", "add", "m3", "--learner", &format!("--peer-urls={peer}")]);
+    assert!(ok, "member add --learner failed: {err}");
+    let id = out.split_whitespace().nth(1).expect("Member <id> added").to_string();
+    // etcd allows one learner at a time.
+    let (ok, _, err) = ctl(port0, &["member", "add", "m4", "--learner", "--peer-urls=http://127.0.0.1:1"]);
+    assert!(!ok && err.contains("etcdserver: too many learner members in cluster"), "{err}");
+
+    new.initial_cluster = env_value(&out, "ETCD_INITIAL_CLUSTER");
+    new.extra = vec!["--initial-cluster-state".into(), "existing".into()];
+    new.start();
+    let mut learner = c.members[3].client().await;
+    eventually("the learner has the key", || {
+        let mut learner = learner.clone();
+        async move {
+            learner.get("k", Some(GetOptions::new().with_serializable())).await.is_ok_and(|r| r.count() == 1)
+        }
+    })
+    .await;
+    let refused = status(learner.get("k", None).await.expect_err("linearizable read on a learner"));
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert_eq!(refused.message(), "etcdserver: rpc not supported for learner");
+    let refused = status(learner.put("k", "w", None).await.expect_err("write on a learner"));
+    assert_eq!(refused.message(), "etcdserver: rpc not supported for learner");
+    assert!(learner.status().await.expect("status").is_learner());
+    let (_, list, _) = ctl(port0, &["member", "list"]);
+    assert!(list.lines().any(|l| l.contains("m3") && l.ends_with("true")), "{list}");
+
+    // A voter cannot be promoted.
+    let voter = format!(
+        "{:x}",
+        c.members[0].client().await.status().await.expect("status").header().expect("h").member_id()
+    );
+    let (ok, _, err) = ctl(port0, &["member", "promote", &voter]);
+    assert!(!ok && err.contains("etcdserver: can only promote a learner member"), "{err}");
+    eventually("the learner is promoted", || async { ctl(port0, &["member", "promote", &id]).0 }).await;
+    assert!(!learner.status().await.expect("status").is_learner());
+    assert_eq!(learner.get("k", None).await.expect("linearizable read").kvs()[0].value(), b"v");
+}
+
+/// Removing the leader: the others elect a new one and keep every write; the removed member stops.
+#[tokio::test]
+async fn removing_the_leader_keeps_the_cluster_and_stops_the_removed_member() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.leader().await;
+    let other = (leader + 1) % 3;
+    let mut client = c.members[other].client().await;
+    client.put("before", "removal", None).await.expect("put");
+    let leader_id = c.members[leader].client().await.status().await.expect("status").leader();
+
+    let (ok, out, err) = ctl(c.members[other].client_port, &["member", "remove", &format!("{leader_id:x}")]);
+    assert!(ok, "member remove failed: {err}");
+    assert!(out.contains(&format!("Member {leader_id:x} removed from cluster")), "{out}");
+    let exit = c.members[leader].exited(Duration::from_secs(20)).await.expect("the removed member exits");
+    assert!(!exit.success());
+    assert!(c.members[leader].log().contains("the member has been permanently removed from the cluster"));
+
+    client.put("after", "removal", None).await.expect("put after the removal");
+    let r = client.get("before", None).await.expect("get");
+    assert_eq!(r.kvs()[0].value(), b"removal");
+    let (_, list, _) = ctl(c.members[other].client_port, &["member", "list"]);
+    assert_eq!(list.lines().count(), 2, "{list}");
+
+    // etcd's errors for ids and URLs it does not accept.
+    let (ok, _, err) = ctl(c.members[other].client_port, &["member", "remove", &format!("{leader_id:x}")]);
+    assert!(!ok && err.contains("etcdserver: member not found"), "{err}");
+    let taken = format!("--peer-urls=http://127.0.0.1:{}", c.members[other].peer_port);
+    let (ok, _, err) = ctl(c.members[other].client_port, &["member", "add", "x", &taken]);
+    assert!(!ok && err.contains("etcdserver: Peer URLs already exists"), "{err}");
+}
+
+/// A member that was down while it was removed learns it from the leader when it comes back.
+#[tokio::test]
+async fn a_member_removed_while_down_stops_when_it_returns() {
+    let mut c = Cluster::start(3, &["--strict-reconfig-check=false"]);
+    let leader = c.leader().await;
+    let gone = (leader + 1) % 3;
+    let mut gone_client = c.members[gone].client().await;
+    let gone_id = gone_client.status().await.expect("status").header().expect("h").member_id();
+    drop(gone_client);
+    c.members[gone].kill();
+    let mut client = c.members[leader].client().await;
+    let removed = client.member_remove(gone_id).await.expect("member remove");
+    assert_eq!(removed.members().len(), 2);
+    client.put("k", "v", None).await.expect("put");
+
+    c.members[gone].start();
+    c.members[gone].exited(Duration::from_secs(30)).await.expect("the removed member stops");
+    assert!(c.members[gone].log().contains("the member has been permanently removed from the cluster"));
+}
