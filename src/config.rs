@@ -94,8 +94,9 @@ pub struct Config {
         action = clap::ArgAction::Set
     )]
     pub strict_reconfig_check: bool,
-    /// Dial these members at these URLs instead of their advertised peer URLs: name=url,... Not an
-    /// etcd flag: the fault suite routes each directed peer link through a proxy of its own with it.
+    /// Dial these members at these URLs instead of their advertised peer URLs: name=url,... or
+    /// peer-url=url,... Not an etcd flag: the fault suite routes each directed peer link through a proxy
+    /// of its own with it.
     #[arg(long, value_delimiter = ',', value_parser = parse_name_url)]
     pub experimental_peer_dial_urls: Vec<(String, String)>,
     /// Log level: debug, info, warn, error.

@@ -6,11 +6,13 @@
 //! api → raft (log, replicate, commit) → apply → mvcc → watch hub.
 
 pub mod api;
+pub mod backup;
 pub mod bench;
 pub mod bootstrap;
 pub mod client;
 pub mod config;
 pub mod lease;
+pub mod metrics;
 pub mod mvcc;
 pub mod pb;
 pub mod raft;

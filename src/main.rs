@@ -27,6 +27,21 @@ enum Command {
     Bench(BenchArgs),
     /// etcd's recipe demos (lock, rwlock, queue, pqueue, barrier, double-barrier, bank), driven by stdin.
     Demo(concord::client::demo::DemoArgs),
+    /// Backups: `snapshot restore` (take one with `etcdctl snapshot save`).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Builds a new member's data dir (`--data-dir`, default ${name}.concord) from a backup, like
+    /// `etcdutl snapshot restore`; then start the member with the new cluster's `--initial-cluster`.
+    Restore {
+        /// The file `etcdctl snapshot save` wrote.
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        config: Box<Config>,
+    },
 }
 
 #[tokio::main]
@@ -41,6 +56,12 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Demo(args)) => Ok(concord::client::demo::run(args).await?),
+        Some(Command::Snapshot(SnapshotCommand::Restore { file, config })) => {
+            let dir = config.data_dir();
+            concord::backup::restore(&file, &dir)?;
+            println!("restored {} into {}", file.display(), dir.display());
+            Ok(())
+        }
         None => serve(cli.config).await,
     }
 }

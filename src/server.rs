@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::cluster::ClusterService;
+use crate::api::http::HttpLayer;
 use crate::api::kv::KvService;
 use crate::api::learner::LearnerLayer;
 use crate::api::lease::LeaseService;
@@ -206,6 +207,9 @@ impl Server {
             };
             let router = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
+                // etcd's HTTP endpoints (/health, /metrics, ...) share the client port with gRPC.
+                .accept_http1(true)
+                .layer(HttpLayer { node: node.clone() })
                 .layer(tower::util::MapResponseLayer::new(grpc_size_error_like_etcd))
                 .layer(LearnerLayer { node: node.clone() })
                 .add_service(
@@ -246,6 +250,7 @@ impl Server {
         }
 
         tasks.push(tokio::spawn(snapshots(node.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(count_leader_changes(node.clone(), stop_rx.clone())));
         let extend = Duration::from_millis(config.election_timeout);
         tasks.push(tokio::spawn(lease_clock(node.clone(), extend, stop_rx.clone())));
         let attributes =
@@ -353,6 +358,26 @@ async fn lease_clock(
                     }
                 }
             });
+        }
+    }
+}
+
+/// Counts the leaders this member sees elected (etcd_server_leader_changes_seen_total).
+async fn count_leader_changes(
+    node: RaftNode,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
+    let mut metrics = node.raft.metrics();
+    let mut last = None;
+    loop {
+        let leader = metrics.borrow_and_update().current_leader;
+        if leader.is_some() && leader != last {
+            crate::metrics::LEADER_CHANGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        last = leader.or(last);
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            changed = metrics.changed() => if changed.is_err() { return Ok(()) },
         }
     }
 }

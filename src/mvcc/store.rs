@@ -63,6 +63,11 @@ impl<B: Backend> Store<B> {
         self.current
     }
 
+    /// Keys in the index, with or without a live version (etcd's `keys_total`).
+    pub fn keys_total(&self) -> usize {
+        self.index.len()
+    }
+
     pub fn compact_revision(&self) -> i64 {
         self.compacted
     }

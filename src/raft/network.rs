@@ -22,8 +22,9 @@ use crate::pb::concordraft::RaftPayload;
 #[derive(Clone, Default)]
 pub struct Network {
     channels: Arc<Mutex<HashMap<u64, (String, Channel)>>>,
-    /// Member name → the URL to dial instead of its advertised peer URL. The fault suite gives each
-    /// member its own proxy per peer this way, so that every directed link can fail on its own.
+    /// Member name (or advertised peer URL) → the URL to dial instead. The fault suite gives each member
+    /// its own proxy per peer this way, so that every directed link can fail on its own. A member added
+    /// at run time has no name in the membership, hence the peer URL.
     dial: Arc<HashMap<String, String>>,
     /// Turns true once this member learns that it has been removed from the cluster.
     removed: Arc<tokio::sync::watch::Sender<bool>>,
@@ -69,12 +70,10 @@ impl Network {
     }
 
     pub fn channel(&self, id: u64, member: &Member) -> Result<Channel, String> {
-        let url = match self.dial.get(&member.name) {
-            Some(url) => url.clone(),
-            None => {
-                member.peer_urls.first().cloned().ok_or_else(|| format!("member {id:x} has no peer URL"))?
-            }
-        };
+        let advertised =
+            member.peer_urls.first().cloned().ok_or_else(|| format!("member {id:x} has no peer URL"))?;
+        let url =
+            self.dial.get(&member.name).or_else(|| self.dial.get(&advertised)).unwrap_or(&advertised).clone();
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((u, ch)) = map.get(&id) {
             if *u == url {

@@ -334,11 +334,51 @@ impl StateMachine {
 
     /// Replaces the state with a snapshot's, read from `file` (blocking), and makes it durable.
     fn install(&self, file: std::fs::File, snapshot_id: &str) -> Result<(), StorageError> {
+        let durable = self.replace_state(std::io::BufReader::with_capacity(1 << 20, file), |d| d)?;
+        if let Some(l) = durable.last_applied {
+            self.applied_tx.send_replace(l.index);
+        }
+        self.hub.restored(self.read(|s| s.current_revision()));
+        tracing::info!(snapshot = %snapshot_id, "installed snapshot from the leader");
+        Ok(())
+    }
+
+    /// A consistent copy of the whole state (blocking; applies go on meanwhile), for etcd's
+    /// Maintenance.Snapshot: the same dump a lagging member receives, in a file already unlinked, so
+    /// that nothing is left behind however the reader ends.
+    pub fn backup(&self) -> Result<std::fs::File, StorageError> {
+        static BACKUPS: AtomicU64 = AtomicU64::new(0);
+        let path = self.snapshot_dir.join(format!("backup-{}.tmp", BACKUPS.fetch_add(1, Ordering::Relaxed)));
+        let written = dump(self, &path)
+            .and_then(|_| std::fs::File::open(&path).map_err(|e| snap_err(ErrorVerb::Read, e)));
+        let _ = std::fs::remove_file(&path);
+        written
+    }
+
+    /// Fills this (new, empty) state machine from a dump `backup` wrote, as the first state of a new
+    /// cluster (etcd's `snapshot restore`): the data, revisions and leases are kept; the applied log
+    /// position and the membership are not, since the restored cluster starts its own log.
+    pub fn restore(&self, dump: impl Read) -> Result<(), StorageError> {
+        let fresh = |d: Durable| Durable {
+            last_applied: None,
+            membership: StoredMembership::default(),
+            attributes: BTreeMap::new(),
+            ..d
+        };
+        self.replace_state(dump, fresh).map(|_| ())
+    }
+
+    /// Replaces the state with the dump read from `r`, its checkpoint passed through `adapt`, and makes
+    /// it durable.
+    fn replace_state(
+        &self,
+        mut r: impl Read,
+        adapt: impl FnOnce(Durable) -> Durable,
+    ) -> Result<Durable, StorageError> {
         let re = |e: std::io::Error| snap_err(ErrorVerb::Read, e);
-        let mut r = std::io::BufReader::with_capacity(1 << 20, file);
-        read_part(&mut r).map_err(re)?; // the SnapshotMeta openraft has read already
+        read_part(&mut r).map_err(re)?; // the SnapshotMeta (openraft has read it already)
         let durable: Durable =
-            decode(&read_part(&mut r).map_err(re)?).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            adapt(decode(&read_part(&mut r).map_err(re)?).map_err(|e| snap_err(ErrorVerb::Read, e))?);
         let bytes = encode(&durable).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let _one = self.checkpoint_lock.lock().unwrap_or_else(|p| p.into_inner());
         let point = {
@@ -364,12 +404,7 @@ impl StateMachine {
             return Err(snap_err(ErrorVerb::Write, e));
         }
         self.store_mut().backend_mut().synced(&point);
-        if let Some(l) = durable.last_applied {
-            self.applied_tx.send_replace(l.index);
-        }
-        self.hub.restored(self.read(|s| s.current_revision()));
-        tracing::info!(snapshot = %snapshot_id, "installed snapshot from the leader");
-        Ok(())
+        Ok(durable)
     }
 
     fn snapshot_path(&self, id: &str) -> PathBuf {

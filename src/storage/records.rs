@@ -609,6 +609,10 @@ pub struct SyncPoint {
 
 impl SyncPoint {
     pub fn complete(&self) -> io::Result<()> {
+        crate::metrics::BACKEND_COMMIT.time(|| self.sync())
+    }
+
+    fn sync(&self) -> io::Result<()> {
         for (_, _, f) in &self.files {
             f.sync_data()?;
         }

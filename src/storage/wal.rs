@@ -261,7 +261,7 @@ impl Wal {
             inner.dirty = false;
             inner.segments[&inner.active].file.clone()
         };
-        if let Err(e) = file.sync_data() {
+        if let Err(e) = crate::metrics::WAL_FSYNC.time(|| file.sync_data()) {
             self.lock().dirty = true;
             return Err(e.into());
         }

@@ -17,6 +17,9 @@ use crate::proxy::Net;
 pub struct Member {
     pub name: String,
     pub client_port: u16,
+    /// The peer URL it advertises: how the membership names it.
+    peer_url: String,
+    data_dir: PathBuf,
     args: Vec<String>,
     log: PathBuf,
     bin: PathBuf,
@@ -93,6 +96,8 @@ pub struct Cluster {
     pub members: Vec<Member>,
     pub net: Net,
     channels: Vec<Channel>,
+    /// A member may have been removed since the last heal.
+    maybe_removed: bool,
 }
 
 /// `n` distinct free ports on 127.0.0.1, below the kernel's ephemeral range (32768 and up by default):
@@ -181,13 +186,18 @@ impl Cluster {
                 snapshot_count.to_string(),
             ];
             if matches!(server, Server::Concord(_)) && n > 1 {
-                let dial = (0..n).filter(|&j| j != i).map(|j| format!("{}={}", name(j), net.dial_url(i, j)));
+                // Keyed by peer URL, which also names a member re-added (under a new id) by the
+                // membership nemesis before it has published its name.
+                let dial =
+                    (0..n).filter(|&j| j != i).map(|j| format!("{}={}", advertised[j], net.dial_url(i, j)));
                 args.push("--experimental-peer-dial-urls".into());
                 args.push(dial.collect::<Vec<_>>().join(","));
             }
             let mut m = Member {
                 name: name(i),
                 client_port: client_ports[i],
+                peer_url: advertised[i].clone(),
+                data_dir: dir.join(name(i)),
                 args,
                 log: dir.join(format!("{}.log", name(i))),
                 bin: bin.clone(),
@@ -205,7 +215,7 @@ impl Cluster {
                     .connect_lazy())
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Cluster { members, net, channels })
+        Ok(Cluster { members, net, channels, maybe_removed: false })
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -236,14 +246,87 @@ impl Cluster {
         ids.into_iter().find(|(_, id)| *id == leader).map(|(i, _)| i)
     }
 
-    /// Heals every fault: links up, paused members resumed, killed members restarted.
-    pub fn heal(&mut self) -> Result<()> {
+    /// Heals every fault: links up, paused members resumed, removed members added back, killed members
+    /// restarted.
+    pub async fn heal(&mut self) -> Result<()> {
         self.net.heal();
         for m in &mut self.members {
             m.resume();
             m.start()?;
         }
+        if self.maybe_removed {
+            self.maybe_removed = !self.rejoin_removed().await;
+        }
         Ok(())
+    }
+
+    /// The members as `via` lists them: (id, peer URLs).
+    async fn member_list(&self, via: usize) -> Result<Vec<(u64, Vec<String>)>> {
+        use concord::pb::etcdserverpb::{cluster_client::ClusterClient, MemberListRequest};
+        let mut cluster = ClusterClient::new(self.channels[via].clone());
+        let list = cluster.member_list(MemberListRequest::default());
+        let list = tokio::time::timeout(Duration::from_secs(2), list).await??.into_inner();
+        Ok(list.members.into_iter().map(|m| (m.id, m.peer_ur_ls)).collect())
+    }
+
+    /// Removes member `target` from the cluster through member `via` (etcd's MemberRemove). The removed
+    /// process is left alone: it should stop serving by itself.
+    pub async fn remove_member(&mut self, target: usize, via: usize) -> Result<()> {
+        use concord::pb::etcdserverpb::{cluster_client::ClusterClient, MemberRemoveRequest};
+        // Even a failed request may have removed it.
+        self.maybe_removed = true;
+        let list = self.member_list(via).await?;
+        let url = &self.members[target].peer_url;
+        let id = list.iter().find(|(_, urls)| urls.contains(url)).context("not a member")?.0;
+        let mut cluster = ClusterClient::new(self.channels[via].clone());
+        let remove = cluster.member_remove(MemberRemoveRequest { id });
+        tokio::time::timeout(Duration::from_secs(5), remove).await??;
+        Ok(())
+    }
+
+    /// Adds every member that is no longer in the membership back as a new member, as an operator
+    /// would: `member add`, an empty data dir, `--initial-cluster-state existing`. Best effort: returns
+    /// whether every member is in the membership again (one still missing at the end of the run fails
+    /// the final health check).
+    async fn rejoin_removed(&mut self) -> bool {
+        use concord::pb::etcdserverpb::{cluster_client::ClusterClient, MemberAddRequest};
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::time::Instant::now() < deadline {
+            let running: Vec<usize> =
+                (0..self.members.len()).filter(|&i| self.members[i].is_running()).collect();
+            let mut listed = None;
+            for &via in &running {
+                if let Ok(list) = self.member_list(via).await {
+                    listed = Some((via, list));
+                    break;
+                }
+            }
+            let Some((via, list)) = listed else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let missing =
+                self.members.iter().position(|m| !list.iter().any(|(_, urls)| urls.contains(&m.peer_url)));
+            let Some(i) = missing else {
+                // Every member is listed: start the ones added back (their data dirs are empty).
+                for m in &mut self.members {
+                    let _ = m.start();
+                }
+                return true;
+            };
+            let m = &mut self.members[i];
+            m.kill();
+            let _ = std::fs::remove_dir_all(&m.data_dir);
+            if !m.args.iter().any(|a| a == "--initial-cluster-state") {
+                m.args.extend(["--initial-cluster-state".to_string(), "existing".to_string()]);
+            }
+            let mut cluster = ClusterClient::new(self.channels[via].clone());
+            let add = cluster
+                .member_add(MemberAddRequest { peer_ur_ls: vec![m.peer_url.clone()], is_learner: false });
+            // A failed add may still have happened: the next round lists the members again.
+            let _ = tokio::time::timeout(Duration::from_secs(5), add).await;
+        }
+        false
     }
 }
 

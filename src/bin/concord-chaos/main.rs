@@ -98,6 +98,11 @@ async fn main() -> Result<()> {
     };
     let (Server::Concord(bin) | Server::Etcd(bin)) = &server;
     anyhow::ensure!(bin.exists(), "no server binary at {} (build concord, or pass --concord)", bin.display());
+    if args.nemesis.contains(&nemesis::Kind::Member) {
+        // etcd's proxies tell senders apart by member id, which a re-added member changes.
+        anyhow::ensure!(matches!(server, Server::Concord(_)), "the member nemesis runs against concord only");
+        anyhow::ensure!(args.members >= 3, "the member nemesis needs at least 3 members");
+    }
     let first = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
     });

@@ -21,6 +21,9 @@ pub enum Kind {
     Pause,
     /// Every peer link slowed by tens to hundreds of milliseconds.
     Delay,
+    /// A member (at times the leader) removed through another one; healed by adding it back as a new
+    /// member with an empty data dir, as an operator replaces a member.
+    Member,
 }
 
 /// One fault as it happened, in microseconds since the run started.
@@ -56,10 +59,10 @@ pub async fn run(
         let begin = now();
         let detail = inject(cluster, kind, &mut rng).await?;
         tokio::time::sleep(hold).await;
-        cluster.heal()?;
+        cluster.heal().await?;
         faults.push(Fault { start: begin, end: now(), kind: format!("{kind:?}").to_lowercase(), detail });
     }
-    cluster.heal()?;
+    cluster.heal().await?;
     tokio::time::sleep_until(until).await;
     Ok(faults)
 }
@@ -119,6 +122,13 @@ async fn inject(cluster: &mut Cluster, kind: Kind, rng: &mut Rng) -> Result<Stri
                 }
             }
             format!("delay {ms}ms+")
+        }
+        Kind::Member => {
+            let via = (target + 1 + rng.below(n as u64 - 1) as usize) % n;
+            match cluster.remove_member(target, via).await {
+                Ok(()) => format!("remove {} via {}", names(&[target]), names(&[via])),
+                Err(e) => format!("remove {} via {} failed: {e}", names(&[target]), names(&[via])),
+            }
         }
     })
 }

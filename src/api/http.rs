@@ -1,0 +1,248 @@
+//! etcd's plain HTTP endpoints, served on the client URLs next to gRPC (HTTP/1.1 and HTTP/2 share the
+//! listener): `/health` (what load balancers probe), `/livez`, `/readyz`, `/version` and `/metrics`. The
+//! same layer counts every gRPC call for `grpc_server_started_total` and `grpc_server_handled_total`.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http_body::Frame;
+use tonic::body::Body;
+use tonic::Code;
+
+use crate::api::maintenance::ETCD_VERSION;
+use crate::metrics::{self, sample};
+use crate::raft::RaftNode;
+
+/// How long `/health`'s read may take, as etcd's health check allows.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+pub struct HttpLayer {
+    pub node: RaftNode,
+}
+
+impl<S> tower::Layer<S> for HttpLayer {
+    type Service = Http<S>;
+
+    fn layer(&self, inner: S) -> Http<S> {
+        Http { inner, node: self.node.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Http<S> {
+    inner: S,
+    node: RaftNode,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Http<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path();
+        if matches!(path, "/health" | "/livez" | "/readyz" | "/version" | "/metrics") {
+            let (node, path) = (self.node.clone(), path.to_string());
+            let serializable = req.uri().query().is_some_and(|q| q.contains("serializable=true"));
+            return Box::pin(async move { Ok(endpoint(&node, &path, serializable).await) });
+        }
+        let labels = metrics::grpc_labels(path);
+        if let Some(l) = &labels {
+            metrics::grpc_started(l);
+        }
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let resp = call.await?;
+            let Some(labels) = labels else { return Ok(resp) };
+            // An error before any message comes "trailers-only": the status is in the headers.
+            if let Some(code) = grpc_status(resp.headers()) {
+                metrics::grpc_handled(labels, code);
+                return Ok(resp);
+            }
+            Ok(resp.map(|body| Body::new(Counted { inner: body, labels: Some(labels) })))
+        })
+    }
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
+    headers.get("grpc-status").map(|v| Code::from_bytes(v.as_bytes()))
+}
+
+/// A response body that counts its call as handled when the trailers (with grpc-status) go by.
+struct Counted {
+    inner: Body,
+    labels: Option<(&'static str, String, String)>,
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let code = match &polled {
+            Poll::Ready(Some(Ok(frame))) => frame.trailers_ref().and_then(grpc_status),
+            Poll::Ready(Some(Err(_))) => Some(Code::Internal),
+            // Ended without a status: the client went away.
+            Poll::Ready(None) => Some(Code::Cancelled),
+            Poll::Pending => None,
+        };
+        if let (Some(code), Some(labels)) = (code, code.and_then(|_| self.labels.take())) {
+            metrics::grpc_handled(labels, code);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn response(status: http::StatusCode, content_type: &str, body: String) -> http::Response<Body> {
+    let mut resp = http::Response::new(Body::new(body));
+    *resp.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+async fn endpoint(node: &RaftNode, path: &str, serializable: bool) -> http::Response<Body> {
+    use http::StatusCode;
+    match path {
+        "/version" => {
+            let v = serde_json::json!({ "etcdserver": ETCD_VERSION, "etcdcluster": ETCD_VERSION });
+            response(StatusCode::OK, "application/json", v.to_string())
+        }
+        "/metrics" => response(StatusCode::OK, "text/plain; version=0.0.4", render(node)),
+        "/livez" => response(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => match health(node, false).await {
+            Ok(()) => response(StatusCode::OK, "text/plain", "ok\n".into()),
+            Err(reason) => response(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{reason}\n")),
+        },
+        _ => {
+            let (status, health, reason) = match health(node, serializable).await {
+                Ok(()) => (StatusCode::OK, "true", String::new()),
+                Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, "false", reason),
+            };
+            let body = serde_json::json!({ "health": health, "reason": reason });
+            response(status, "application/json", body.to_string())
+        }
+    }
+}
+
+/// etcd's health check: a leader is known and a read goes through (linearizable unless `serializable`),
+/// with etcd's reasons when not.
+async fn health(node: &RaftNode, serializable: bool) -> Result<(), String> {
+    if node.leader().is_none() {
+        return Err("RAFT NO LEADER".into());
+    }
+    if !serializable {
+        match tokio::time::timeout(HEALTH_TIMEOUT, node.read_barrier()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("QGET ERROR:{e}")),
+            Err(_) => return Err("QGET ERROR:context deadline exceeded".into()),
+        }
+    }
+    Ok(())
+}
+
+/// The member's gauges, then the process-wide counters and histograms.
+fn render(node: &RaftNode) -> String {
+    let mut out = String::new();
+    let (leader, applied) = {
+        let m = node.raft.metrics();
+        let m = m.borrow();
+        (m.current_leader, m.last_applied.map_or(0, |l| l.index))
+    };
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    let o = &mut out;
+    sample(
+        o,
+        "etcd_server_has_leader",
+        "gauge",
+        "Whether or not a leader exists. 1 is existence, 0 is not.",
+        flag(leader.is_some()),
+    );
+    sample(
+        o,
+        "etcd_server_is_leader",
+        "gauge",
+        "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+        flag(leader == Some(node.id)),
+    );
+    sample(
+        o,
+        "etcd_server_is_learner",
+        "gauge",
+        "Whether or not this member is a learner. 1 if is, 0 otherwise.",
+        flag(node.is_learner()),
+    );
+    sample(
+        o,
+        "etcd_server_proposals_committed_total",
+        "gauge",
+        "The total number of consensus proposals committed.",
+        applied as f64,
+    );
+    sample(
+        o,
+        "etcd_server_proposals_applied_total",
+        "gauge",
+        "The total number of consensus proposals applied.",
+        applied as f64,
+    );
+    let (size, in_use) = node.sm.db_size();
+    sample(
+        o,
+        "etcd_mvcc_db_total_size_in_bytes",
+        "gauge",
+        "Total size of the underlying database physically allocated in bytes.",
+        size as f64,
+    );
+    sample(
+        o,
+        "etcd_mvcc_db_total_size_in_use_in_bytes",
+        "gauge",
+        "Total size of the underlying database logically in use in bytes.",
+        in_use as f64,
+    );
+    let (current, compacted, keys) =
+        node.sm.read(|s| (s.current_revision(), s.compact_revision(), s.keys_total()));
+    sample(
+        o,
+        "etcd_debugging_mvcc_current_revision",
+        "gauge",
+        "The current revision of store.",
+        current as f64,
+    );
+    sample(
+        o,
+        "etcd_debugging_mvcc_compact_revision",
+        "gauge",
+        "The revision of the last compaction in store.",
+        compacted as f64,
+    );
+    sample(o, "etcd_debugging_mvcc_keys_total", "gauge", "Total number of keys.", keys as f64);
+    metrics::render_process(o);
+    out
+}

@@ -1,0 +1,210 @@
+//! Process-wide counters and histograms, exposed in Prometheus' text format under etcd's metric names
+//! (like etcd, which registers its metrics in Prometheus' default registry). The storage layer times its
+//! syncs here; gauges that the Raft node already knows are read when `/metrics` is scraped.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// etcd's disk histograms: `prometheus.ExponentialBuckets(0.001, 2, 14)`, 1 ms to 8 s.
+const BUCKETS: usize = 14;
+
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub const fn new() -> Self {
+        Histogram {
+            buckets: [const { AtomicU64::new(0) }; BUCKETS],
+            count: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn bound(i: usize) -> f64 {
+        0.001 * f64::from(1u32 << i)
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = (0..BUCKETS).find(|&i| secs <= Self::bound(i)) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Runs `f` and records how long it took.
+    pub fn time<T>(&self, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = f();
+        self.observe(start.elapsed());
+        out
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", Self::bound(i));
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The latency of each sync of the Raft log.
+pub static WAL_FSYNC: Histogram = Histogram::new();
+/// The latency of each checkpoint of the MVCC records (etcd's backend commit).
+pub static BACKEND_COMMIT: Histogram = Histogram::new();
+/// Leaders this member has seen elected.
+pub static LEADER_CHANGES: AtomicU64 = AtomicU64::new(0);
+
+/// gRPC requests by (type, service, method): started, and handled by status code.
+#[derive(Default)]
+struct Grpc {
+    started: BTreeMap<(&'static str, String, String), u64>,
+    handled: BTreeMap<(&'static str, String, String, &'static str), u64>,
+}
+
+static GRPC: Mutex<Option<Grpc>> = Mutex::new(None);
+
+fn grpc<T>(f: impl FnOnce(&mut Grpc) -> T) -> T {
+    let mut g = GRPC.lock().unwrap_or_else(|p| p.into_inner());
+    f(g.get_or_insert_with(Grpc::default))
+}
+
+/// The labels of a gRPC call from its path (`/etcdserverpb.KV/Range`), as go-grpc-prometheus sets them.
+pub fn grpc_labels(path: &str) -> Option<(&'static str, String, String)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    let kind = match (service, method) {
+        ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => "bidi_stream",
+        ("etcdserverpb.Maintenance", "Snapshot") | ("v3electionpb.Election", "Observe") => "server_stream",
+        _ => "unary",
+    };
+    Some((kind, service.to_string(), method.to_string()))
+}
+
+pub fn grpc_started(labels: &(&'static str, String, String)) {
+    grpc(|g| *g.started.entry(labels.clone()).or_default() += 1);
+}
+
+pub fn grpc_handled(labels: (&'static str, String, String), code: tonic::Code) {
+    let (kind, service, method) = labels;
+    grpc(|g| *g.handled.entry((kind, service, method, code_name(code))).or_default() += 1);
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "Canceled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// A gauge or counter line with its help and type.
+pub fn sample(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+}
+
+/// Everything kept here, in the text format.
+pub fn render_process(out: &mut String) {
+    WAL_FSYNC.render(
+        "etcd_disk_wal_fsync_duration_seconds",
+        "The latency distributions of fsync called by WAL.",
+        out,
+    );
+    BACKEND_COMMIT.render(
+        "etcd_disk_backend_commit_duration_seconds",
+        "The latency distributions of commit called by backend.",
+        out,
+    );
+    let changes = LEADER_CHANGES.load(Ordering::Relaxed) as f64;
+    sample(
+        out,
+        "etcd_server_leader_changes_seen_total",
+        "counter",
+        "The number of leader changes seen.",
+        changes,
+    );
+    grpc(|g| {
+        let _ = writeln!(out, "# HELP grpc_server_started_total Total number of RPCs started on the server.");
+        let _ = writeln!(out, "# TYPE grpc_server_started_total counter");
+        for ((kind, service, method), n) in &g.started {
+            let _ = writeln!(
+                out,
+                "grpc_server_started_total{{grpc_method=\"{method}\",grpc_service=\"{service}\",grpc_type=\"{kind}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP grpc_server_handled_total Total number of RPCs completed on the server, regardless of success or failure."
+        );
+        let _ = writeln!(out, "# TYPE grpc_server_handled_total counter");
+        for ((kind, service, method, code), n) in &g.handled {
+            let _ = writeln!(
+                out,
+                "grpc_server_handled_total{{grpc_code=\"{code}\",grpc_method=\"{method}\",grpc_service=\"{service}\",grpc_type=\"{kind}\"}} {n}"
+            );
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::new();
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(20));
+        let mut out = String::new();
+        h.render("x", "help", &mut out);
+        assert!(out.contains("x_bucket{le=\"0.001\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.004\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"8.192\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count 3\n"), "{out}");
+    }
+
+    #[test]
+    fn grpc_paths_become_labels() {
+        assert_eq!(
+            grpc_labels("/etcdserverpb.KV/Range"),
+            Some(("unary", "etcdserverpb.KV".into(), "Range".into()))
+        );
+        assert_eq!(grpc_labels("/etcdserverpb.Watch/Watch").map(|l| l.0), Some("bidi_stream"));
+        assert_eq!(grpc_labels("/health"), None);
+    }
+}

@@ -1,0 +1,67 @@
+//! etcd's HTTP endpoints on the client port, probed with curl as load balancers and Prometheus do.
+
+mod common;
+
+use std::process::Command;
+
+use common::Cluster;
+
+/// (HTTP status, body) of a GET with curl.
+fn get(port: u16, path: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", &format!("http://127.0.0.1:{port}{path}")])
+        .output()
+        .expect("curl (apt-get install curl)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    (code.parse().expect("status code"), body.to_string())
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .unwrap_or_else(|| panic!("{name} in\n{text}"));
+    line.rsplit_once(' ').expect("value").1.parse().expect("number")
+}
+
+#[tokio::test]
+async fn health_version_and_metrics_answer_like_etcd() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.leader().await;
+    let port = c.members[leader].client_port;
+    let mut client = c.members[leader].client().await;
+    client.put("k", "v", None).await.expect("put");
+
+    assert_eq!(get(port, "/health"), (200, r#"{"health":"true","reason":""}"#.to_string()));
+    assert_eq!(get(port, "/version").1, r#"{"etcdcluster":"3.5.0","etcdserver":"3.5.0"}"#);
+    assert_eq!(get(port, "/livez"), (200, "ok\n".to_string()));
+    assert_eq!(get(port, "/readyz").0, 200);
+    assert_eq!(get(port, "/health?serializable=true").0, 200);
+
+    let (status, text) = get(port, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(metric(&text, "etcd_server_has_leader"), 1.0);
+    assert_eq!(metric(&text, "etcd_server_is_leader"), 1.0);
+    assert!(metric(&text, "etcd_server_leader_changes_seen_total") >= 1.0);
+    assert!(metric(&text, "etcd_disk_wal_fsync_duration_seconds_count") >= 1.0);
+    assert!(metric(&text, "etcd_mvcc_db_total_size_in_bytes") > 0.0);
+    assert_eq!(metric(&text, "etcd_debugging_mvcc_current_revision"), 2.0);
+    let put = r#"grpc_server_handled_total{grpc_code="OK",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"}"#;
+    assert_eq!(metric(&text, put), 1.0);
+    let empty_key = client.put("", "v", None).await;
+    assert!(empty_key.is_err());
+    let text = get(port, "/metrics").1;
+    let refused = r#"grpc_server_handled_total{grpc_code="InvalidArgument",grpc_method="Put","#;
+    assert_eq!(metric(&text, refused), 1.0);
+
+    // A member cut off from its quorum is unhealthy, with etcd's answer: 503 and a reason.
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    for &i in &others {
+        c.members[i].kill();
+    }
+    let (status, body) = get(port, "/health");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(r#""health":"false","reason":"QGET ERROR:"#), "{body}");
+    assert_eq!(get(port, "/readyz").0, 503);
+}
