@@ -84,6 +84,9 @@ pub struct Config {
         value_parser = parse_duration
     )]
     pub experimental_watch_progress_notify_interval: std::time::Duration,
+    /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB; negative: none).
+    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0, allow_negative_numbers = true)]
+    pub quota_backend_bytes: i64,
     /// Reject reconfiguration requests that would cause quorum loss.
     #[arg(
         long,

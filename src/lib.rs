@@ -15,6 +15,7 @@ pub mod lease;
 pub mod metrics;
 pub mod mvcc;
 pub mod pb;
+pub mod quota;
 pub mod raft;
 pub mod server;
 pub mod storage;

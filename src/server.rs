@@ -189,6 +189,7 @@ impl Server {
             leader_wait,
             lessor: Default::default(),
             strict_reconfig: config.strict_reconfig_check,
+            quota_bytes: crate::quota::quota_bytes(config.quota_backend_bytes),
             reconfig: Default::default(),
         };
 

@@ -153,6 +153,11 @@ async fn endpoint(node: &RaftNode, path: &str, serializable: bool) -> http::Resp
 /// etcd's health check: a leader is known and a read goes through (linearizable unless `serializable`),
 /// with etcd's reasons when not.
 async fn health(node: &RaftNode, serializable: bool) -> Result<(), String> {
+    if let Some((_, alarm)) = node.sm.alarms().first() {
+        let name =
+            crate::pb::etcdserverpb::AlarmType::try_from(*alarm).map_or("UNKNOWN", |a| a.as_str_name());
+        return Err(format!("ALARM {name}"));
+    }
     if node.leader().is_none() {
         return Err("RAFT NO LEADER".into());
     }

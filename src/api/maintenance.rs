@@ -21,6 +21,12 @@ pub struct MaintenanceService {
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
+/// An alarm as etcd's Status lists it.
+pub fn alarm_text(member: u64, alarm: i32) -> String {
+    let name = AlarmType::try_from(alarm).map_or_else(|_| alarm.to_string(), |a| a.as_str_name().to_string());
+    format!("memberID:{member} alarm:{name} ")
+}
+
 /// Reads until `buf` is full or the input ends.
 fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
@@ -35,9 +41,25 @@ fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usiz
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, _: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        // No alarm can be raised yet: report none, as a healthy etcd does.
-        Ok(Response::new(AlarmResponse { header: header(&self.node), alarms: vec![] }))
+    /// Lists alarms, or raises or clears one through the log (`etcdctl alarm list|disarm`).
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        use alarm_request::AlarmAction;
+        let req = req.into_inner();
+        let member = |(member_id, alarm): (u64, i32)| AlarmMember { member_id, alarm };
+        let alarms = match AlarmAction::try_from(req.action) {
+            Ok(AlarmAction::Get) => self.node.sm.alarms().into_iter().map(member).collect(),
+            Ok(action) => {
+                let activate = action == AlarmAction::Activate;
+                let change =
+                    crate::raft::Request::Alarm { activate, member: req.member_id, alarm: req.alarm };
+                match super::write(&self.node, change).await? {
+                    crate::raft::Response::Alarm(changed) => changed.into_iter().map(member).collect(),
+                    _ => return Err(super::unexpected()),
+                }
+            }
+            Err(_) => return Err(Status::invalid_argument("etcdserver: unknown alarm action")),
+        };
+        Ok(Response::new(AlarmResponse { header: header(&self.node), alarms }))
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -51,7 +73,7 @@ impl Maintenance for MaintenanceService {
             raft_index: m.last_log_index.unwrap_or(0),
             raft_term: m.current_term,
             raft_applied_index: m.last_applied.map_or(0, |l| l.index),
-            errors: vec![],
+            errors: self.node.sm.alarms().into_iter().map(|(m, a)| alarm_text(m, a)).collect(),
             db_size_in_use: db_size_in_use as i64,
             is_learner: self.node.is_learner(),
         }))

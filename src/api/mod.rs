@@ -62,6 +62,9 @@ pub mod errors {
     pub fn lease_not_found() -> Status {
         Status::new(Code::NotFound, "etcdserver: requested lease not found")
     }
+    pub fn no_space() -> Status {
+        Status::new(Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded")
+    }
     pub fn no_leader() -> Status {
         Status::new(Code::Unavailable, "etcdserver: no leader")
     }
@@ -83,6 +86,7 @@ pub fn mvcc_status(e: MvccError) -> Status {
         MvccError::KeyNotFound => errors::key_not_found(),
         MvccError::LeaseNotFound => errors::lease_not_found(),
         MvccError::LeaseExists => errors::lease_exists(),
+        MvccError::NoSpace => errors::no_space(),
         MvccError::Backend(m) => Status::internal(format!("etcdserver: {m}")),
     }
 }
@@ -98,10 +102,25 @@ pub fn node_status(e: NodeError) -> Status {
 
 /// Proposes a write through Raft; a deterministic error from apply becomes etcd's status for it.
 pub async fn write(node: &RaftNode, req: crate::raft::Request) -> Result<crate::raft::Response, Status> {
+    check_quota(node, &req).await?;
     match node.write(req).await.map_err(node_status)? {
         crate::raft::Response::Error(e) => Err(mvcc_status(e)),
         other => Ok(other),
     }
+}
+
+/// etcd's quota check before a write that adds data: past `--quota-backend-bytes` the member raises its
+/// NOSPACE alarm (through the log, so every member refuses such writes) and refuses the request.
+async fn check_quota(node: &RaftNode, req: &crate::raft::Request) -> Result<(), Status> {
+    let cost = crate::quota::cost(req);
+    if cost == 0 || node.sm.db_size().0.saturating_add(cost) <= node.quota_bytes {
+        return Ok(());
+    }
+    let alarm = crate::raft::Request::Alarm { activate: true, member: node.id, alarm: crate::quota::NOSPACE };
+    if let Err(e) = node.write(alarm).await {
+        tracing::warn!("raising the NOSPACE alarm: {e}");
+    }
+    Err(errors::no_space())
 }
 
 /// A response of another kind than the request's: a bug, never a client's doing.

@@ -27,6 +27,8 @@ pub enum MvccError {
     LeaseNotFound,
     #[error("lease already exists")]
     LeaseExists,
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
     #[error("storage: {0}")]
     Backend(String),
 }

@@ -55,6 +55,8 @@ pub struct RaftNode {
     pub lessor: Arc<Lessor>,
     /// `--strict-reconfig-check`: refuse membership changes that would leave too few started members.
     pub strict_reconfig: bool,
+    /// `--quota-backend-bytes`, resolved: writes that add data are refused past it.
+    pub quota_bytes: u64,
     /// Membership changes are carried out one at a time (openraft refuses one while another is in flight).
     pub reconfig: Arc<tokio::sync::Mutex<()>>,
 }

@@ -5,7 +5,7 @@
 //! before the log is purged), makes the records durable together with the applied log id they match,
 //! and on restart openraft re-applies the log from there.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -75,6 +75,8 @@ struct Durable {
     compacted: i64,
     membership: StoredMembership,
     attributes: BTreeMap<u64, Attributes>,
+    /// Active alarms: (member, AlarmType).
+    alarms: BTreeSet<(u64, i32)>,
     /// Every lease (id, granted TTL); attached keys are rebuilt from the store.
     leases: Vec<(i64, i64)>,
 }
@@ -89,6 +91,7 @@ impl Default for Durable {
             compacted: -1,
             membership: StoredMembership::default(),
             attributes: BTreeMap::new(),
+            alarms: BTreeSet::new(),
             leases: Vec::new(),
         }
     }
@@ -99,6 +102,7 @@ struct Applied {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     attributes: BTreeMap<u64, Attributes>,
+    alarms: BTreeSet<(u64, i32)>,
     leases: LeaseTable,
 }
 
@@ -110,6 +114,7 @@ impl Applied {
             compacted: store.compact_revision(),
             membership: self.membership.clone(),
             attributes: self.attributes.clone(),
+            alarms: self.alarms.clone(),
             leases: self.leases.leases(),
         }
     }
@@ -122,7 +127,13 @@ impl Applied {
         for (key, lease) in store.leased_keys() {
             leases.attach(&key, lease);
         }
-        Applied { last_applied: d.last_applied, membership: d.membership, attributes: d.attributes, leases }
+        Applied {
+            last_applied: d.last_applied,
+            membership: d.membership,
+            attributes: d.attributes,
+            alarms: d.alarms,
+            leases,
+        }
     }
 }
 
@@ -172,6 +183,11 @@ impl StateMachine {
             .spawn(move || maintenance_loop(weak, rx))
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
         Ok(sm)
+    }
+
+    /// The active alarms: (member, AlarmType).
+    pub fn alarms(&self) -> Vec<(u64, i32)> {
+        self.meta().alarms.iter().copied().collect()
     }
 
     /// The name and client URLs each member published (etcd's member attributes).
@@ -363,6 +379,7 @@ impl StateMachine {
             last_applied: None,
             membership: StoredMembership::default(),
             attributes: BTreeMap::new(),
+            alarms: BTreeSet::new(),
             ..d
         };
         self.replace_state(dump, fresh).map(|_| ())
@@ -448,10 +465,15 @@ fn apply_request(
         request_op, CompactionResponse, DeleteRangeRequest, LeaseGrantResponse, LeaseRevokeResponse,
         RequestOp, ResponseHeader, TxnRequest,
     };
-    let Applied { leases, attributes, .. } = meta;
+    let Applied { leases, attributes, alarms, .. } = meta;
     let header = |store: &Store<RecordLog>| {
         Some(ResponseHeader { revision: store.current_revision(), ..Default::default() })
     };
+    // etcd's capped applier: while out of space, nothing that adds data is applied.
+    let capped = !matches!(req, Request::Batch(_)) && crate::quota::cost(&req) > 0;
+    if capped && alarms.iter().any(|(_, a)| *a == crate::quota::NOSPACE) {
+        return Response::Error(MvccError::NoSpace);
+    }
     let result = match req {
         Request::Put(r) => {
             let exists = |id| leases.contains(id);
@@ -470,6 +492,11 @@ fn apply_request(
         Request::Publish { id, attributes: a } => {
             attributes.insert(id, a);
             Ok((Response::None, Vec::new()))
+        }
+        Request::Alarm { activate, member, alarm } => {
+            let changed =
+                if activate { alarms.insert((member, alarm)) } else { alarms.remove(&(member, alarm)) };
+            Ok((Response::Alarm(changed.then_some((member, alarm))), Vec::new()))
         }
         Request::LeaseGrant { id, ttl } => {
             if leases.grant(id, ttl) {

@@ -32,6 +32,12 @@ pub enum Request {
     LeaseRevoke {
         id: i64,
     },
+    /// etcd's Maintenance.Alarm: raise or clear an alarm of a member (an `AlarmType` value).
+    Alarm {
+        activate: bool,
+        member: u64,
+        alarm: i32,
+    },
     /// Concurrent requests proposed as one entry (see `batcher`); applied in order, one revision each.
     Batch(Vec<Request>),
 }
@@ -45,7 +51,7 @@ impl Request {
             Request::DeleteRange(r) => r.encoded_len(),
             Request::Txn(r) => r.encoded_len(),
             Request::Compact(r) => r.encoded_len(),
-            Request::LeaseGrant { .. } | Request::LeaseRevoke { .. } => 16,
+            Request::LeaseGrant { .. } | Request::LeaseRevoke { .. } | Request::Alarm { .. } => 16,
             Request::Publish { attributes: a, .. } => {
                 8 + a.name.len() + a.client_urls.iter().map(|u| u.len() + 2).sum::<usize>()
             }
@@ -65,6 +71,8 @@ pub enum Response {
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
     Error(MvccError),
+    /// The alarm an Alarm request raised or cleared, if it changed anything: (member, alarm).
+    Alarm(Option<(u64, i32)>),
     /// Blank and membership entries.
     None,
     /// The responses to a `Request::Batch`, in order.

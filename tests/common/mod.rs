@@ -217,6 +217,10 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start() -> Etcd {
+        Etcd::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Etcd {
         let dir = tempfile::tempdir().expect("tempdir");
         let (client_port, peer_port) = (free_port(), free_port());
         let client = format!("http://127.0.0.1:{client_port}");
@@ -227,6 +231,7 @@ impl Etcd {
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("ref={peer}")])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
