@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod lease;
 pub mod metrics;
+pub mod migrate;
 pub mod mvcc;
 pub mod pb;
 pub mod quota;

@@ -27,6 +27,9 @@ enum Command {
     Bench(BenchArgs),
     /// etcd's recipe demos (lock, rwlock, queue, pqueue, barrier, double-barrier, bank), driven by stdin.
     Demo(concord::client::demo::DemoArgs),
+    /// Copies a live etcd into concord, then mirrors its changes until stopped (Ctrl-C or SIGTERM), and
+    /// checks that both sides hold the same keys and values.
+    Migrate(concord::migrate::MigrateArgs),
     /// Backups: `snapshot restore` (take one with `etcdctl snapshot save`).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -56,6 +59,18 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Demo(args)) => Ok(concord::client::demo::run(args).await?),
+        Some(Command::Migrate(args)) => {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let stop = async move {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            };
+            let summary = concord::migrate::run(&args, stop).await?;
+            println!("{summary}");
+            Ok(())
+        }
         Some(Command::Snapshot(SnapshotCommand::Restore { file, config })) => {
             let dir = config.data_dir();
             concord::backup::restore(&file, &dir)?;

