@@ -272,3 +272,48 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(write_err)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::pb::etcdserverpb::PutRequest;
+    use crate::raft::state_machine::StateMachineStore;
+    use crate::raft::Request;
+
+    fn put(index: u64) -> Entry {
+        let req =
+            PutRequest { key: format!("k{index}").into_bytes(), value: b"v".to_vec(), ..Default::default() };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request::Put(req)),
+        }
+    }
+
+    /// Regression test for a bug concord-chaos found: a member killed after its state machine made a
+    /// checkpoint (its snapshot) but before the commit index it had stored reached the disk could not
+    /// restart, as openraft refuses a snapshot past the commit index. The applied position is a floor.
+    #[tokio::test]
+    async fn the_commit_index_read_back_is_never_behind_the_durable_applied_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let open_sm =
+            || StateMachine::open(&dir.path().join("records"), dir.path().join("snap"), 100).unwrap();
+        {
+            let sm = open_sm();
+            let db = Arc::new(Db::open(dir.path(), 1 << 20).unwrap());
+            let mut log = LogStore::open(db.clone(), &dir.path().join("wal"), sm.clone()).unwrap();
+            log.save_committed(Some(put(1).log_id)).await.unwrap();
+            db.sync().unwrap();
+            StateMachineStore { sm: sm.clone() }.apply((1..=3).map(put)).await.unwrap();
+            sm.checkpoint().unwrap();
+            // Killed here: the commit index of entries 2 and 3 never reached the disk.
+        }
+        let sm = open_sm();
+        assert_eq!(sm.last_applied().map(|l| l.index), Some(3));
+        let db = Arc::new(Db::open(dir.path(), 1 << 20).unwrap());
+        let mut log = LogStore::open(db, &dir.path().join("wal"), sm).unwrap();
+        assert_eq!(log.read_committed().await.unwrap().map(|l| l.index), Some(3));
+    }
+}
