@@ -6,6 +6,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use tonic::transport::ClientTlsConfig;
+
 use crate::config::{fnv64, member_id, ClusterState, Config};
 use crate::pb::concordraft::raft_peer_client::RaftPeerClient;
 use crate::pb::concordraft::RaftPayload;
@@ -23,7 +25,11 @@ pub struct Identity {
 }
 
 /// The identity stored in `db`, or a new one (then stored).
-pub async fn identity(config: &Config, db: &Db) -> Result<Identity, ServerError> {
+pub async fn identity(
+    config: &Config,
+    db: &Db,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Identity, ServerError> {
     let stored = |key: &[u8]| -> Result<Option<u64>, ServerError> {
         let v = db.raft.get(key).map_err(StorageError::from)?;
         Ok(v.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes))
@@ -43,7 +49,7 @@ pub async fn identity(config: &Config, db: &Db) -> Result<Identity, ServerError>
         // A data dir from before member ids were stored: its id came from the flags.
         (None, Some(cluster_id)) => Identity { id: from_flags().id, cluster_id },
         _ if config.initial_cluster_state == ClusterState::New => from_flags(),
-        _ => join(config, &members).await?,
+        _ => join(config, &members, tls).await?,
     };
     db.raft.insert(keys::MEMBER_ID, &identity.id.to_be_bytes()).map_err(StorageError::from)?;
     db.raft.insert(keys::CLUSTER_ID, &identity.cluster_id.to_be_bytes()).map_err(StorageError::from)?;
@@ -52,14 +58,18 @@ pub async fn identity(config: &Config, db: &Db) -> Result<Identity, ServerError>
 }
 
 /// Finds this member in an existing cluster: the member whose peer URLs are ours.
-async fn join(config: &Config, members: &[(String, Vec<String>)]) -> Result<Identity, ServerError> {
+async fn join(
+    config: &Config,
+    members: &[(String, Vec<String>)],
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Identity, ServerError> {
     let ours: BTreeSet<&String> = config.initial_advertise_peer_urls.iter().collect();
     let urls: Vec<&String> =
         members.iter().filter(|(name, _)| *name != config.name).flat_map(|(_, urls)| urls).collect();
     let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
     loop {
         for url in &urls {
-            let Ok((cluster_id, listed)) = cluster_info(url).await else { continue };
+            let Ok((cluster_id, listed)) = cluster_info(url, tls).await else { continue };
             return match listed.iter().find(|m| m.peer_urls.iter().collect::<BTreeSet<_>>() == ours) {
                 Some(m) => Ok(Identity { id: m.id, cluster_id }),
                 None => Err(ServerError::Join(format!(
@@ -81,10 +91,11 @@ async fn join(config: &Config, members: &[(String, Vec<String>)]) -> Result<Iden
     }
 }
 
-async fn cluster_info(url: &str) -> Result<(u64, Vec<MemberInfo>), Box<dyn std::error::Error>> {
-    let endpoint =
-        tonic::transport::Endpoint::from_shared(url.to_string())?.connect_timeout(Duration::from_secs(1));
-    let mut client = RaftPeerClient::new(endpoint.connect().await?);
+async fn cluster_info(
+    url: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<(u64, Vec<MemberInfo>), Box<dyn std::error::Error>> {
+    let mut client = RaftPeerClient::new(crate::raft::network::endpoint(url, tls)?.connect().await?);
     let reply =
         tokio::time::timeout(Duration::from_secs(2), client.cluster_info(RaftPayload::default())).await??;
     Ok(crate::raft::decode(&reply.into_inner().data)?)

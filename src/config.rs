@@ -84,6 +84,32 @@ pub struct Config {
         value_parser = parse_duration
     )]
     pub experimental_watch_progress_notify_interval: std::time::Duration,
+    /// Path to the client server TLS cert file.
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Path to the client server TLS key file.
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Path to the client server TLS trusted CA cert file.
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Enable client cert authentication.
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub client_cert_auth: bool,
+    /// Path to the peer server TLS cert file.
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Path to the peer server TLS key file.
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Enable peer client cert authentication.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub peer_client_cert_auth: bool,
     /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB; negative: none).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0, allow_negative_numbers = true)]
     pub quota_backend_bytes: i64,
@@ -150,11 +176,35 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 pub enum ConfigError {
     #[error("--initial-cluster: {0}")]
     InitialCluster(String),
-    #[error("invalid URL {0:?}: expected http://host:port")]
+    #[error("invalid URL {0:?}: expected http://host:port or https://host:port")]
     Url(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl Config {
+    /// The client side's TLS files (`--cert-file`, ...).
+    pub fn client_tls(&self) -> Result<crate::tls::Tls, ConfigError> {
+        crate::tls::Tls::load(
+            "",
+            &self.cert_file,
+            &self.key_file,
+            &self.trusted_ca_file,
+            self.client_cert_auth,
+        )
+    }
+
+    /// The peer side's TLS files (`--peer-cert-file`, ...).
+    pub fn peer_tls(&self) -> Result<crate::tls::Tls, ConfigError> {
+        crate::tls::Tls::load(
+            "peer-",
+            &self.peer_cert_file,
+            &self.peer_key_file,
+            &self.peer_trusted_ca_file,
+            self.peer_client_cert_auth,
+        )
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.concord", self.name)))
     }
@@ -192,6 +242,7 @@ impl Config {
 pub fn host_port(url: &str) -> Result<String, ConfigError> {
     let rest = url
         .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
         .or_else(|| url.strip_prefix("unix://"))
         .ok_or_else(|| ConfigError::Url(url.to_string()))?;
     let hp = rest.trim_end_matches('/');
@@ -279,8 +330,8 @@ mod tests {
 
     #[test]
     fn unknown_flags_are_refused_by_name() {
-        let err = Config::try_parse_from(["concord", "--quota-backend-bytes", "1"]).unwrap_err();
-        assert!(err.to_string().contains("--quota-backend-bytes"), "{err}");
+        let err = Config::try_parse_from(["concord", "--auto-compaction-retention", "1"]).unwrap_err();
+        assert!(err.to_string().contains("--auto-compaction-retention"), "{err}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod quota;
 pub mod raft;
 pub mod server;
 pub mod storage;
+pub mod tls;
 pub mod watch;
 pub use config::Config;
 pub use server::{Server, ServerError};

@@ -111,7 +111,12 @@ impl Server {
         let data_dir = config.data_dir();
         std::fs::create_dir_all(&data_dir)?;
         let db = Arc::new(Db::open(&data_dir, CACHE_BYTES)?);
-        let Identity { id, cluster_id } = crate::bootstrap::identity(&config, &db).await?;
+        let (client_tls, peer_tls) = (config.client_tls()?, config.peer_tls()?);
+        let client_tls_server = client_tls.server(&config.listen_client_urls, "")?;
+        let peer_tls_server = peer_tls.server(&config.listen_peer_urls, "peer-")?;
+        let peer_tls_client = Some(peer_tls.client());
+        let Identity { id, cluster_id } =
+            crate::bootstrap::identity(&config, &db, peer_tls_client.as_ref()).await?;
 
         let client_listeners = bind(&config.listen_client_urls).await?;
         let peer_listeners = bind(&config.listen_peer_urls).await?;
@@ -137,7 +142,8 @@ impl Server {
             .map_err(|e| ServerError::Raft(e.to_string()))?;
         let log_store = LogStore::open(db.clone(), &data_dir.join("wal"), sm.clone())
             .map_err(|e| ServerError::Raft(e.to_string()))?;
-        let network = Network::new(config.experimental_peer_dial_urls.iter().cloned().collect());
+        let network =
+            Network::new(config.experimental_peer_dial_urls.iter().cloned().collect(), peer_tls_client);
         let raft = openraft::Raft::new(
             id,
             Arc::new(raft_config),
@@ -197,16 +203,36 @@ impl Server {
         let mut tasks = Vec::new();
         let max_recv = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
         // etcd builds its lock and election services on a client of its own client API; so does concord.
-        let loopback = crate::api::lock::Loopback::new(
-            client_addrs.first().map_or_else(|| "127.0.0.1:2379".to_string(), |a: &SocketAddr| a.to_string()),
-        );
+        let loopback = {
+            let addr = client_addrs.first().map_or_else(|| "127.0.0.1:2379".to_string(), |a| a.to_string());
+            match &client_tls_server {
+                None => crate::api::lock::Loopback::new(format!("http://{addr}"), None),
+                // The certificate names the advertised host, not necessarily the address bound.
+                Some(_) => {
+                    let host = config
+                        .advertise_client_urls
+                        .first()
+                        .and_then(|u| host_port(u).ok())
+                        .and_then(|hp| {
+                            hp.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+                        })
+                        .unwrap_or_else(|| "localhost".into());
+                    let tls = client_tls.client().domain_name(host);
+                    crate::api::lock::Loopback::new(format!("https://{addr}"), Some(tls))
+                }
+            }
+        };
         for listener in client_listeners {
             let kv = KvService {
                 node: node.clone(),
                 max_request_bytes: config.max_request_bytes,
                 max_txn_ops: config.max_txn_ops,
             };
-            let router = tonic::transport::Server::builder()
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = &client_tls_server {
+                builder = builder.tls_config(tls.clone()).map_err(|e| ConfigError::Tls(e.to_string()))?;
+            }
+            let router = builder
                 .tcp_nodelay(true)
                 // etcd's HTTP endpoints (/health, /metrics, ...) share the client port with gRPC.
                 .accept_http1(true)
@@ -243,7 +269,11 @@ impl Server {
             let peer = RaftPeerServer::new(PeerService { node: node.clone() })
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX);
-            let router = tonic::transport::Server::builder().tcp_nodelay(true).add_service(peer);
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = &peer_tls_server {
+                builder = builder.tls_config(tls.clone()).map_err(|e| ConfigError::Tls(e.to_string()))?;
+            }
+            let router = builder.tcp_nodelay(true).add_service(peer);
             let mut rx = stop_rx.clone();
             tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(nodelay(listener), async move {
                 let _ = rx.wait_for(|s| *s).await;

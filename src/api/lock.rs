@@ -19,17 +19,20 @@ use crate::pb::v3lockpb::*;
 /// A client of this member's own client API, connected on first use.
 #[derive(Clone)]
 pub struct Loopback {
-    addr: String,
+    url: String,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     client: Arc<tokio::sync::OnceCell<Client>>,
 }
 
 impl Loopback {
-    pub fn new(addr: String) -> Loopback {
-        Loopback { addr, client: Default::default() }
+    /// A client of this member's own client `url`; `tls` for an `https://` one.
+    pub fn new(url: String, tls: Option<tonic::transport::ClientTlsConfig>) -> Loopback {
+        Loopback { url, tls, client: Default::default() }
     }
 
     async fn get(&self) -> Result<Client, Status> {
-        let connect = || Client::connect(std::slice::from_ref(&self.addr), Duration::from_secs(5));
+        let url = std::slice::from_ref(&self.url);
+        let connect = || Client::connect_tls(url, Duration::from_secs(5), self.tls.clone());
         self.client.get_or_try_init(connect).await.cloned().map_err(Status::from)
     }
 }

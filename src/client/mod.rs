@@ -24,7 +24,7 @@ pub use stm::{Isolation, Stm};
 use std::time::Duration;
 
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::pb::etcdserverpb::kv_client::KvClient;
 use crate::pb::etcdserverpb::lease_client::LeaseClient;
@@ -66,11 +66,25 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Client, ClientError> {
+        Client::connect_tls(endpoints, timeout, None).await
+    }
+
+    /// Like `connect`, with TLS for `https://` endpoints.
+    pub async fn connect_tls(
+        endpoints: &[String],
+        timeout: Duration,
+        tls: Option<ClientTlsConfig>,
+    ) -> Result<Client, ClientError> {
         let mut last = ClientError::Connect(String::new(), "no endpoints".into());
         for e in endpoints {
             let url = if e.contains("://") { e.clone() } else { format!("http://{e}") };
-            let ep = Endpoint::from_shared(url.clone())
+            let mut ep = Endpoint::from_shared(url.clone())
                 .map_err(|err| ClientError::Connect(url.clone(), err.to_string()))?;
+            if let (true, Some(tls)) = (url.starts_with("https://"), &tls) {
+                ep = ep
+                    .tls_config(tls.clone())
+                    .map_err(|err| ClientError::Connect(url.clone(), err.to_string()))?;
+            }
             match ep.connect_timeout(timeout).tcp_nodelay(true).connect().await {
                 Ok(channel) => return Ok(Client { channel }),
                 Err(err) => last = ClientError::Connect(url, err.to_string()),

@@ -10,7 +10,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::membership::MemberInfo;
 use super::types::{Member, TypeConfig};
@@ -28,17 +28,20 @@ pub struct Network {
     dial: Arc<HashMap<String, String>>,
     /// Turns true once this member learns that it has been removed from the cluster.
     removed: Arc<tokio::sync::watch::Sender<bool>>,
+    /// For `https://` peer URLs: the peer TLS files, as a client.
+    tls: Option<ClientTlsConfig>,
 }
 
 /// What a removed member hears when it asks the leader for a vote, and logs before it stops.
 pub const REMOVED: &str = "the member has been permanently removed from the cluster";
 
 impl Network {
-    pub fn new(dial: HashMap<String, String>) -> Self {
+    pub fn new(dial: HashMap<String, String>, tls: Option<ClientTlsConfig>) -> Self {
         Network {
             channels: Arc::default(),
             dial: Arc::new(dial),
             removed: Arc::new(tokio::sync::watch::Sender::new(false)),
+            tls,
         }
     }
 
@@ -80,11 +83,7 @@ impl Network {
                 return Ok(ch.clone());
             }
         }
-        let ch = Endpoint::from_shared(url.clone())
-            .map_err(|e| e.to_string())?
-            .connect_timeout(std::time::Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let ch = endpoint(&url, self.tls.as_ref())?.connect_lazy();
         map.insert(id, (url, ch.clone()));
         Ok(ch)
     }
@@ -94,6 +93,19 @@ impl Network {
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX))
     }
+}
+
+/// An endpoint for a peer URL, with TLS for an `https://` one.
+pub fn endpoint(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, String> {
+    let mut ep = Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .tcp_nodelay(true);
+    if url.starts_with("https://") {
+        let tls = tls.ok_or_else(|| format!("{url}: https peer URL without --peer-cert-file"))?;
+        ep = ep.tls_config(tls.clone()).map_err(|e| e.to_string())?;
+    }
+    Ok(ep)
 }
 
 fn mark_removed(removed: &tokio::sync::watch::Sender<bool>) {

@@ -19,12 +19,22 @@ pub struct Member {
     pub data_dir: PathBuf,
     pub initial_cluster: String,
     pub extra: Vec<String>,
+    /// Serve clients and peers over TLS (`https://` URLs; the certificates go in `extra`).
+    pub tls: bool,
     child: Option<Child>,
 }
 
 impl Member {
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     pub fn start(&mut self) {
@@ -35,7 +45,7 @@ impl Member {
             .open(self.data_dir.with_extension("log"))
             .expect("log file");
         let client = self.endpoint();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = format!("{}://127.0.0.1:{}", self.scheme(), self.peer_port);
         let child = Command::new(env!("CARGO_BIN_EXE_concord"))
             .args(["--name", &self.name])
             .args(["--data-dir", self.data_dir.to_str().unwrap()])
@@ -148,6 +158,7 @@ impl Cluster {
                 data_dir: dir.path().join(format!("m{i}")),
                 initial_cluster: initial_cluster.clone(),
                 extra: extra.iter().map(|s| s.to_string()).collect(),
+                tls: false,
                 child: None,
             })
             .collect();
@@ -172,6 +183,7 @@ impl Cluster {
             data_dir: self.dir.path().join(name),
             initial_cluster: String::new(),
             extra: Vec::new(),
+            tls: false,
             child: None,
         });
         self.members.last_mut().expect("just pushed")

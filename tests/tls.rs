@@ -1,0 +1,117 @@
+//! TLS with etcd's flags, certificates made at test time: clients with etcdctl's `--cacert --cert --key`,
+//! client certificates required, plain text refused, and peers talking TLS to each other.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{etcdctl, Cluster};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+
+struct Pki {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    other_ca_cert: PathBuf,
+    other_ca_key: PathBuf,
+}
+
+/// A CA, a certificate for 127.0.0.1 and localhost (for serving and as a client, as etcd's docs make
+/// them), and a certificate from another CA that nobody trusts.
+fn pki(dir: &Path) -> Pki {
+    let ca = |name: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        (p.self_signed(&key).unwrap(), key)
+    };
+    let leaf = |issuer: &(rcgen::Certificate, KeyPair), stem: &str| {
+        let mut p = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "root");
+        p.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &issuer.0, &issuer.1).unwrap();
+        let (c, k) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}-key.pem")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    };
+    let trusted = ca("concord test CA");
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, trusted.0.pem()).unwrap();
+    let (cert, key) = leaf(&trusted, "member");
+    let (other_ca_cert, other_ca_key) = leaf(&ca("nobody's CA"), "stranger");
+    Pki { ca: ca_path, cert, key, other_ca_cert, other_ca_key }
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[test]
+fn clients_and_peers_speak_tls_with_etcds_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let mut c = Cluster::new(3, &[]);
+    let initial = c.members[0].initial_cluster.replace("http://", "https://");
+    for m in &mut c.members {
+        m.initial_cluster = initial.clone();
+        m.tls = true;
+        m.extra = vec![
+            format!("--cert-file={}", s(&pki.cert)),
+            format!("--key-file={}", s(&pki.key)),
+            format!("--trusted-ca-file={}", s(&pki.ca)),
+            "--client-cert-auth".into(),
+            format!("--peer-cert-file={}", s(&pki.cert)),
+            format!("--peer-key-file={}", s(&pki.key)),
+            format!("--peer-trusted-ca-file={}", s(&pki.ca)),
+            "--peer-client-cert-auth".into(),
+        ];
+        m.start();
+    }
+    let with_cert = [
+        format!("--cacert={}", s(&pki.ca)),
+        format!("--cert={}", s(&pki.cert)),
+        format!("--key={}", s(&pki.key)),
+    ];
+    let ctl = |m: usize, args: &[&str], auth: &[String]| {
+        let endpoint = format!("https://127.0.0.1:{}", c.members[m].client_port);
+        let mut all: Vec<&str> = auth.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        etcdctl(&endpoint, &all, None)
+    };
+    // Written through one member, read through another: the peers replicate over TLS.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (ok, _, err) = ctl(0, &["put", "secret", "v"], &with_cert);
+        if ok {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "put over TLS: {err}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (ok, out, err) = ctl(2, &["get", "secret"], &with_cert);
+    assert!(ok && out.contains("secret\nv"), "{out}{err}");
+    // The lock service is a client of the member's own TLS port.
+    let (ok, out, err) = ctl(1, &["lock", "l", "echo", "locked"], &with_cert);
+    assert!(ok && out.contains("locked"), "{out}{err}");
+
+    // No client certificate, or one from a CA the member does not trust: refused.
+    let ca_only = [format!("--cacert={}", s(&pki.ca)), "--command-timeout=3s".to_string()];
+    let (ok, _, _) = ctl(0, &["get", "secret"], &ca_only);
+    assert!(!ok, "a client without a certificate was served");
+    let stranger = [
+        format!("--cacert={}", s(&pki.ca)),
+        format!("--cert={}", s(&pki.other_ca_cert)),
+        format!("--key={}", s(&pki.other_ca_key)),
+        "--command-timeout=3s".to_string(),
+    ];
+    let (ok, _, _) = ctl(0, &["get", "secret"], &stranger);
+    assert!(!ok, "a client with an untrusted certificate was served");
+    // Plain text on the TLS port: refused.
+    let plain = format!("http://127.0.0.1:{}", c.members[0].client_port);
+    let (ok, _, _) = etcdctl(&plain, &["get", "secret", "--command-timeout=3s"], None);
+    assert!(!ok, "a plain-text client was served on a TLS port");
+}
