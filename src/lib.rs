@@ -11,6 +11,7 @@ pub mod bench;
 pub mod bootstrap;
 pub mod client;
 pub mod config;
+pub mod corrupt;
 pub mod lease;
 pub mod metrics;
 pub mod migrate;

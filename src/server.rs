@@ -55,6 +55,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("joining the cluster: {0}")]
     Join(String),
+    #[error("etcdserver: {0}")]
+    Corrupt(String),
 }
 
 /// tonic refuses an oversized message with OutOfRange; grpc-go, and so etcd, with ResourceExhausted.
@@ -282,6 +284,14 @@ impl Server {
 
         tasks.push(tokio::spawn(snapshots(node.clone(), stop_rx.clone())));
         tasks.push(tokio::spawn(count_leader_changes(node.clone(), stop_rx.clone())));
+        if !config.experimental_corrupt_check_time.is_zero() {
+            let every = config.experimental_corrupt_check_time;
+            let (node, stop) = (node.clone(), stop_rx.clone());
+            tasks.push(tokio::spawn(async move {
+                crate::corrupt::periodic(node, every, stop).await;
+                Ok(())
+            }));
+        }
         let extend = Duration::from_millis(config.election_timeout);
         tasks.push(tokio::spawn(lease_clock(node.clone(), extend, stop_rx.clone())));
         let attributes =
@@ -289,7 +299,29 @@ impl Server {
         tasks.push(tokio::spawn(publish(node.clone(), attributes, stop_rx.clone())));
 
         tracing::info!(name = %config.name, id = format!("{id:x}"), cluster = format!("{cluster_id:x}"), "concord member started");
-        Ok(Server { node, db, client_addrs, peer_addrs, stop, tasks })
+        let server = Server { node, db, client_addrs, peer_addrs, stop, tasks };
+        if config.experimental_initial_corrupt_check {
+            if let Err(e) = server.initial_corrupt_check().await {
+                let _ = server.shutdown().await;
+                return Err(e);
+            }
+        }
+        Ok(server)
+    }
+
+    /// `--experimental-initial-corrupt-check`: a member whose data differs from a peer's at the same
+    /// revision stops instead of serving it.
+    async fn initial_corrupt_check(&self) -> Result<(), ServerError> {
+        let bad =
+            crate::corrupt::mismatched(&self.node).await.map_err(|e| ServerError::Raft(e.to_string()))?;
+        if let Some(peer) = bad.first() {
+            return Err(ServerError::Corrupt(format!(
+                "found data inconsistency with peers: {:x} differs from {peer:x} (and {} more)",
+                self.node.id,
+                bad.len() - 1
+            )));
+        }
+        Ok(())
     }
 
     /// Addresses actually bound for clients (useful with port 0).

@@ -46,6 +46,7 @@ impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let req = request.into_inner();
         validate::range(&req)?;
+        super::refuse_if_corrupt(&self.node)?;
         if !req.serializable {
             if self.node.is_learner() {
                 return Err(super::learner::not_supported());
@@ -88,6 +89,7 @@ impl Kv for KvService {
         let req = request.into_inner();
         validate::txn(&req, self.max_txn_ops)?;
         let mut resp = if is_read_only(&req) {
+            super::refuse_if_corrupt(&self.node)?;
             if !txn_serializable(&req) {
                 self.node.read_barrier().await.map_err(node_status)?;
             }

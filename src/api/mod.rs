@@ -62,6 +62,9 @@ pub mod errors {
     pub fn lease_not_found() -> Status {
         Status::new(Code::NotFound, "etcdserver: requested lease not found")
     }
+    pub fn corrupt() -> Status {
+        Status::new(Code::DataLoss, "etcdserver: corrupt cluster")
+    }
     pub fn no_space() -> Status {
         Status::new(Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded")
     }
@@ -87,6 +90,7 @@ pub fn mvcc_status(e: MvccError) -> Status {
         MvccError::LeaseNotFound => errors::lease_not_found(),
         MvccError::LeaseExists => errors::lease_exists(),
         MvccError::NoSpace => errors::no_space(),
+        MvccError::Corrupt => errors::corrupt(),
         MvccError::Backend(m) => Status::internal(format!("etcdserver: {m}")),
     }
 }
@@ -106,6 +110,14 @@ pub async fn write(node: &RaftNode, req: crate::raft::Request) -> Result<crate::
     match node.write(req).await.map_err(node_status)? {
         crate::raft::Response::Error(e) => Err(mvcc_status(e)),
         other => Ok(other),
+    }
+}
+
+/// etcd's `applierV3Corrupt`: while a CORRUPT alarm is active nothing is served from the store.
+pub fn refuse_if_corrupt(node: &RaftNode) -> Result<(), Status> {
+    match node.sm.alarms().iter().any(|(_, a)| *a == crate::quota::CORRUPT) {
+        true => Err(errors::corrupt()),
+        false => Ok(()),
     }
 }
 

@@ -29,6 +29,8 @@ pub enum MvccError {
     LeaseExists,
     #[error("mvcc: database space exceeded")]
     NoSpace,
+    #[error("corrupt cluster")]
+    Corrupt,
     #[error("storage: {0}")]
     Backend(String),
 }

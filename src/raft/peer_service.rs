@@ -91,6 +91,12 @@ impl RaftPeer for PeerService {
         payload(&self.node.change_as_leader(&change, deadline).await)
     }
 
+    async fn hash_kv(&self, req: GrpcRequest<RaftPayload>) -> Result<GrpcResponse<RaftPayload>, Status> {
+        let rev: i64 = parse(req)?;
+        let answer: crate::corrupt::HashKv = self.node.sm.read(|s| s.hash_kv(rev));
+        payload(&answer)
+    }
+
     async fn cluster_info(&self, _: GrpcRequest<RaftPayload>) -> Result<GrpcResponse<RaftPayload>, Status> {
         payload(&(self.node.cluster_id, self.node.members()))
     }

@@ -469,8 +469,13 @@ fn apply_request(
     let header = |store: &Store<RecordLog>| {
         Some(ResponseHeader { revision: store.current_revision(), ..Default::default() })
     };
-    // etcd's capped applier: while out of space, nothing that adds data is applied.
-    let capped = !matches!(req, Request::Batch(_)) && crate::quota::cost(&req) > 0;
+    // etcd's corrupt applier: once a member's data is known to differ, no change is applied; its capped
+    // applier: while out of space, nothing that adds data is.
+    let changes_data = !matches!(req, Request::Batch(_) | Request::Alarm { .. } | Request::Publish { .. });
+    if changes_data && alarms.iter().any(|(_, a)| *a == crate::quota::CORRUPT) {
+        return Response::Error(MvccError::Corrupt);
+    }
+    let capped = changes_data && crate::quota::cost(&req) > 0;
     if capped && alarms.iter().any(|(_, a)| *a == crate::quota::NOSPACE) {
         return Response::Error(MvccError::NoSpace);
     }
