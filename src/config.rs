@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ClusterState {
@@ -138,6 +138,12 @@ pub struct Config {
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Log format: text, or json (one JSON object per line).
+    #[arg(long, env = "ETCD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// Path to a configuration file with etcd's YAML keys; when given, the other flags are ignored.
+    #[arg(long, env = "ETCD_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -181,6 +187,8 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("--config-file {0}: {1}")]
+    File(PathBuf, String),
     #[error("--initial-cluster: {0}")]
     InitialCluster(String),
     #[error("invalid URL {0:?}: expected http://host:port or https://host:port")]
@@ -190,6 +198,35 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Reads etcd's YAML configuration file: each key is the flag of the same name, and the
+    /// `client-transport-security` / `peer-transport-security` sections hold the TLS flags. Keys concord
+    /// does not support are refused by name unless they hold etcd's default (a sample etcd config file,
+    /// which lists every key, works as it is).
+    pub fn from_yaml(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let err = |e: String| ConfigError::File(path.to_path_buf(), e);
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let doc: serde_yaml::Mapping = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let mut args = vec!["concord".to_string()];
+        for (key, value) in &doc {
+            let key = key.as_str().ok_or_else(|| err(format!("key {key:?} is not a string")))?;
+            match (key, value) {
+                (
+                    "client-transport-security" | "peer-transport-security",
+                    serde_yaml::Value::Mapping(section),
+                ) => {
+                    let prefix = if key.starts_with("peer") { "peer-" } else { "" };
+                    for (k, v) in section {
+                        let k = k.as_str().ok_or_else(|| err(format!("{key}: a key is not a string")))?;
+                        yaml_flag(&format!("{prefix}{k}"), v, &mut args).map_err(err)?;
+                    }
+                }
+                _ => yaml_flag(key, value, &mut args).map_err(err)?,
+            }
+        }
+        let config = Config::try_parse_from(&args).map_err(|e| err(e.to_string()))?;
+        Ok(Config { config_file: Some(path.to_path_buf()), ..config })
+    }
+
     /// The client side's TLS files (`--cert-file`, ...).
     pub fn client_tls(&self) -> Result<crate::tls::Tls, ConfigError> {
         crate::tls::Tls::load(
@@ -243,6 +280,31 @@ impl Config {
         }
         Ok(members)
     }
+}
+
+/// One YAML key as a flag. A key that is not a concord flag is refused unless it holds a default.
+fn yaml_flag(key: &str, value: &serde_yaml::Value, args: &mut Vec<String>) -> Result<(), String> {
+    use serde_yaml::Value;
+    let text = match value {
+        Value::Null => return Ok(()),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        Value::Sequence(items) => {
+            items.iter().filter_map(|i| i.as_str().map(str::to_string)).collect::<Vec<_>>().join(",")
+        }
+        Value::Mapping(_) | Value::Tagged(_) => return Err(format!("{key}: unexpected value")),
+    };
+    let known = Config::command().get_arguments().any(|a| a.get_long() == Some(key)) && key != "config-file";
+    if known {
+        args.push(format!("--{key}={text}"));
+        return Ok(());
+    }
+    // etcd's sample configuration lists every key with its default; those mean "nothing to do".
+    if matches!(text.as_str(), "" | "false" | "0" | "0s") || (key == "logger" && text == "zap") {
+        return Ok(());
+    }
+    Err(format!("{key}: {text:?} is not supported by concord"))
 }
 
 /// `http://host:port` → `host:port`.
@@ -333,6 +395,26 @@ mod tests {
         assert_eq!(c.max_txn_ops, 9, "a flag wins over the environment");
         std::env::remove_var("ETCD_INITIAL_CLUSTER_TOKEN");
         std::env::remove_var("ETCD_MAX_TXN_OPS");
+    }
+
+    #[test]
+    fn etcd_config_files_are_read_key_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etcd.yaml");
+        let yaml = "name: 'n1'\ndata-dir: /tmp/n1\nwal-dir:\nsnapshot-count: 5000\nheartbeat-interval: 50\n\
+                    listen-client-urls: http://127.0.0.1:2379\ninitial-cluster-state: 'new'\nenable-v2: false\n\
+                    client-transport-security:\n  cert-file: /c.pem\n  client-cert-auth: true\n  auto-tls: false\n\
+                    peer-transport-security:\n  trusted-ca-file: /ca.pem\nlogger: zap\n";
+        std::fs::write(&path, yaml).unwrap();
+        let c = Config::from_yaml(&path).unwrap();
+        assert_eq!((c.name.as_str(), c.snapshot_count, c.heartbeat_interval), ("n1", 5000, 50));
+        assert_eq!(c.data_dir(), PathBuf::from("/tmp/n1"));
+        assert_eq!(c.cert_file, Some(PathBuf::from("/c.pem")));
+        assert!(c.client_cert_auth);
+        assert_eq!(c.peer_trusted_ca_file, Some(PathBuf::from("/ca.pem")));
+        std::fs::write(&path, "name: n1\nauto-compaction-retention: '1'\n").unwrap();
+        let err = Config::from_yaml(&path).unwrap_err().to_string();
+        assert!(err.contains("auto-compaction-retention"), "{err}");
     }
 
     #[test]

@@ -49,6 +49,15 @@ enum SnapshotCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Every flag also reads CONCORD_<FLAG>, standing in for etcd's ETCD_<FLAG> (which wins when both are set).
+    for (key, value) in std::env::vars() {
+        if let Some(flag) = key.strip_prefix("CONCORD_") {
+            let etcd = format!("ETCD_{flag}");
+            if std::env::var_os(&etcd).is_none() {
+                std::env::set_var(etcd, value);
+            }
+        }
+    }
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Bench(args)) => {
@@ -82,9 +91,18 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let config = match &config.config_file {
+        Some(path) => Config::from_yaml(path)?,
+        None => config,
+    };
     let filter = tracing_subscriber::EnvFilter::try_new(format!("{},openraft=warn", config.log_level))
         .with_context(|| format!("--log-level {}", config.log_level))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
 
     let server = Server::start(config).await.context("starting concord")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
