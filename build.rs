@@ -17,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // allocation and a memcpy of the value.
         .bytes(".mvccpb.KeyValue")
         .type_attribute(".authpb", "#[derive(serde::Serialize, serde::Deserialize)]")
+        // The JSON gateway translates with these descriptors (proto3 JSON, etcd's grpc-gateway).
+        .file_descriptor_set_path(std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("descriptors.bin"))
         .compile_protos(
             &["proto/rpc.proto", "proto/v3lock.proto", "proto/v3election.proto", "proto/raft.proto"],
             &["proto"],

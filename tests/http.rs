@@ -34,7 +34,7 @@ async fn health_version_and_metrics_answer_like_etcd() {
     client.put("k", "v", None).await.expect("put");
 
     assert_eq!(get(port, "/health"), (200, r#"{"health":"true","reason":""}"#.to_string()));
-    assert_eq!(get(port, "/version").1, r#"{"etcdcluster":"3.5.0","etcdserver":"3.5.0"}"#);
+    assert_eq!(get(port, "/version").1, r#"{"etcdserver":"3.5.0","etcdcluster":"3.5.0"}"#);
     assert_eq!(get(port, "/livez"), (200, "ok\n".to_string()));
     assert_eq!(get(port, "/readyz").0, 200);
     assert_eq!(get(port, "/health?serializable=true").0, 200);

@@ -9,9 +9,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http_body::Frame;
+use http_body_util::BodyExt;
 use tonic::body::Body;
 use tonic::Code;
 
+use crate::api::gateway;
 use crate::api::maintenance::ETCD_VERSION;
 use crate::metrics::{self, sample};
 use crate::raft::RaftNode;
@@ -38,10 +40,11 @@ pub struct Http<S> {
     node: RaftNode,
 }
 
-impl<S, B> tower::Service<http::Request<B>> for Http<S>
+impl<S> tower::Service<http::Request<Body>> for Http<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
@@ -51,8 +54,30 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let path = req.uri().path();
+        if req.method() == http::Method::POST && (path.starts_with("/v3/") || path.starts_with("/v3beta/")) {
+            // The JSON gateway: the call goes on to the gRPC services, as gRPC.
+            let Some(method) = gateway::method(path) else {
+                let path = path.to_string();
+                return Box::pin(async move { Ok(gateway_not_found(&path)) });
+            };
+            // The service that was polled ready takes this call; a clone waits for the next (tower's rule).
+            let clone = self.inner.clone();
+            let mut inner = std::mem::replace(&mut self.inner, clone);
+            return Box::pin(async move {
+                let body = match req.into_body().collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => return Ok(gateway_bad_body(&e.to_string())),
+                };
+                let call = match gateway::grpc_request(&method, &body) {
+                    Ok(call) => call,
+                    Err((code, message)) => return Ok(gateway::error(code, &message)),
+                };
+                let resp = inner.call(call.request).await?;
+                Ok(gateway::json_reply(&method, resp, call.keep).await)
+            });
+        }
         if matches!(path, "/health" | "/livez" | "/readyz" | "/version" | "/metrics") {
             let (node, path) = (self.node.clone(), path.to_string());
             let serializable = req.uri().query().is_some_and(|q| q.contains("serializable=true"));
@@ -74,6 +99,14 @@ where
             Ok(resp.map(|body| Body::new(Counted { inner: body, labels: Some(labels) })))
         })
     }
+}
+
+fn gateway_not_found(path: &str) -> http::Response<Body> {
+    response(http::StatusCode::NOT_FOUND, "text/plain", format!("404 page not found: {path}\n"))
+}
+
+fn gateway_bad_body(e: &str) -> http::Response<Body> {
+    response(http::StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n"))
 }
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {

@@ -1,0 +1,127 @@
+//! etcd's JSON gateway, side by side with etcd 3.4: the same curl requests get the same JSON answers
+//! (apart from the ids of cluster and member), errors included, and `/v3/watch` streams.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::{wait_serving, Cluster, Etcd};
+use serde_json::Value;
+
+fn post(port: u16, path: &str, body: &str) -> (u16, Value) {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+            "-d",
+            body,
+            &format!("http://127.0.0.1:{port}{path}"),
+        ])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (json, code) = text.rsplit_once('\n').expect("status");
+    (
+        code.parse().expect("status"),
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{path}: {e}: {json}")),
+    )
+}
+
+/// What two servers may answer differently: their ids, what each reports about itself, and time.
+fn comparable(mut v: Value) -> Value {
+    fn strip(v: &mut Value) {
+        if let Value::Object(m) = v {
+            for k in [
+                "cluster_id",
+                "member_id",
+                "raft_term",
+                "version",
+                "dbSize",
+                "dbSizeInUse",
+                "leader",
+                "raftIndex",
+                "raftTerm",
+                "raftAppliedIndex",
+            ] {
+                m.remove(k);
+            }
+            // The seconds left on a lease depend on when each server was asked.
+            if m.contains_key("grantedTTL") {
+                m.remove("TTL");
+            }
+            m.values_mut().for_each(strip);
+        } else if let Value::Array(a) = v {
+            a.iter_mut().for_each(strip);
+        }
+    }
+    strip(&mut v);
+    v
+}
+
+const CALLS: &[(&str, &str)] = &[
+    ("/v3/kv/put", r#"{"key": "Zm9v", "value": "YmFy"}"#),
+    ("/v3/kv/range", r#"{"key": "Zm9v"}"#),
+    ("/v3/kv/range", r#"{"key": "bm9uZQ=="}"#),
+    ("/v3/kv/range", r#"{"key": "Zm9v", "range_end": "Zm9w", "count_only": true}"#),
+    ("/v3/kv/range", r#"{"key": "", "rangeEnd": "Zm9w"}"#),
+    ("/v3/kv/range", r#"{"key": "Zm9v", "revision": "100"}"#),
+    (
+        "/v3/kv/txn",
+        r#"{"compare":[{"target":"CREATE","key":"Zm9v","createRevision":"2"}],"success":[{"requestPut":{"key":"Zm9v","value":"YmF6"}}],"failure":[{"requestRange":{"key":"Zm9v"}}]}"#,
+    ),
+    (
+        "/v3/kv/txn",
+        r#"{"compare":[{"target":"VALUE","key":"Zm9v","value":"bm8="}],"failure":[{"requestRange":{"key":"Zm9v"}}]}"#,
+    ),
+    ("/v3/kv/deleterange", r#"{"key": "Zm9v", "prev_kv": true}"#),
+    ("/v3/lease/grant", r#"{"TTL": 30, "ID": 4242}"#),
+    ("/v3/kv/put", r#"{"key": "bGVhc2Vk", "value": "eA==", "lease": "4242"}"#),
+    ("/v3/lease/timetolive", r#"{"ID": 4242, "keys": true}"#),
+    ("/v3/kv/lease/revoke", r#"{"ID": 4242}"#),
+    ("/v3/kv/compaction", r#"{"revision": "2"}"#),
+    ("/v3/kv/range", r#"{"key": "Zm9v", "revision": "1"}"#),
+    ("/v3/kv/put", r#"{"key": "", "value": "YmFy"}"#),
+    ("/v3/maintenance/status", "{}"),
+    ("/v3beta/kv/range", r#"{"key": "Zm9v"}"#),
+];
+
+#[tokio::test]
+async fn curl_gets_the_same_json_from_concord_as_from_etcd() {
+    let etcd = Etcd::start();
+    wait_serving(etcd.client_port).await;
+    let c = Cluster::start(1, &[]);
+    c.members[0].client().await;
+    let concord = c.members[0].client_port;
+    for (path, body) in CALLS {
+        let (etcd_code, etcd_json) = post(etcd.client_port, path, body);
+        let (code, json) = post(concord, path, body);
+        assert_eq!(code, etcd_code, "{path} {body}: {json} against etcd's {etcd_json}");
+        assert_eq!(comparable(json), comparable(etcd_json), "{path} {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_watch_streams_one_json_line_per_response() {
+    let c = Cluster::start(1, &[]);
+    c.members[0].client().await;
+    let port = c.members[0].client_port;
+    let mut watch = Command::new("curl")
+        .args(["-s", "-N", "-X", "POST", "-d", r#"{"create_request": {"key": "d2F0Y2hlZA=="}}"#])
+        .arg(format!("http://127.0.0.1:{port}/v3/watch"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    let created: Value = serde_json::from_str(&lines.next().expect("a line").expect("read")).expect("JSON");
+    assert_eq!(created["result"]["created"], true, "{created}");
+    post(port, "/v3/kv/put", r#"{"key": "d2F0Y2hlZA==", "value": "MQ=="}"#);
+    let event: Value = serde_json::from_str(&lines.next().expect("a line").expect("read")).expect("JSON");
+    let kv = &event["result"]["events"][0]["kv"];
+    assert_eq!((kv["key"].as_str(), kv["value"].as_str()), (Some("d2F0Y2hlZA=="), Some("MQ==")), "{event}");
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
