@@ -9,13 +9,31 @@ use std::process::{Command, Stdio};
 use common::{Cluster, Etcd};
 
 fn run_kvcheck(endpoints: &[String]) {
-    let out = Command::new(common::go_program("kvcheck"))
+    run("kvcheck", endpoints);
+}
+
+fn run(program: &str, endpoints: &[String]) {
+    let out = Command::new(common::go_program(program))
         .args(endpoints)
         .stderr(Stdio::null())
         .output()
         .expect("run kvcheck");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.trim() == "ok", "Go clientv3 check failed: {stdout}");
+    assert!(out.status.success() && stdout.trim() == "ok", "Go clientv3 {program} failed: {stdout}");
+}
+
+#[tokio::test]
+async fn go_clientv3_operations_against_three_members() {
+    let c = Cluster::start(3, &[]);
+    c.leader().await;
+    let endpoints: Vec<String> = c.members.iter().map(|m| format!("127.0.0.1:{}", m.client_port)).collect();
+    run("opscheck", &endpoints);
+}
+
+#[tokio::test]
+async fn the_go_operations_check_passes_against_real_etcd() {
+    let etcd = Etcd::start();
+    run("opscheck", &[format!("127.0.0.1:{}", etcd.client_port)]);
 }
 
 #[tokio::test]
