@@ -5,7 +5,8 @@
 //! both sides hold the same keys and values and says so, or fails.
 //!
 //! Leases keep their ids, so clients keep renewing them after switching; a transaction on the source
-//! (all events of one revision) is applied as one transaction on the target.
+//! (all events of one revision) is applied as one transaction on the target. Either side may be
+//! `https://`, with etcdctl-style certificate flags.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -40,12 +41,54 @@ pub struct MigrateArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// TLS to the source (for an https:// --from): CA to trust, and a client certificate and key.
+    #[arg(long)]
+    pub from_cacert: Option<std::path::PathBuf>,
+    #[arg(long)]
+    pub from_cert: Option<std::path::PathBuf>,
+    #[arg(long)]
+    pub from_key: Option<std::path::PathBuf>,
+    /// TLS to the target (for an https:// --to), like the --from-* flags.
+    #[arg(long)]
+    pub to_cacert: Option<std::path::PathBuf>,
+    #[arg(long)]
+    pub to_cert: Option<std::path::PathBuf>,
+    #[arg(long)]
+    pub to_key: Option<std::path::PathBuf>,
+}
+
+/// A client TLS configuration from etcdctl-style files (`--cacert --cert --key`).
+fn tls(
+    cacert: &Option<std::path::PathBuf>,
+    cert: &Option<std::path::PathBuf>,
+    key: &Option<std::path::PathBuf>,
+) -> Result<tonic::transport::ClientTlsConfig, MigrateError> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |p: &std::path::PathBuf| {
+        std::fs::read(p).map_err(|e| MigrateError::Tls(format!("{}: {e}", p.display())))
+    };
+    let mut config = ClientTlsConfig::new();
+    if let Some(ca) = cacert {
+        config = config.ca_certificate(Certificate::from_pem(read(ca)?));
+    }
+    match (cert, key) {
+        (Some(c), Some(k)) => config = config.identity(Identity::from_pem(read(c)?, read(k)?)),
+        (None, None) => {}
+        _ => {
+            return Err(MigrateError::Tls(
+                "a client certificate needs its key, and the other way round".into(),
+            ))
+        }
+    }
+    Ok(config)
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("the source compacted revision {0} before it could be mirrored; run the migration again")]
     Compacted(i64),
     #[error("source and target still differ after {SETTLE:?}: {0} keys (digest {1:016x}) against {2} keys (digest {3:016x})")]
@@ -96,8 +139,18 @@ pub async fn run(args: &MigrateArgs, stop: impl Future<Output = ()>) -> Result<S
         p => (p.to_vec(), prefix_end(p)),
     };
     let mut m = Migration {
-        src: Client::connect(std::slice::from_ref(&args.from), timeout).await?,
-        dst: Client::connect(std::slice::from_ref(&args.to), timeout).await?,
+        src: Client::connect_tls(
+            std::slice::from_ref(&args.from),
+            timeout,
+            Some(tls(&args.from_cacert, &args.from_cert, &args.from_key)?),
+        )
+        .await?,
+        dst: Client::connect_tls(
+            std::slice::from_ref(&args.to),
+            timeout,
+            Some(tls(&args.to_cacert, &args.to_cert, &args.to_key)?),
+        )
+        .await?,
         start,
         end,
         leases: HashSet::new(),

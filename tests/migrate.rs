@@ -103,3 +103,77 @@ async fn migrates_a_live_etcd_3_4() {
 async fn migrates_a_live_etcd_3_5() {
     migrate_from(Etcd::start_35(), "etcd 3.5.1").await;
 }
+
+/// Into a concord that serves clients over TLS and asks for client certificates.
+#[tokio::test]
+async fn migrates_into_a_tls_member() {
+    let etcd = Etcd::start_35();
+    wait_serving(etcd.client_port).await;
+    let source = format!("127.0.0.1:{}", etcd.client_port);
+    let mut src = etcd_client::Client::connect([source.clone()], None).await.expect("connect etcd");
+    for i in 0..100 {
+        src.put(format!("k{i}"), "v", None).await.expect("put");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::pki(dir.path());
+    let mut target = Cluster::new(1, &[]);
+    let m = &mut target.members[0];
+    m.tls = true;
+    m.extra = vec![
+        format!("--cert-file={}", pki.cert.display()),
+        format!("--key-file={}", pki.key.display()),
+        format!("--trusted-ca-file={}", pki.ca.display()),
+        "--client-cert-auth".into(),
+        format!("--peer-cert-file={}", pki.cert.display()),
+        format!("--peer-key-file={}", pki.key.display()),
+    ];
+    m.initial_cluster = m.initial_cluster.replace("http://", "https://");
+    m.start();
+    let certs = [
+        format!("--cacert={}", pki.ca.display()),
+        format!("--cert={}", pki.cert.display()),
+        format!("--key={}", pki.key.display()),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut args: Vec<&str> = certs.iter().map(String::as_str).collect();
+        args.extend(["endpoint", "health"]);
+        if common::etcdctl(&m.endpoint(), &args, None).0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the TLS member does not come up: {}", m.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut migrate = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["migrate", "--from", &source, "--to", &m.endpoint()])
+        .arg(format!("--to-cacert={}", pki.ca.display()))
+        .arg(format!("--to-cert={}", pki.cert.display()))
+        .arg(format!("--to-key={}", pki.key.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("concord migrate");
+    let mut progress = BufReader::new(migrate.stderr.take().expect("stderr")).lines();
+    let mut said = String::new();
+    while let Some(line) = progress.next_line().await.expect("read progress") {
+        if line.contains("mirroring") {
+            break;
+        }
+        said.push_str(&line);
+    }
+    assert!(said.is_empty() || !said.contains("Error"), "migrate failed: {said}");
+    tokio::spawn(async move { while let Ok(Some(_)) = progress.next_line().await {} });
+    for i in 100..110 {
+        src.put(format!("k{i}"), "v", None).await.expect("put");
+    }
+    let pid = migrate.id().expect("pid").to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let out = tokio::time::timeout(Duration::from_secs(60), migrate.wait_with_output())
+        .await
+        .expect("migrate stops")
+        .expect("migrate output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("hold the same 110 keys"), "{stdout}");
+}

@@ -3,48 +3,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{etcdctl, Cluster};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-
-struct Pki {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-    other_ca_cert: PathBuf,
-    other_ca_key: PathBuf,
-}
-
-/// A CA, a certificate for 127.0.0.1 and localhost (for serving and as a client, as etcd's docs make
-/// them), and a certificate from another CA that nobody trusts.
-fn pki(dir: &Path) -> Pki {
-    let ca = |name: &str| {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        (p.self_signed(&key).unwrap(), key)
-    };
-    let leaf = |issuer: &(rcgen::Certificate, KeyPair), stem: &str| {
-        let mut p = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-        p.distinguished_name.push(DnType::CommonName, "root");
-        p.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &issuer.0, &issuer.1).unwrap();
-        let (c, k) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}-key.pem")));
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        (c, k)
-    };
-    let trusted = ca("concord test CA");
-    let ca_path = dir.join("ca.pem");
-    std::fs::write(&ca_path, trusted.0.pem()).unwrap();
-    let (cert, key) = leaf(&trusted, "member");
-    let (other_ca_cert, other_ca_key) = leaf(&ca("nobody's CA"), "stranger");
-    Pki { ca: ca_path, cert, key, other_ca_cert, other_ca_key }
-}
+use common::{etcdctl, pki, Cluster};
 
 fn s(p: &Path) -> String {
     p.display().to_string()

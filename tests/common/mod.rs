@@ -361,3 +361,44 @@ pub fn etcdctl_with(bin: &str, endpoint: &str, args: &[&str], stdin: Option<&str
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Test certificates, made at test time with rcgen: a trusted CA, a member certificate valid for
+/// 127.0.0.1 and localhost (as a server and as a client), and a certificate from a CA nobody trusts.
+pub struct Pki {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub other_ca_cert: PathBuf,
+    pub other_ca_key: PathBuf,
+}
+
+/// A CA, a certificate for 127.0.0.1 and localhost (for serving and as a client, as etcd's docs make
+/// them), and a certificate from another CA that nobody trusts.
+pub fn pki(dir: &Path) -> Pki {
+    let ca = |name: &str| {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        (p.self_signed(&key).unwrap(), key)
+    };
+    let leaf = |issuer: &(rcgen::Certificate, rcgen::KeyPair), stem: &str| {
+        let mut p =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "root");
+        p.extended_key_usages =
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &issuer.0, &issuer.1).unwrap();
+        let (c, k) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}-key.pem")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    };
+    let trusted = ca("concord test CA");
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, trusted.0.pem()).unwrap();
+    let (cert, key) = leaf(&trusted, "member");
+    let (other_ca_cert, other_ca_key) = leaf(&ca("nobody's CA"), "stranger");
+    Pki { ca: ca_path, cert, key, other_ca_cert, other_ca_key }
+}
