@@ -26,12 +26,7 @@ const PREFIX: &str = "bank/";
 #[serde(tag = "f", rename_all = "lowercase")]
 pub enum BankOp {
     /// Ok: moved, at `revision`; Fail: an account had changed since it was read.
-    Transfer {
-        from: u64,
-        to: u64,
-        amount: i64,
-        revision: Option<i64>,
-    },
+    Transfer { from: u64, to: u64, amount: i64, revision: Option<i64> },
     Read {
         #[serde(deserialize_with = "numbered")]
         balances: BTreeMap<u64, i64>,

@@ -1,13 +1,17 @@
 //! The watch workload: writers put to keys under a prefix while watchers, each on a member of its
 //! own, watch the prefix from revision 1, reconnecting to another member from their last revision + 1
-//! whenever their stream breaks. After the heal every watcher must have seen exactly the history a
-//! fresh watch reads: in order, no gaps, no duplicates, never back in time, with every acknowledged
-//! put in it.
+//! whenever their stream breaks, and a compactor compacts the history up to what every watcher has
+//! seen. After the heal every watcher must have seen exactly the history fresh watches read: in order,
+//! no gaps, no duplicates, never back in time, never told of a compaction, with every acknowledged put
+//! in it.
 
 use std::time::Duration;
 
 use concord::client::{prefix_end, Client};
-use concord::pb::etcdserverpb::{PutRequest, RangeRequest, WatchCreateRequest};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use concord::pb::etcdserverpb::{CompactionRequest, PutRequest, RangeRequest, WatchCreateRequest};
 use concord::pb::mvccpb::event::EventType;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
@@ -54,14 +58,19 @@ pub async fn run(ctx: Ctx, healed: oneshot::Receiver<()>) -> anyhow::Result<Outc
     let rec = Recorder::new(ctx.start);
     let writers = (ctx.clients / 2).max(1);
     let (target_tx, target) = watch::channel(None);
+    let progress: Vec<Arc<AtomicI64>> =
+        (writers..ctx.clients.max(writers + 2)).map(|_| Arc::new(AtomicI64::new(1))).collect();
     let watchers: Vec<_> = (writers..ctx.clients.max(writers + 2))
-        .map(|p| tokio::spawn(watcher(ctx.clone(), p, target.clone())))
+        .zip(&progress)
+        .map(|(p, seen)| tokio::spawn(watcher(ctx.clone(), p, target.clone(), seen.clone())))
         .collect();
     let puts: Vec<_> =
         (0..writers).map(|p| tokio::spawn(writer(ctx.clone(), p, writers, rec.clone()))).collect();
+    let compactor = tokio::spawn(compactor(ctx.clone(), progress));
     for p in puts {
         p.await?;
     }
+    let (mut reference, read_up_to) = compactor.await?;
     let _ = healed.await;
 
     // Everything written is in by now; the watchers must all reach this revision.
@@ -82,15 +91,45 @@ pub async fn run(ctx: Ctx, healed: oneshot::Receiver<()>) -> anyhow::Result<Outc
     .await?;
     let target_revision = last.header.map_or(0, |h| h.revision);
     target_tx.send_replace(Some(target_revision));
-    let reference =
-        tokio::time::timeout(Duration::from_secs(30), read_history(&conn, target_revision)).await??;
+    let rest = read_history(&conn, read_up_to + 1, target_revision);
+    reference.extend(tokio::time::timeout(Duration::from_secs(30), rest).await??);
 
     let mut logs = Vec::new();
     for w in watchers {
         logs.push(w.await?);
     }
     let history = rec.history();
-    outcome(&history, &check(&history, &reference, &logs))
+    let verdict = WatchVerdict { compacted: read_up_to, ..check(&history, &reference, &logs) };
+    outcome(&history, &verdict)
+}
+
+/// Compacts the history while the watchers run, as far as every watcher has already seen (a watcher
+/// catching up from history then reads right above the compaction point, where etcd once dropped an
+/// event). What a compaction removes is first read into the authoritative history, from a fresh watch.
+/// Returns that history and the revision it reaches.
+async fn compactor(ctx: Ctx, progress: Vec<Arc<AtomicI64>>) -> (Vec<Event>, i64) {
+    let mut conn = Conn::new(&ctx, usize::MAX - 1);
+    let (mut reference, mut read_up_to) = (Vec::new(), 0);
+    while ctx.running() {
+        tokio::time::sleep(Duration::from_millis(conn.rng.between(1000, 3000))).await;
+        let floor = progress.iter().map(|p| p.load(Ordering::Relaxed)).min().unwrap_or(1) - 1;
+        if floor <= read_up_to.max(1) {
+            continue;
+        }
+        let read = tokio::time::timeout(ctx.timeout * 5, read_history(&conn, read_up_to + 1, floor)).await;
+        let Ok(Ok(events)) = read else {
+            conn.failed();
+            continue;
+        };
+        reference.extend(events);
+        read_up_to = floor;
+        let mut kv = conn.kv();
+        let compact = kv.compact(CompactionRequest { revision: floor, physical: false });
+        if attempt(ctx.timeout, compact).await.is_err() {
+            conn.failed();
+        }
+    }
+    (reference, read_up_to)
 }
 
 async fn writer(ctx: Ctx, process: usize, writers: usize, rec: Recorder<WatchOp>) {
@@ -130,7 +169,12 @@ pub struct WatcherLog {
     pub anomalies: Vec<String>,
 }
 
-async fn watcher(ctx: Ctx, process: usize, mut target: watch::Receiver<Option<i64>>) -> WatcherLog {
+async fn watcher(
+    ctx: Ctx,
+    process: usize,
+    mut target: watch::Receiver<Option<i64>>,
+    seen: Arc<AtomicI64>,
+) -> WatcherLog {
     let mut conn = Conn::new(&ctx, process);
     let mut log = WatcherLog { process, ..Default::default() };
     let mut next = 1;
@@ -165,6 +209,7 @@ async fn watcher(ctx: Ctx, process: usize, mut target: watch::Receiver<Option<i6
                             next = e.revision + 1;
                             log.events.push(e);
                         }
+                        seen.store(next, Ordering::Relaxed);
                     }
                     _ = target.changed() => {}
                 }
@@ -185,19 +230,22 @@ async fn watcher(ctx: Ctx, process: usize, mut target: watch::Receiver<Option<i6
     log
 }
 
-/// The authoritative history: a fresh watch from revision 1 up to `target`.
-async fn read_history(conn: &Conn, target: i64) -> anyhow::Result<Vec<Event>> {
+/// The authoritative history of revisions `from..=to`, from a fresh watch. Every revision after the
+/// first is a put under the prefix (nothing else writes), so the watch has an event for each.
+async fn read_history(conn: &Conn, from: i64, to: i64) -> anyhow::Result<Vec<Event>> {
     let client = Client::from_channel(conn.channel());
     let create = WatchCreateRequest {
         key: PREFIX.into(),
         range_end: prefix_end(PREFIX.as_bytes()),
-        start_revision: 1,
+        start_revision: from,
         ..Default::default()
     };
     let mut stream = client.watch(create).await?;
     let mut events = Vec::new();
-    while events.last().is_none_or(|e: &Event| e.revision < target) {
-        events.extend(stream.next().await?.events.into_iter().map(Event::from));
+    while to >= from.max(2) && events.last().is_none_or(|e: &Event| e.revision < to) {
+        let r = stream.next().await?;
+        anyhow::ensure!(r.compact_revision == 0, "history from {from} compacted at {}", r.compact_revision);
+        events.extend(r.events.into_iter().map(Event::from).filter(|e| e.revision <= to));
     }
     Ok(events)
 }
@@ -207,6 +255,8 @@ pub struct WatchVerdict {
     pub events: usize,
     pub watchers: usize,
     pub reconnects: usize,
+    /// The revision the history was compacted up to (if the last compaction went through).
+    pub compacted: i64,
     pub problems: Vec<String>,
 }
 
@@ -221,6 +271,7 @@ pub fn check(puts: &[Op<WatchOp>], reference: &[Event], logs: &[WatcherLog]) -> 
         events: reference.len(),
         watchers: logs.len(),
         reconnects: logs.iter().map(|l| l.reconnects).sum(),
+        compacted: 0,
         problems: Vec::new(),
     };
     for pair in reference.windows(2) {
