@@ -208,27 +208,11 @@ impl Migration {
     /// Copies every key as of one revision (the first page's), page by page; returns that revision and
     /// the number of keys.
     async fn copy(&mut self) -> Result<(i64, usize), MigrateError> {
-        let mut revision = 0;
-        let mut key = self.start.clone();
+        let mut pages = Pages::new(&self.start, &self.end);
         let mut copied = 0;
-        loop {
-            let page = RangeRequest {
-                key: key.clone(),
-                range_end: self.end.clone(),
-                limit: PAGE,
-                revision,
-                ..Default::default()
-            };
-            let resp = self.src.kv().range(page).await?.into_inner();
-            if revision == 0 {
-                revision = resp.header.map_or(0, |h| h.revision);
-            }
-            if let Some(last) = resp.kvs.last() {
-                key = last.key.to_vec();
-                key.push(0);
-            }
-            copied += resp.kvs.len();
-            for chunk in resp.kvs.chunks(TXN_OPS) {
+        while let Some(kvs) = pages.next(&self.src).await? {
+            copied += kvs.len();
+            for chunk in kvs.chunks(TXN_OPS) {
                 let mut ops = Vec::new();
                 for kv in chunk {
                     ops.push(self.put(kv).await?);
@@ -236,10 +220,8 @@ impl Migration {
                 self.dst.kv().txn(TxnRequest { success: ops, ..Default::default() }).await?;
             }
             self.progress(format_args!("copied {copied} keys"));
-            if !resp.more {
-                return Ok((revision, copied));
-            }
         }
+        Ok((pages.revision, copied))
     }
 
     /// Applies mirrored events, the ones of each source revision in one transaction.
@@ -305,31 +287,53 @@ impl Migration {
                 h = h.wrapping_mul(0x100000001b3);
             }
         };
-        let (mut key, mut revision, mut count) = (self.start.clone(), 0, 0);
-        loop {
-            let page = RangeRequest {
-                key: key.clone(),
-                range_end: self.end.clone(),
-                limit: PAGE,
-                revision,
-                ..Default::default()
-            };
-            let resp = side.kv().range(page).await?.into_inner();
-            if revision == 0 {
-                revision = resp.header.map_or(0, |h| h.revision);
-            }
-            for kv in &resp.kvs {
+        let (mut pages, mut count) = (Pages::new(&self.start, &self.end), 0);
+        while let Some(kvs) = pages.next(side).await? {
+            for kv in &kvs {
                 fold(&kv.key);
                 fold(&kv.value);
             }
-            count += resp.kvs.len();
-            match resp.kvs.last() {
-                Some(last) if resp.more => {
-                    key = last.key.to_vec();
-                    key.push(0);
-                }
-                _ => return Ok((count, h)),
-            }
+            count += kvs.len();
         }
+        Ok((count, h))
+    }
+}
+
+/// Every key in `[key, end)`, a page at a time, all pages read at the revision of the first.
+struct Pages {
+    key: Vec<u8>,
+    end: Vec<u8>,
+    revision: i64,
+    done: bool,
+}
+
+impl Pages {
+    fn new(start: &[u8], end: &[u8]) -> Pages {
+        Pages { key: start.to_vec(), end: end.to_vec(), revision: 0, done: false }
+    }
+
+    async fn next(&mut self, side: &Client) -> Result<Option<Vec<KeyValue>>, MigrateError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = RangeRequest {
+            key: self.key.clone(),
+            range_end: self.end.clone(),
+            limit: PAGE,
+            revision: self.revision,
+            ..Default::default()
+        };
+        let resp = side.kv().range(page).await?.into_inner();
+        if self.revision == 0 {
+            self.revision = resp.header.map_or(0, |h| h.revision);
+        }
+        match resp.kvs.last() {
+            Some(last) if resp.more => {
+                self.key = last.key.to_vec();
+                self.key.push(0);
+            }
+            _ => self.done = true,
+        }
+        Ok(Some(resp.kvs))
     }
 }

@@ -17,6 +17,49 @@ async fn kvs(client: &mut etcd_client::Client, prefix: &str) -> Vec<(Vec<u8>, Ve
     r.kvs().iter().map(|kv| (kv.key().to_vec(), kv.value().to_vec(), kv.lease())).collect()
 }
 
+/// A running `concord migrate`.
+struct Migration {
+    child: tokio::process::Child,
+}
+
+impl Migration {
+    /// Starts it and waits until it has copied everything and mirrors.
+    async fn start(args: &[&str]) -> Migration {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+            .arg("migrate")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("concord migrate");
+        let mut progress = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let mut said = String::new();
+        while let Some(line) = progress.next_line().await.expect("read progress") {
+            if line.contains("mirroring") {
+                // Keep draining progress lines so the migration never blocks on a full pipe.
+                tokio::spawn(async move { while let Ok(Some(_)) = progress.next_line().await {} });
+                return Migration { child };
+            }
+            said.push_str(&line);
+        }
+        panic!("migrate ended before mirroring: {said}");
+    }
+
+    /// Stops it as an operator would (SIGTERM); it must then succeed. Returns what it printed.
+    async fn stop(self) -> String {
+        let pid = self.child.id().expect("pid").to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+        let out = tokio::time::timeout(Duration::from_secs(60), self.child.wait_with_output())
+            .await
+            .expect("migrate stops")
+            .expect("migrate output");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}");
+        stdout
+    }
+}
+
 async fn migrate_from(etcd: Etcd, label: &str) {
     wait_serving(etcd.client_port).await;
     let source = format!("127.0.0.1:{}", etcd.client_port);
@@ -56,32 +99,12 @@ async fn migrate_from(etcd: Etcd, label: &str) {
         })
     };
 
-    let mut migrate = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"))
-        .args(["migrate", "--from", &source, "--to", &target.members[0].endpoint(), "--prefix", "app/"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("concord migrate");
-    let mut progress = BufReader::new(migrate.stderr.take().expect("stderr")).lines();
-    while let Some(line) = progress.next_line().await.expect("read progress") {
-        if line.contains("mirroring") {
-            break;
-        }
-    }
+    let migration =
+        Migration::start(&["--from", &source, "--to", &target.members[0].endpoint(), "--prefix", "app/"])
+            .await;
     mirroring.store(true, Ordering::Relaxed);
-    // Keep draining progress lines so the migration never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = progress.next_line().await {} });
     writer.await.expect("writer");
-
-    let pid = migrate.id().expect("pid").to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-    let out = tokio::time::timeout(Duration::from_secs(60), migrate.wait_with_output())
-        .await
-        .expect("migrate stops")
-        .expect("migrate output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{label}: {stdout}");
+    let stdout = migration.stop().await;
     assert!(stdout.contains("source and target hold the same"), "{label}: {stdout}");
 
     // Checked again from outside: the same keys and values, leases kept, nothing outside the prefix.
@@ -144,36 +167,13 @@ async fn migrates_into_a_tls_member() {
         assert!(std::time::Instant::now() < deadline, "the TLS member does not come up: {}", m.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut migrate = tokio::process::Command::new(env!("CARGO_BIN_EXE_concord"))
-        .args(["migrate", "--from", &source, "--to", &m.endpoint()])
-        .arg(format!("--to-cacert={}", pki.ca.display()))
-        .arg(format!("--to-cert={}", pki.cert.display()))
-        .arg(format!("--to-key={}", pki.key.display()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("concord migrate");
-    let mut progress = BufReader::new(migrate.stderr.take().expect("stderr")).lines();
-    let mut said = String::new();
-    while let Some(line) = progress.next_line().await.expect("read progress") {
-        if line.contains("mirroring") {
-            break;
-        }
-        said.push_str(&line);
-    }
-    assert!(said.is_empty() || !said.contains("Error"), "migrate failed: {said}");
-    tokio::spawn(async move { while let Ok(Some(_)) = progress.next_line().await {} });
+    let ca = format!("--to-cacert={}", pki.ca.display());
+    let cert = format!("--to-cert={}", pki.cert.display());
+    let key = format!("--to-key={}", pki.key.display());
+    let migration = Migration::start(&["--from", &source, "--to", &m.endpoint(), &ca, &cert, &key]).await;
     for i in 100..110 {
         src.put(format!("k{i}"), "v", None).await.expect("put");
     }
-    let pid = migrate.id().expect("pid").to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-    let out = tokio::time::timeout(Duration::from_secs(60), migrate.wait_with_output())
-        .await
-        .expect("migrate stops")
-        .expect("migrate output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    let stdout = migration.stop().await;
     assert!(stdout.contains("hold the same 110 keys"), "{stdout}");
 }

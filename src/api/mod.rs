@@ -126,7 +126,7 @@ pub fn refuse_if_corrupt(node: &RaftNode) -> Result<(), Status> {
 /// NOSPACE alarm (through the log, so every member refuses such writes) and refuses the request.
 async fn check_quota(node: &RaftNode, req: &crate::raft::Request) -> Result<(), Status> {
     let cost = crate::quota::cost(req);
-    if cost == 0 || node.sm.db_size().0.saturating_add(cost) <= node.quota_bytes {
+    if cost == 0 || node.sm.db_size_noted().saturating_add(cost) <= node.quota_bytes {
         return Ok(());
     }
     let alarm = crate::raft::Request::Alarm { activate: true, member: node.id, alarm: crate::quota::NOSPACE };

@@ -65,6 +65,9 @@ pub struct StateMachine {
     snapshot_floor: AtomicU64,
     /// openraft asks for the current snapshot once while starting; see `get_current_snapshot`.
     probed: AtomicBool,
+    /// The record files' size as of the last apply or maintenance step: the quota check on every write
+    /// reads it without taking the store's lock.
+    size: AtomicU64,
 }
 
 /// What a checkpoint records next to the records: exactly the state they match.
@@ -176,7 +179,9 @@ impl StateMachine {
             snapshot_due: tokio::sync::Notify::new(),
             snapshot_floor: AtomicU64::new(applied_index),
             probed: AtomicBool::new(false),
+            size: AtomicU64::new(0),
         });
+        sm.size.store(sm.db_size().0, Ordering::Relaxed);
         let weak = Arc::downgrade(&sm);
         std::thread::Builder::new()
             .name("concord-sm-maint".into())
@@ -239,6 +244,11 @@ impl StateMachine {
         self.read(|s| s.backend().size())
     }
 
+    /// The record files' size, as last noted (see `size`).
+    pub fn db_size_noted(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
+    }
+
     fn apply_entries(&self, entries: Vec<Entry>) -> Result<Vec<Response>, StorageError> {
         if self.failed.load(Ordering::Relaxed) {
             return Err(sm_err(ErrorVerb::Write, "an earlier sync of the records failed"));
@@ -267,6 +277,7 @@ impl StateMachine {
             responses.push(response);
         }
         store.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        self.size.store(store.backend().size().0, Ordering::Relaxed);
         let due = store.backend().maintenance_due();
         let revision = store.current_revision();
         if let Some(l) = meta.last_applied {
@@ -330,7 +341,9 @@ impl StateMachine {
         self.store_mut().backend_mut().start_defrag().map_err(w)?;
         while self.store_mut().backend_mut().reclaim_step(RECLAIM_BUDGET).map_err(w)? {}
         self.checkpoint()?;
-        Ok((before, self.db_size().0))
+        let after = self.db_size().0;
+        self.size.store(after, Ordering::Relaxed);
+        Ok((before, after))
     }
 
     /// Reclaims mostly-dead segments a step at a time, then checkpoints if that (or the amount written)
@@ -345,6 +358,7 @@ impl StateMachine {
         if self.read(|s| s.backend().checkpoint_due()) {
             self.checkpoint()?;
         }
+        self.size.store(self.db_size().0, Ordering::Relaxed);
         Ok(())
     }
 
