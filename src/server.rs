@@ -238,7 +238,7 @@ impl Server {
                 .tcp_nodelay(true)
                 // etcd's HTTP endpoints (/health, /metrics, ...) share the client port with gRPC.
                 .accept_http1(true)
-                .layer(HttpLayer { node: node.clone() })
+                .layer(HttpLayer { node: node.clone(), max_body: max_recv })
                 .layer(tower::util::MapResponseLayer::new(grpc_size_error_like_etcd))
                 .layer(LearnerLayer { node: node.clone() })
                 .add_service(

@@ -105,6 +105,19 @@ async fn curl_gets_the_same_json_from_concord_as_from_etcd() {
 }
 
 #[tokio::test]
+async fn an_oversized_body_is_refused_before_it_is_read_whole() {
+    let c = Cluster::start(1, &["--max-request-bytes", "1024"]);
+    c.members[0].client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body.json");
+    // A small put padded with a megabyte of blanks: only the body's size is wrong.
+    std::fs::write(&body, format!(r#"{{"key": "Zm9v", "value": "YmFy"}}{}"#, " ".repeat(1 << 20))).unwrap();
+    let (code, json) = post(c.members[0].client_port, "/v3/kv/put", &format!("@{}", body.display()));
+    assert_eq!(code, 400, "{json}");
+    assert_eq!(json["message"], "etcdserver: request is too large");
+}
+
+#[tokio::test]
 async fn a_watch_streams_one_json_line_per_response() {
     let c = Cluster::start(1, &[]);
     c.members[0].client().await;

@@ -24,13 +24,15 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct HttpLayer {
     pub node: RaftNode,
+    /// The largest JSON body the gateway reads (the gRPC limit's size).
+    pub max_body: usize,
 }
 
 impl<S> tower::Layer<S> for HttpLayer {
     type Service = Http<S>;
 
     fn layer(&self, inner: S) -> Http<S> {
-        Http { inner, node: self.node.clone() }
+        Http { inner, node: self.node.clone(), max_body: self.max_body }
     }
 }
 
@@ -38,6 +40,7 @@ impl<S> tower::Layer<S> for HttpLayer {
 pub struct Http<S> {
     inner: S,
     node: RaftNode,
+    max_body: usize,
 }
 
 impl<S> tower::Service<http::Request<Body>> for Http<S>
@@ -65,9 +68,14 @@ where
             // The service that was polled ready takes this call; a clone waits for the next (tower's rule).
             let clone = self.inner.clone();
             let mut inner = std::mem::replace(&mut self.inner, clone);
+            let limit = self.max_body;
             return Box::pin(async move {
-                let body = match req.into_body().collect().await {
+                let body = match http_body_util::Limited::new(req.into_body(), limit).collect().await {
                     Ok(b) => b.to_bytes(),
+                    Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                        let too_large = super::errors::request_too_large();
+                        return Ok(gateway::error(too_large.code(), too_large.message()));
+                    }
                     Err(e) => return Ok(gateway_bad_body(&e.to_string())),
                 };
                 let call = match gateway::grpc_request(&method, &body) {
