@@ -2,10 +2,10 @@
 //! (like etcd, which registers its metrics in Prometheus' default registry). The storage layer times its
 //! syncs here; gauges that the Raft node already knows are read when `/metrics` is scraped.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 /// etcd's disk histograms: `prometheus.ExponentialBuckets(0.001, 2, 14)`, 1 ms to 8 s.
@@ -74,38 +74,58 @@ pub static BACKEND_COMMIT: Histogram = Histogram::new();
 /// Leaders this member has seen elected.
 pub static LEADER_CHANGES: AtomicU64 = AtomicU64::new(0);
 
-/// gRPC requests by (type, service, method): started, and handled by status code.
-#[derive(Default)]
-struct Grpc {
-    started: BTreeMap<(&'static str, String, String), u64>,
-    handled: BTreeMap<(&'static str, String, String, &'static str), u64>,
+/// One gRPC method's counters. They exist for every method of concord's protos from the first call
+/// on, so counting a call takes no lock and no allocation.
+pub struct GrpcMethod {
+    /// go-grpc-prometheus's `grpc_type`.
+    kind: &'static str,
+    service: String,
+    method: String,
+    started: AtomicU64,
+    /// By `tonic::Code` value (0 to 16).
+    handled: [AtomicU64; 17],
 }
 
-static GRPC: Mutex<Option<Grpc>> = Mutex::new(None);
+impl GrpcMethod {
+    pub fn started(&self) {
+        self.started.fetch_add(1, Ordering::Relaxed);
+    }
 
-fn grpc<T>(f: impl FnOnce(&mut Grpc) -> T) -> T {
-    let mut g = GRPC.lock().unwrap_or_else(|p| p.into_inner());
-    f(g.get_or_insert_with(Grpc::default))
+    pub fn handled(&self, code: tonic::Code) {
+        if let Some(n) = self.handled.get(code as usize) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
-/// The labels of a gRPC call from its path (`/etcdserverpb.KV/Range`), as go-grpc-prometheus sets them.
-pub fn grpc_labels(path: &str) -> Option<(&'static str, String, String)> {
-    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-    let kind = match (service, method) {
-        ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => "bidi_stream",
-        ("etcdserverpb.Maintenance", "Snapshot") | ("v3electionpb.Election", "Observe") => "server_stream",
-        _ => "unary",
-    };
-    Some((kind, service.to_string(), method.to_string()))
-}
+/// Every method of the protos, by its path (`/etcdserverpb.KV/Range`).
+static GRPC: LazyLock<HashMap<String, GrpcMethod>> = LazyLock::new(|| {
+    let Some(pool) = crate::pb::descriptors() else { return HashMap::new() };
+    pool.services()
+        .flat_map(|s| s.methods().collect::<Vec<_>>())
+        .map(|m| {
+            let kind = match (m.is_client_streaming(), m.is_server_streaming()) {
+                (true, true) => "bidi_stream",
+                (false, true) => "server_stream",
+                (true, false) => "client_stream",
+                (false, false) => "unary",
+            };
+            let service = m.parent_service().full_name().to_string();
+            let counters = GrpcMethod {
+                kind,
+                method: m.name().to_string(),
+                started: AtomicU64::new(0),
+                handled: [const { AtomicU64::new(0) }; 17],
+                service,
+            };
+            (format!("/{}/{}", counters.service, counters.method), counters)
+        })
+        .collect()
+});
 
-pub fn grpc_started(labels: &(&'static str, String, String)) {
-    grpc(|g| *g.started.entry(labels.clone()).or_default() += 1);
-}
-
-pub fn grpc_handled(labels: (&'static str, String, String), code: tonic::Code) {
-    let (kind, service, method) = labels;
-    grpc(|g| *g.handled.entry((kind, service, method, code_name(code))).or_default() += 1);
+/// The counters of the gRPC method at `path`, if it is one of concord's.
+pub fn grpc_method(path: &str) -> Option<&'static GrpcMethod> {
+    GRPC.get(path)
 }
 
 fn code_name(code: tonic::Code) -> &'static str {
@@ -156,27 +176,39 @@ pub fn render_process(out: &mut String) {
         "The number of leader changes seen.",
         changes,
     );
-    grpc(|g| {
-        let _ = writeln!(out, "# HELP grpc_server_started_total Total number of RPCs started on the server.");
-        let _ = writeln!(out, "# TYPE grpc_server_started_total counter");
-        for ((kind, service, method), n) in &g.started {
+    let mut methods: Vec<&GrpcMethod> = GRPC.values().collect();
+    methods.sort_by_key(|m| (m.kind, &m.service, &m.method));
+    let _ = writeln!(out, "# HELP grpc_server_started_total Total number of RPCs started on the server.");
+    let _ = writeln!(out, "# TYPE grpc_server_started_total counter");
+    for m in &methods {
+        let n = m.started.load(Ordering::Relaxed);
+        if n > 0 {
+            let (kind, service, method) = (m.kind, &m.service, &m.method);
             let _ = writeln!(
                 out,
                 "grpc_server_started_total{{grpc_method=\"{method}\",grpc_service=\"{service}\",grpc_type=\"{kind}\"}} {n}"
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP grpc_server_handled_total Total number of RPCs completed on the server, regardless of success or failure."
-        );
-        let _ = writeln!(out, "# TYPE grpc_server_handled_total counter");
-        for ((kind, service, method, code), n) in &g.handled {
+    }
+    let _ = writeln!(
+        out,
+        "# HELP grpc_server_handled_total Total number of RPCs completed on the server, regardless of success or failure."
+    );
+    let _ = writeln!(out, "# TYPE grpc_server_handled_total counter");
+    for m in &methods {
+        let mut by_code: Vec<(&str, u64)> = (0..17)
+            .map(|c| (code_name(tonic::Code::from_i32(c)), m.handled[c as usize].load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        by_code.sort_unstable();
+        for (code, n) in by_code {
+            let (kind, service, method) = (m.kind, &m.service, &m.method);
             let _ = writeln!(
                 out,
                 "grpc_server_handled_total{{grpc_code=\"{code}\",grpc_method=\"{method}\",grpc_service=\"{service}\",grpc_type=\"{kind}\"}} {n}"
             );
         }
-    });
+    }
 }
 
 #[cfg(test)]
@@ -200,11 +232,13 @@ mod tests {
 
     #[test]
     fn grpc_paths_become_labels() {
+        let range = grpc_method("/etcdserverpb.KV/Range").expect("Range");
         assert_eq!(
-            grpc_labels("/etcdserverpb.KV/Range"),
-            Some(("unary", "etcdserverpb.KV".into(), "Range".into()))
+            (range.kind, range.service.as_str(), range.method.as_str()),
+            ("unary", "etcdserverpb.KV", "Range")
         );
-        assert_eq!(grpc_labels("/etcdserverpb.Watch/Watch").map(|l| l.0), Some("bidi_stream"));
-        assert_eq!(grpc_labels("/health"), None);
+        assert_eq!(grpc_method("/etcdserverpb.Watch/Watch").map(|m| m.kind), Some("bidi_stream"));
+        assert_eq!(grpc_method("/etcdserverpb.Maintenance/Snapshot").map(|m| m.kind), Some("server_stream"));
+        assert!(grpc_method("/health").is_none());
     }
 }

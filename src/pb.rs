@@ -19,3 +19,15 @@ pub mod v3electionpb {
 pub mod concordraft {
     tonic::include_proto!("concordraft");
 }
+
+/// The descriptors of every message and service above, for the JSON gateway and the gRPC metrics.
+pub fn descriptors() -> Option<&'static prost_reflect::DescriptorPool> {
+    static POOL: std::sync::LazyLock<Option<prost_reflect::DescriptorPool>> =
+        std::sync::LazyLock::new(|| {
+            prost_reflect::DescriptorPool::decode(
+                &include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"))[..],
+            )
+            .ok()
+        });
+    POOL.as_ref()
+}

@@ -7,20 +7,18 @@
 //! `{"result": ...}` line per message, for as long as the client keeps the connection.
 
 use std::pin::Pin;
-use std::sync::LazyLock;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures::StreamExt as _;
 use http_body::Frame;
 use http_body_util::BodyExt;
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor, SerializeOptions};
+use prost_reflect::{DynamicMessage, MessageDescriptor, MethodDescriptor, SerializeOptions};
 use tonic::body::Body;
 use tonic::Code;
 
-static POOL: LazyLock<Option<DescriptorPool>> = LazyLock::new(|| {
-    DescriptorPool::decode(&include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"))[..]).ok()
-});
+use super::http::response;
 
 /// Gateway path → (gRPC service, method), as etcd's protos annotate them.
 const ROUTES: &[(&str, &str, &str)] = &[
@@ -62,7 +60,7 @@ const ROUTES: &[(&str, &str, &str)] = &[
 pub fn method(path: &str) -> Option<MethodDescriptor> {
     let path = path.strip_prefix("/v3beta/").map_or_else(|| path.to_string(), |rest| format!("/v3/{rest}"));
     let (_, service, name) = ROUTES.iter().find(|(p, _, _)| *p == path)?;
-    POOL.as_ref()?.get_service_by_name(service)?.methods().find(|m| m.name() == *name)
+    crate::pb::descriptors()?.get_service_by_name(service)?.methods().find(|m| m.name() == *name)
 }
 
 /// grpc-gateway's HTTP status for a gRPC code.
@@ -88,39 +86,37 @@ fn http_status(code: Code) -> http::StatusCode {
 /// etcd's gateway error body.
 pub fn error(code: Code, message: &str) -> http::Response<Body> {
     let body = serde_json::json!({ "error": message, "message": message, "code": code as i32 });
-    json_response(http_status(code), body.to_string())
-}
-
-fn json_response(status: http::StatusCode, body: String) -> http::Response<Body> {
-    let mut resp = http::Response::new(Body::new(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    resp
+    response(http_status(code), "application/json", body.to_string())
 }
 
 /// Every JSON value in `body` (a streaming call may send several), as request messages in gRPC frames.
-fn frames(input: &MessageDescriptor, body: &[u8]) -> Result<Vec<Bytes>, String> {
-    let mut out = Vec::new();
+fn frames(input: &MessageDescriptor, body: &[u8]) -> Result<Bytes, String> {
+    let mut out = BytesMut::new();
+    let mut put = |msg: DynamicMessage| {
+        let msg = msg.encode_to_vec();
+        out.extend_from_slice(&[0]);
+        out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        out.extend_from_slice(&msg);
+    };
     let text = std::str::from_utf8(body).map_err(|e| e.to_string())?;
     if text.trim().is_empty() {
-        out.push(frame(&DynamicMessage::new(input.clone()).encode_to_vec()));
-        return Ok(out);
+        put(DynamicMessage::new(input.clone()));
     }
-    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>();
-    for value in &mut stream {
+    for value in serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>() {
         let value = value.map_err(|e| e.to_string())?;
-        let msg = DynamicMessage::deserialize(input.clone(), value).map_err(|e| e.to_string())?;
-        out.push(frame(&msg.encode_to_vec()));
+        put(DynamicMessage::deserialize(input.clone(), value).map_err(|e| e.to_string())?);
     }
-    Ok(out)
+    Ok(out.freeze())
 }
 
-fn frame(msg: &[u8]) -> Bytes {
-    let mut f = BytesMut::with_capacity(5 + msg.len());
-    f.extend_from_slice(&[0]);
-    f.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    f.extend_from_slice(msg);
-    f.freeze()
+/// Takes the next whole message out of gRPC frames in `buf`, if it holds one.
+fn next_message(buf: &mut BytesMut) -> Option<BytesMut> {
+    let len = u32::from_be_bytes(buf.get(1..5)?.try_into().ok()?) as usize;
+    if buf.len() < 5 + len {
+        return None;
+    }
+    buf.advance(5);
+    Some(buf.split_to(len))
 }
 
 /// One response message as etcd's gateway writes it.
@@ -139,8 +135,7 @@ pub struct GrpcCall {
 
 /// The gRPC call for a gateway request's JSON `body`; the gateway's error answer if the JSON is bad.
 pub fn grpc_request(method: &MethodDescriptor, body: &[u8]) -> Result<GrpcCall, (Code, String)> {
-    let frames = frames(&method.input(), body).map_err(|e| (Code::InvalidArgument, e))?;
-    let data: Bytes = frames.concat().into();
+    let data = frames(&method.input(), body).map_err(|e| (Code::InvalidArgument, e))?;
     let (body, keep) = if method.is_client_streaming() {
         let (keep, closed) = tokio::sync::oneshot::channel::<()>();
         let stream = futures::stream::once(
@@ -164,8 +159,6 @@ pub fn grpc_request(method: &MethodDescriptor, body: &[u8]) -> Result<GrpcCall, 
     headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
     Ok(GrpcCall { request: req, keep })
 }
-
-use futures::StreamExt as _;
 
 /// Turns the gRPC response into the gateway's: one JSON object for a unary call, a line per message for
 /// a streaming one.
@@ -196,14 +189,11 @@ pub async fn json_reply(
             return error(status.code(), status.message());
         }
     }
-    let mut data = collected.to_bytes();
-    if data.len() < 5 {
+    let Some(msg) = next_message(&mut BytesMut::from(collected.to_bytes())) else {
         return error(Code::Internal, "no response message");
-    }
-    let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
-    data.advance(5);
-    match to_json(&output, &data[..len.min(data.len())]) {
-        Ok(v) => json_response(http::StatusCode::OK, v.to_string()),
+    };
+    match to_json(&output, &msg) {
+        Ok(v) => response(http::StatusCode::OK, "application/json", v.to_string()),
         Err(e) => error(Code::Internal, &e),
     }
 }
@@ -220,15 +210,7 @@ struct Lines {
 impl Lines {
     /// The next complete message in the buffer, as a line.
     fn next_line(&mut self) -> Option<Bytes> {
-        if self.buf.len() < 5 {
-            return None;
-        }
-        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-        if self.buf.len() < 5 + len {
-            return None;
-        }
-        self.buf.advance(5);
-        let msg = self.buf.split_to(len);
+        let msg = next_message(&mut self.buf)?;
         let line = match to_json(&self.output, &msg) {
             Ok(v) => serde_json::json!({ "result": v }),
             Err(e) => serde_json::json!({ "error": { "grpc_code": Code::Internal as i32, "message": e } }),

@@ -15,7 +15,7 @@ use tonic::Code;
 
 use crate::api::gateway;
 use crate::api::maintenance::ETCD_VERSION;
-use crate::metrics::{self, sample};
+use crate::metrics::{self, sample, GrpcMethod};
 use crate::raft::RaftNode;
 
 /// How long `/health`'s read may take, as etcd's health check allows.
@@ -82,7 +82,8 @@ where
                     Ok(call) => call,
                     Err((code, message)) => return Ok(gateway::error(code, &message)),
                 };
-                let resp = inner.call(call.request).await?;
+                let counters = metrics::grpc_method(call.request.uri().path());
+                let resp = counted(counters, inner.call(call.request)).await?;
                 Ok(gateway::json_reply(&method, resp, call.keep).await)
             });
         }
@@ -91,22 +92,26 @@ where
             let serializable = req.uri().query().is_some_and(|q| q.contains("serializable=true"));
             return Box::pin(async move { Ok(endpoint(&node, &path, serializable).await) });
         }
-        let labels = metrics::grpc_labels(path);
-        if let Some(l) = &labels {
-            metrics::grpc_started(l);
-        }
-        let call = self.inner.call(req);
-        Box::pin(async move {
-            let resp = call.await?;
-            let Some(labels) = labels else { return Ok(resp) };
-            // An error before any message comes "trailers-only": the status is in the headers.
-            if let Some(code) = grpc_status(resp.headers()) {
-                metrics::grpc_handled(labels, code);
-                return Ok(resp);
-            }
-            Ok(resp.map(|body| Body::new(Counted { inner: body, labels: Some(labels) })))
-        })
+        let counters = metrics::grpc_method(path);
+        Box::pin(counted(counters, self.inner.call(req)))
     }
+}
+
+/// A gRPC call (straight, or from the gateway), counted as started and, once its status is known, as
+/// handled.
+async fn counted<E>(
+    method: Option<&'static GrpcMethod>,
+    call: impl std::future::Future<Output = Result<http::Response<Body>, E>>,
+) -> Result<http::Response<Body>, E> {
+    let Some(method) = method else { return call.await };
+    method.started();
+    let resp = call.await?;
+    // An error before any message comes "trailers-only": the status is in the headers.
+    if let Some(code) = grpc_status(resp.headers()) {
+        method.handled(code);
+        return Ok(resp);
+    }
+    Ok(resp.map(|body| Body::new(Counted { inner: body, method: Some(method) })))
 }
 
 fn gateway_not_found(path: &str) -> http::Response<Body> {
@@ -124,7 +129,8 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
 /// A response body that counts its call as handled when the trailers (with grpc-status) go by.
 struct Counted {
     inner: Body,
-    labels: Option<(&'static str, String, String)>,
+    /// Until the call is counted as handled.
+    method: Option<&'static GrpcMethod>,
 }
 
 impl http_body::Body for Counted {
@@ -143,8 +149,8 @@ impl http_body::Body for Counted {
             Poll::Ready(None) => Some(Code::Cancelled),
             Poll::Pending => None,
         };
-        if let (Some(code), Some(labels)) = (code, code.and_then(|_| self.labels.take())) {
-            metrics::grpc_handled(labels, code);
+        if let (Some(code), Some(method)) = (code, code.and_then(|_| self.method.take())) {
+            method.handled(code);
         }
         polled
     }
@@ -158,7 +164,7 @@ impl http_body::Body for Counted {
     }
 }
 
-fn response(status: http::StatusCode, content_type: &str, body: String) -> http::Response<Body> {
+pub(super) fn response(status: http::StatusCode, content_type: &str, body: String) -> http::Response<Body> {
     let mut resp = http::Response::new(Body::new(body));
     *resp.status_mut() = status;
     if let Ok(v) = http::HeaderValue::from_str(content_type) {
