@@ -116,7 +116,7 @@ pub async fn write(node: &RaftNode, req: crate::raft::Request) -> Result<crate::
 
 /// etcd's `applierV3Corrupt`: while a CORRUPT alarm is active nothing is served from the store.
 pub fn refuse_if_corrupt(node: &RaftNode) -> Result<(), Status> {
-    match node.sm.alarms().iter().any(|(_, a)| *a == crate::quota::CORRUPT) {
+    match node.sm.alarm_active(crate::quota::CORRUPT) {
         true => Err(errors::corrupt()),
         false => Ok(()),
     }

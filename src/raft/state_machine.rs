@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock, Weak};
 
 use openraft::storage::RaftStateMachine;
@@ -68,6 +68,14 @@ pub struct StateMachine {
     /// The record files' size as of the last apply or maintenance step: the quota check on every write
     /// reads it without taking the store's lock.
     size: AtomicU64,
+    /// The kinds of alarm active (a bit per AlarmType), so that every read can check for CORRUPT
+    /// without waiting for the lock an apply holds.
+    alarm_kinds: AtomicU32,
+}
+
+/// The bit set of alarm kinds in `alarms`.
+fn alarm_kinds(alarms: &BTreeSet<(u64, i32)>) -> u32 {
+    alarms.iter().fold(0, |bits, (_, kind)| bits | 1u32.checked_shl(*kind as u32).unwrap_or(0))
 }
 
 /// What a checkpoint records next to the records: exactly the state they match.
@@ -162,6 +170,7 @@ impl StateMachine {
             Store::open(log, durable.current, durable.compacted).map_err(|e| sm_err(ErrorVerb::Read, e))?;
         let applied_index = durable.last_applied.map_or(0, |l| l.index);
         let applied = Applied::restore(durable, &store);
+        let kinds = alarm_kinds(&applied.alarms);
         let applied_tx = tokio::sync::watch::Sender::new(applied_index);
         let (tx, rx) = mpsc::sync_channel(1);
         let hub = Hub::new(store.current_revision());
@@ -180,6 +189,7 @@ impl StateMachine {
             snapshot_floor: AtomicU64::new(applied_index),
             probed: AtomicBool::new(false),
             size: AtomicU64::new(0),
+            alarm_kinds: AtomicU32::new(kinds),
         });
         sm.size.store(sm.db_size().0, Ordering::Relaxed);
         let weak = Arc::downgrade(&sm);
@@ -193,6 +203,11 @@ impl StateMachine {
     /// The active alarms: (member, AlarmType).
     pub fn alarms(&self) -> Vec<(u64, i32)> {
         self.meta().alarms.iter().copied().collect()
+    }
+
+    /// Whether an alarm of this AlarmType is active for any member (lock-free).
+    pub fn alarm_active(&self, kind: i32) -> bool {
+        self.alarm_kinds.load(Ordering::Relaxed) & 1u32.checked_shl(kind as u32).unwrap_or(0) != 0
     }
 
     /// The name and client URLs each member published (etcd's member attributes).
@@ -277,6 +292,7 @@ impl StateMachine {
             responses.push(response);
         }
         store.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        self.alarm_kinds.store(alarm_kinds(&meta.alarms), Ordering::Relaxed);
         self.size.store(store.backend().size().0, Ordering::Relaxed);
         let due = store.backend().maintenance_due();
         let revision = store.current_revision();
@@ -428,6 +444,7 @@ impl StateMachine {
                 return Err(e);
             }
             *self.meta() = Applied::restore(durable.clone(), &store);
+            self.alarm_kinds.store(alarm_kinds(&durable.alarms), Ordering::Relaxed);
             store.backend_mut().sync_point(bytes)
         };
         if let Err(e) = point.complete() {
@@ -486,11 +503,11 @@ fn apply_request(
     // etcd's corrupt applier: once a member's data is known to differ, no change is applied; its capped
     // applier: while out of space, nothing that adds data is.
     let changes_data = !matches!(req, Request::Batch(_) | Request::Alarm { .. } | Request::Publish { .. });
-    if changes_data && alarms.iter().any(|(_, a)| *a == crate::quota::CORRUPT) {
+    let active = |kind| alarms.iter().any(|(_, a)| *a == kind);
+    if changes_data && active(crate::quota::CORRUPT) {
         return Response::Error(MvccError::Corrupt);
     }
-    let capped = changes_data && crate::quota::cost(&req) > 0;
-    if capped && alarms.iter().any(|(_, a)| *a == crate::quota::NOSPACE) {
+    if changes_data && active(crate::quota::NOSPACE) && crate::quota::cost(&req) > 0 {
         return Response::Error(MvccError::NoSpace);
     }
     let result = match req {
