@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tonic::transport::ClientTlsConfig;
 
-use crate::config::{fnv64, member_id, ClusterState, Config};
+use crate::config::{fnv64, member_id, ClusterState, Config, ConfigError};
 use crate::pb::concordraft::raft_peer_client::RaftPeerClient;
 use crate::pb::concordraft::RaftPayload;
 use crate::raft::membership::MemberInfo;
@@ -24,6 +24,13 @@ pub struct Identity {
     pub cluster_id: u64,
 }
 
+/// The members `--initial-cluster` names, with their ids: (id, name, peer URLs).
+pub fn initial_members(config: &Config) -> Result<Vec<(u64, String, Vec<String>)>, ConfigError> {
+    let members = config.initial_members()?;
+    let token = &config.initial_cluster_token;
+    Ok(members.into_iter().map(|(name, urls)| (member_id(&name, &urls, token), name, urls)).collect())
+}
+
 /// The identity stored in `db`, or a new one (then stored).
 pub async fn identity(
     config: &Config,
@@ -34,12 +41,10 @@ pub async fn identity(
         let v = db.raft.get(key).map_err(StorageError::from)?;
         Ok(v.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes))
     };
-    let members = config.initial_members()?;
+    let members = initial_members(config)?;
     let from_flags = || {
-        let ids: Vec<u64> =
-            members.iter().map(|(name, urls)| member_id(name, urls, &config.initial_cluster_token)).collect();
-        let id = members.iter().zip(&ids).find(|((n, _), _)| *n == config.name).map_or(0, |(_, id)| *id);
-        let mut sorted = ids.clone();
+        let id = members.iter().find(|(_, n, _)| *n == config.name).map_or(0, |(id, _, _)| *id);
+        let mut sorted: Vec<u64> = members.iter().map(|(id, _, _)| *id).collect();
         sorted.sort_unstable();
         let bytes: Vec<u8> = sorted.iter().flat_map(|i| i.to_be_bytes()).collect();
         Identity { id, cluster_id: fnv64(&[&bytes, config.initial_cluster_token.as_bytes()]) }
@@ -60,12 +65,12 @@ pub async fn identity(
 /// Finds this member in an existing cluster: the member whose peer URLs are ours.
 async fn join(
     config: &Config,
-    members: &[(String, Vec<String>)],
+    members: &[(u64, String, Vec<String>)],
     tls: Option<&ClientTlsConfig>,
 ) -> Result<Identity, ServerError> {
     let ours: BTreeSet<&String> = config.initial_advertise_peer_urls.iter().collect();
     let urls: Vec<&String> =
-        members.iter().filter(|(name, _)| *name != config.name).flat_map(|(_, urls)| urls).collect();
+        members.iter().filter(|(_, name, _)| *name != config.name).flat_map(|(_, _, urls)| urls).collect();
     let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
     loop {
         for url in &urls {

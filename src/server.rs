@@ -20,7 +20,7 @@ use crate::api::lock::{ElectionService, LockService};
 use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
 use crate::bootstrap::Identity;
-use crate::config::{host_port, member_id, ClusterState, Config, ConfigError};
+use crate::config::{host_port, ClusterState, Config, ConfigError};
 use crate::pb::concordraft::raft_peer_server::RaftPeerServer;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
@@ -158,11 +158,9 @@ impl Server {
 
         let initialized = raft.is_initialized().await.map_err(|e| ServerError::Raft(e.to_string()))?;
         if config.initial_cluster_state == ClusterState::New && !initialized {
-            let nodes: BTreeMap<u64, Member> = config
-                .initial_members()?
+            let nodes: BTreeMap<u64, Member> = crate::bootstrap::initial_members(&config)?
                 .into_iter()
-                .map(|(name, peer_urls)| {
-                    let mid = member_id(&name, &peer_urls, &config.initial_cluster_token);
+                .map(|(mid, name, peer_urls)| {
                     let client_urls =
                         if mid == id { config.advertise_client_urls.clone() } else { Vec::new() };
                     (mid, Member { name, peer_urls, client_urls })
