@@ -4,9 +4,9 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{etcdctl, status, Cluster};
+use common::{etcdctl, eventually, status, Cluster};
 
 const ORIGINAL: &[u8] = b"original-value-0123456789";
 const ALTERED: &[u8] = b"tampered-value-0123456789";
@@ -71,16 +71,10 @@ async fn a_member_with_altered_data_is_caught_by_the_corruption_checks() {
     c.members[victim].extra = plain;
     c.members[victim].start();
     let endpoint = format!("127.0.0.1:{}", c.members[leader].client_port);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, alarms, _) = etcdctl(&endpoint, &["alarm", "list"], None);
-        if alarms.contains("alarm:CORRUPT") {
-            assert!(alarms.contains(&format!("memberID:{victim_id} ")), "{alarms}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no CORRUPT alarm");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let list = || etcdctl(&endpoint, &["alarm", "list"], None).1;
+    eventually("a CORRUPT alarm is raised", || async { list().contains("alarm:CORRUPT") }).await;
+    let alarms = list();
+    assert!(alarms.contains(&format!("memberID:{victim_id} alarm:CORRUPT")), "{alarms}");
     // etcd's answer for everything while the cluster is corrupt.
     for refused in [client.put("k", "v", None).await.err(), client.get("k0", None).await.err()] {
         let s = status(refused.expect("refused while corrupt"));

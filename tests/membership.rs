@@ -2,9 +2,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{etcdctl, status, Cluster};
+use common::{etcdctl, eventually, status, Cluster};
 use etcd_client::GetOptions;
 
 /// `etcdctl` against `127.0.0.1:port` (etcdctl 3.4 sends an `http://` endpoint verbatim as :authority).
@@ -17,19 +17,6 @@ fn env_value(out: &str, key: &str) -> String {
     let line =
         out.lines().find(|l| l.starts_with(&format!("{key}="))).unwrap_or_else(|| panic!("{key} in {out}"));
     line[key.len() + 1..].trim_matches('"').to_string()
-}
-
-/// Waits until `check` holds, failing with `what` after 30 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The runtime-reconfiguration runbook: `member add`, start the new member with the environment etcdctl

@@ -402,3 +402,16 @@ pub fn pki(dir: &Path) -> Pki {
     let (other_ca_cert, other_ca_key) = leaf(&ca("nobody's CA"), "stranger");
     Pki { ca: ca_path, cert, key, other_ca_cert, other_ca_key }
 }
+
+/// Waits until `check` holds, failing with `what` after 30 s.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
