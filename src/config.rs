@@ -130,6 +130,16 @@ pub struct Config {
         action = clap::ArgAction::Set
     )]
     pub strict_reconfig_check: bool,
+    /// Auth token type: `simple` (random tokens every member learns through the log) or
+    /// `jwt,pub-key=FILE,priv-key=FILE,sign-method=ES256,ttl=5m` (signed tokens).
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple", value_parser = parse_auth_token)]
+    pub auth_token: String,
+    /// Time (in seconds) a simple token lives after its last use.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// The cost of the bcrypt hashes of passwords (4 to 31).
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = crate::auth::DEFAULT_BCRYPT_COST)]
+    pub bcrypt_cost: u32,
     /// Dial these members at these URLs instead of their advertised peer URLs: name=url,... or
     /// peer-url=url,... Not an etcd flag: the fault suite routes each directed peer link through a proxy
     /// of its own with it.
@@ -185,6 +195,14 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(total))
 }
 
+/// `--auth-token`: the token providers concord has (a JWT's keys are read when the server starts).
+fn parse_auth_token(s: &str) -> Result<String, String> {
+    match s.split(',').next() {
+        Some("simple" | "jwt") => Ok(s.to_string()),
+        _ => Err(format!("unknown token type {s:?} (expected simple or jwt,...)")),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("--config-file {0}: {1}")]
@@ -195,6 +213,8 @@ pub enum ConfigError {
     Url(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error(transparent)]
+    Jwt(#[from] crate::auth::JwtError),
 }
 
 impl Config {
@@ -247,6 +267,14 @@ impl Config {
             &self.peer_trusted_ca_file,
             self.peer_client_cert_auth,
         )
+    }
+
+    /// The JWT provider `--auth-token jwt,...` describes; `None` for simple tokens.
+    pub fn jwt(&self) -> Result<Option<crate::auth::Jwt>, ConfigError> {
+        match self.auth_token.strip_prefix("jwt") {
+            Some(options) => Ok(Some(crate::auth::Jwt::from_options(options.trim_start_matches(','))?)),
+            None => Ok(None),
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -6,6 +6,7 @@
 //! api → raft (log, replicate, commit) → apply → mvcc → watch hub.
 
 pub mod api;
+pub mod auth;
 pub mod backup;
 pub mod bench;
 pub mod bootstrap;

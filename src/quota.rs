@@ -53,6 +53,7 @@ pub fn cost(req: &Request) -> u64 {
         Request::Txn(t) => txn_cost(t),
         Request::LeaseGrant { .. } => LEASE_OVERHEAD,
         Request::Batch(rs) => rs.iter().map(cost).sum(),
+        Request::Authed { request, .. } => cost(request),
         _ => 0,
     }
 }

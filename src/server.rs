@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::api::auth::AuthService;
 use crate::api::cluster::ClusterService;
 use crate::api::http::HttpLayer;
 use crate::api::kv::KvService;
@@ -22,6 +23,7 @@ use crate::api::watch::WatchService;
 use crate::bootstrap::Identity;
 use crate::config::{host_port, ClusterState, Config, ConfigError};
 use crate::pb::concordraft::raft_peer_server::RaftPeerServer;
+use crate::pb::etcdserverpb::auth_server::AuthServer;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
@@ -196,9 +198,12 @@ impl Server {
             lessor: Default::default(),
             strict_reconfig: config.strict_reconfig_check,
             quota_bytes: crate::quota::quota_bytes(config.quota_backend_bytes),
+            client_cert_auth: config.client_cert_auth,
+            jwt: config.jwt()?.map(Arc::new),
             reconfig: Default::default(),
         };
 
+        node.sm.tokens().set_ttl(Duration::from_secs(config.auth_token_ttl));
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let max_recv = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
@@ -206,7 +211,7 @@ impl Server {
         let loopback = {
             let addr = client_addrs.first().map_or_else(|| "127.0.0.1:2379".to_string(), |a| a.to_string());
             match &client_tls_server {
-                None => crate::api::lock::Loopback::new(format!("http://{addr}"), None),
+                None => crate::api::lock::Loopback::new(format!("http://{addr}"), None, node.clone()),
                 // The certificate names the advertised host, not necessarily the address bound.
                 Some(_) => {
                     let host = config
@@ -218,7 +223,7 @@ impl Server {
                         })
                         .unwrap_or_else(|| "localhost".into());
                     let tls = client_tls.client().domain_name(host);
-                    crate::api::lock::Loopback::new(format!("https://{addr}"), Some(tls))
+                    crate::api::lock::Loopback::new(format!("https://{addr}"), Some(tls), node.clone())
                 }
             }
         };
@@ -259,7 +264,11 @@ impl Server {
                 .add_service(LockServer::new(LockService { client: loopback.clone() }))
                 .add_service(ElectionServer::new(ElectionService { client: loopback.clone() }))
                 .add_service(MaintenanceServer::new(MaintenanceService { node: node.clone() }))
-                .add_service(ClusterServer::new(ClusterService { node: node.clone() }));
+                .add_service(ClusterServer::new(ClusterService { node: node.clone() }))
+                .add_service(AuthServer::new(AuthService {
+                    node: node.clone(),
+                    bcrypt_cost: config.bcrypt_cost,
+                }));
             let mut rx = stop_rx.clone();
             tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(nodelay(listener), async move {
                 let _ = rx.wait_for(|s| *s).await;

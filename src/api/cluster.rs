@@ -41,7 +41,13 @@ fn member_status(e: MemberError) -> Status {
 }
 
 impl ClusterService {
-    async fn change(&self, change: MemberChange) -> Result<(u64, Vec<MemberInfo>), Status> {
+    /// etcd's `checkMembershipOperationPermission`: membership changes are admin's.
+    async fn change<T>(
+        &self,
+        req: &Request<T>,
+        change: MemberChange,
+    ) -> Result<(u64, Vec<MemberInfo>), Status> {
+        super::auth::require_admin(&self.node, req).await?;
         self.node.change_members(change).await.map_err(member_status)
     }
 }
@@ -52,9 +58,12 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        let change = MemberChange::Add {
+            peer_urls: req.get_ref().peer_ur_ls.clone(),
+            learner: req.get_ref().is_learner,
+        };
+        let (id, list) = self.change(&req, change).await?;
         let req = req.into_inner();
-        let change = MemberChange::Add { peer_urls: req.peer_ur_ls.clone(), learner: req.is_learner };
-        let (id, list) = self.change(change).await?;
         let added =
             Member { id, peer_ur_ls: req.peer_ur_ls, is_learner: req.is_learner, ..Default::default() };
         Ok(Response::new(MemberAddResponse {
@@ -68,7 +77,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        let (_, list) = self.change(MemberChange::Remove { id: req.into_inner().id }).await?;
+        let (_, list) = self.change(&req, MemberChange::Remove { id: req.get_ref().id }).await?;
         Ok(Response::new(MemberRemoveResponse { header: header(&self.node), members: members(list) }))
     }
 
@@ -76,8 +85,9 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        let req = req.into_inner();
-        let (_, list) = self.change(MemberChange::Update { id: req.id, peer_urls: req.peer_ur_ls }).await?;
+        let change =
+            MemberChange::Update { id: req.get_ref().id, peer_urls: req.get_ref().peer_ur_ls.clone() };
+        let (_, list) = self.change(&req, change).await?;
         Ok(Response::new(MemberUpdateResponse { header: header(&self.node), members: members(list) }))
     }
 
@@ -93,7 +103,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        let (_, list) = self.change(MemberChange::Promote { id: req.into_inner().id }).await?;
+        let (_, list) = self.change(&req, MemberChange::Promote { id: req.get_ref().id }).await?;
         Ok(Response::new(MemberPromoteResponse { header: header(&self.node), members: members(list) }))
     }
 }

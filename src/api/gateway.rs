@@ -47,6 +47,23 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("/v3/maintenance/hash", "etcdserverpb.Maintenance", "Hash"),
     ("/v3/maintenance/snapshot", "etcdserverpb.Maintenance", "Snapshot"),
     ("/v3/maintenance/transfer-leadership", "etcdserverpb.Maintenance", "MoveLeader"),
+    ("/v3/auth/enable", "etcdserverpb.Auth", "AuthEnable"),
+    ("/v3/auth/disable", "etcdserverpb.Auth", "AuthDisable"),
+    ("/v3/auth/status", "etcdserverpb.Auth", "AuthStatus"),
+    ("/v3/auth/authenticate", "etcdserverpb.Auth", "Authenticate"),
+    ("/v3/auth/user/add", "etcdserverpb.Auth", "UserAdd"),
+    ("/v3/auth/user/get", "etcdserverpb.Auth", "UserGet"),
+    ("/v3/auth/user/list", "etcdserverpb.Auth", "UserList"),
+    ("/v3/auth/user/delete", "etcdserverpb.Auth", "UserDelete"),
+    ("/v3/auth/user/changepw", "etcdserverpb.Auth", "UserChangePassword"),
+    ("/v3/auth/user/grant", "etcdserverpb.Auth", "UserGrantRole"),
+    ("/v3/auth/user/revoke", "etcdserverpb.Auth", "UserRevokeRole"),
+    ("/v3/auth/role/add", "etcdserverpb.Auth", "RoleAdd"),
+    ("/v3/auth/role/get", "etcdserverpb.Auth", "RoleGet"),
+    ("/v3/auth/role/list", "etcdserverpb.Auth", "RoleList"),
+    ("/v3/auth/role/delete", "etcdserverpb.Auth", "RoleDelete"),
+    ("/v3/auth/role/grant", "etcdserverpb.Auth", "RoleGrantPermission"),
+    ("/v3/auth/role/revoke", "etcdserverpb.Auth", "RoleRevokePermission"),
     ("/v3/lock/lock", "v3lockpb.Lock", "Lock"),
     ("/v3/lock/unlock", "v3lockpb.Lock", "Unlock"),
     ("/v3/election/campaign", "v3electionpb.Election", "Campaign"),
@@ -134,7 +151,14 @@ pub struct GrpcCall {
 }
 
 /// The gRPC call for a gateway request's JSON `body`; the gateway's error answer if the JSON is bad.
-pub fn grpc_request(method: &MethodDescriptor, body: &[u8]) -> Result<GrpcCall, (Code, String)> {
+///
+/// The caller's token travels as grpc-gateway sends it: the HTTP `Authorization` header becomes the
+/// call's `authorization` metadata, which the services read as etcd does.
+pub fn grpc_request(
+    method: &MethodDescriptor,
+    body: &[u8],
+    authorization: Option<http::HeaderValue>,
+) -> Result<GrpcCall, (Code, String)> {
     let data = frames(&method.input(), body).map_err(|e| (Code::InvalidArgument, e))?;
     let (body, keep) = if method.is_client_streaming() {
         let (keep, closed) = tokio::sync::oneshot::channel::<()>();
@@ -157,6 +181,9 @@ pub fn grpc_request(method: &MethodDescriptor, body: &[u8]) -> Result<GrpcCall, 
     let headers = req.headers_mut();
     headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
     headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    if let Some(token) = authorization {
+        headers.insert(http::header::AUTHORIZATION, token);
+    }
     Ok(GrpcCall { request: req, keep })
 }
 

@@ -69,6 +69,7 @@ where
             let clone = self.inner.clone();
             let mut inner = std::mem::replace(&mut self.inner, clone);
             let limit = self.max_body;
+            let authorization = req.headers().get(http::header::AUTHORIZATION).cloned();
             return Box::pin(async move {
                 let body = match http_body_util::Limited::new(req.into_body(), limit).collect().await {
                     Ok(b) => b.to_bytes(),
@@ -78,7 +79,7 @@ where
                     }
                     Err(e) => return Ok(gateway_bad_body(&e.to_string())),
                 };
-                let call = match gateway::grpc_request(&method, &body) {
+                let call = match gateway::grpc_request(&method, &body, authorization) {
                     Ok(call) => call,
                     Err((code, message)) => return Ok(gateway::error(code, &message)),
                 };

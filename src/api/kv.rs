@@ -3,6 +3,7 @@
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use super::auth::{caller, check, still_current};
 use super::{errors, fill_header, mvcc_status, node_status, unexpected, validate, write};
 use crate::mvcc::txn::is_read_only;
 use crate::pb::etcdserverpb::kv_server::Kv;
@@ -44,6 +45,7 @@ fn txn_serializable(t: &TxnRequest) -> bool {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let req = request.into_inner();
         validate::range(&req)?;
         super::refuse_if_corrupt(&self.node)?;
@@ -53,16 +55,19 @@ impl Kv for KvService {
             }
             self.node.read_barrier().await.map_err(node_status)?;
         }
+        check(&self.node, &caller, |auth, c| auth.check_range(c, &req))?;
         let mut resp = self.node.sm.read(|s| s.range(&req)).map_err(mvcc_status)?;
+        still_current(&self.node, &caller)?;
         fill_header(&self.node, &mut resp.header);
         Ok(Response::new(resp))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let req = request.into_inner();
         validate::put(&req)?;
         self.check_size(&req)?;
-        let raft::Response::Put(mut resp) = write(&self.node, raft::Request::Put(req)).await? else {
+        let raft::Response::Put(mut resp) = write(&self.node, caller, raft::Request::Put(req)).await? else {
             return Err(unexpected());
         };
         fill_header(&self.node, &mut resp.header);
@@ -73,11 +78,12 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let req = request.into_inner();
         validate::delete_range(&req)?;
         self.check_size(&req)?;
         let raft::Response::DeleteRange(mut resp) =
-            write(&self.node, raft::Request::DeleteRange(req)).await?
+            write(&self.node, caller, raft::Request::DeleteRange(req)).await?
         else {
             return Err(unexpected());
         };
@@ -86,6 +92,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let req = request.into_inner();
         validate::txn(&req, self.max_txn_ops)?;
         let mut resp = if is_read_only(&req) {
@@ -93,10 +100,13 @@ impl Kv for KvService {
             if !txn_serializable(&req) {
                 self.node.read_barrier().await.map_err(node_status)?;
             }
-            self.node.sm.read(|s| s.txn_read(&req)).map_err(mvcc_status)?
+            check(&self.node, &caller, |auth, c| auth.check_txn(c, &req))?;
+            let resp = self.node.sm.read(|s| s.txn_read(&req)).map_err(mvcc_status)?;
+            still_current(&self.node, &caller)?;
+            resp
         } else {
             self.check_size(&req)?;
-            let raft::Response::Txn(resp) = write(&self.node, raft::Request::Txn(req)).await? else {
+            let raft::Response::Txn(resp) = write(&self.node, caller, raft::Request::Txn(req)).await? else {
                 return Err(unexpected());
             };
             resp
@@ -109,8 +119,11 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let req = request.into_inner();
-        let raft::Response::Compact(mut resp) = write(&self.node, raft::Request::Compact(req)).await? else {
+        let raft::Response::Compact(mut resp) =
+            write(&self.node, caller, raft::Request::Compact(req)).await?
+        else {
             return Err(unexpected());
         };
         fill_header(&self.node, &mut resp.header);

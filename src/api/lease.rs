@@ -43,6 +43,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let caller = super::auth::caller(&self.node, &req).await?;
         let req = req.into_inner();
         if req.ttl > MAX_TTL {
             return Err(errors::lease_ttl_too_large());
@@ -53,7 +54,7 @@ impl Lease for LeaseService {
             id = (self.ids.fetch_add(1, Ordering::Relaxed) & (i64::MAX as u64)) as i64;
         }
         let ttl = req.ttl.max(self.min_ttl);
-        match write(&self.node, raft::Request::LeaseGrant { id, ttl }).await? {
+        match write(&self.node, caller, raft::Request::LeaseGrant { id, ttl }).await? {
             raft::Response::LeaseGrant(mut r) => {
                 super::fill_header(&self.node, &mut r.header);
                 Ok(Response::new(r))
@@ -66,8 +67,9 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let caller = super::auth::caller(&self.node, &req).await?;
         let id = req.into_inner().id;
-        match write(&self.node, raft::Request::LeaseRevoke { id }).await? {
+        match write(&self.node, caller, raft::Request::LeaseRevoke { id }).await? {
             raft::Response::LeaseRevoke(mut r) => {
                 super::fill_header(&self.node, &mut r.header);
                 Ok(Response::new(r))
@@ -82,6 +84,9 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
+        // Renewing is changing: the caller must be someone (checked once, for the whole stream).
+        let caller = super::auth::caller(&self.node, &req).await?;
+        super::auth::check(&self.node, &caller, |auth, c| auth.check_authenticated(c))?;
         let node = self.node.clone();
         let requests = req.into_inner();
         let responses = requests.then(move |r| {
@@ -104,7 +109,17 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let caller = super::auth::caller(&self.node, &req).await?;
         let req = req.into_inner();
+        // etcd 3.5's `checkLeaseTimeToLive`: with auth on, only a caller who may read every key on the
+        // lease learns about it (its keys would tell what it holds).
+        super::auth::check(&self.node, &caller, |auth, c| {
+            if c.user.is_empty() {
+                return Err(crate::auth::AuthError::UserEmpty);
+            }
+            let keys = self.node.sm.lease(req.id, true).map(|(_, keys)| keys).unwrap_or_default();
+            keys.iter().try_for_each(|k| auth.check(c, crate::auth::Kind::Read, k, &[]))
+        })?;
         let query = LeaseQuery::TimeToLive { id: req.id, keys: req.keys };
         let answer = self.node.lease_query(query).await.map_err(node_status)?;
         let LeaseAnswer::TimeToLive(found) = answer else { return Err(unexpected()) };

@@ -2,6 +2,7 @@
 //! over the member's own client API: a loopback client runs `client::Mutex` and `client::Election` on
 //! the caller's lease.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,12 +10,14 @@ use std::time::Duration;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{AuthError, Tokens};
 use crate::client::{Client, Election, Mutex};
 use crate::pb::etcdserverpb::{DeleteRangeRequest, ResponseHeader};
 use crate::pb::v3electionpb::election_server::Election as ElectionApi;
 use crate::pb::v3electionpb::*;
 use crate::pb::v3lockpb::lock_server::Lock;
 use crate::pb::v3lockpb::*;
+use crate::raft::RaftNode;
 
 /// A client of this member's own client API, connected on first use.
 #[derive(Clone)]
@@ -22,18 +25,43 @@ pub struct Loopback {
     url: String,
     tls: Option<tonic::transport::ClientTlsConfig>,
     client: Arc<tokio::sync::OnceCell<Client>>,
+    node: RaftNode,
+    /// A token of this member's own for each caller the loopback has acted for (see `get`).
+    tokens: Arc<std::sync::Mutex<HashMap<String, String>>>,
 }
 
 impl Loopback {
     /// A client of this member's own client `url`; `tls` for an `https://` one.
-    pub fn new(url: String, tls: Option<tonic::transport::ClientTlsConfig>) -> Loopback {
-        Loopback { url, tls, client: Default::default() }
+    pub fn new(url: String, tls: Option<tonic::transport::ClientTlsConfig>, node: RaftNode) -> Loopback {
+        Loopback { url, tls, client: Default::default(), node, tokens: Default::default() }
     }
 
-    async fn get(&self) -> Result<Client, Status> {
+    /// The client, its calls made as the caller of `req` (etcd's lock service passes the caller's
+    /// context to its in-process client), so the lock's keys are checked against the caller's
+    /// permissions. With auth on, the loopback always carries a token: one this member issues to
+    /// itself for the caller, however the caller was named (token or certificate), and never lets its
+    /// own certificate speak for anyone. A caller without a name goes no further.
+    async fn get<T>(&self, req: &Request<T>) -> Result<Client, Status> {
+        let caller = super::auth::caller(&self.node, req).await?;
         let url = std::slice::from_ref(&self.url);
         let connect = || Client::connect_tls(url, Duration::from_secs(5), self.tls.clone());
-        self.client.get_or_try_init(connect).await.cloned().map_err(Status::from)
+        let client = self.client.get_or_try_init(connect).await.map_err(Status::from)?;
+        let Some(caller) = caller else { return Ok(client.clone()) };
+        if caller.user.is_empty() {
+            return Err(super::auth::auth_status(AuthError::UserEmpty));
+        }
+        let tokens = self.node.sm.tokens();
+        let mut mine = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let token = match mine.get(&caller.user) {
+            Some(t) if tokens.user(t).as_ref() == Some(&caller.user) => t.clone(),
+            _ => {
+                // Index 0: nothing to wait for; the loopback only ever asks this member.
+                let t = tokens.issue(caller.user.clone(), &Tokens::prefix(), 0);
+                mine.insert(caller.user, t.clone());
+                t
+            }
+        };
+        client.with_token(&token).map_err(Status::from)
     }
 }
 
@@ -48,21 +76,17 @@ pub struct LockService {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let client = self.client.get(&req).await?;
         let req = req.into_inner();
-        let mut m = Mutex::with_lease(&self.client.get().await?, req.lease, &req.name);
+        let mut m = Mutex::with_lease(&client, req.lease, &req.name);
         m.lock().await.map_err(Status::from)?;
         Ok(Response::new(LockResponse { header: m.header().copied(), key: m.key().to_vec() }))
     }
 
     async fn unlock(&self, req: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
+        let client = self.client.get(&req).await?;
         let key = req.into_inner().key;
-        let resp = self
-            .client
-            .get()
-            .await?
-            .kv()
-            .delete_range(DeleteRangeRequest { key, ..Default::default() })
-            .await?;
+        let resp = client.kv().delete_range(DeleteRangeRequest { key, ..Default::default() }).await?;
         Ok(Response::new(UnlockResponse { header: resp.into_inner().header }))
     }
 }
@@ -82,8 +106,9 @@ fn leader_response(kv: crate::pb::mvccpb::KeyValue) -> LeaderResponse {
 #[tonic::async_trait]
 impl ElectionApi for ElectionService {
     async fn campaign(&self, req: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
+        let client = self.client.get(&req).await?;
         let req = req.into_inner();
-        let mut e = Election::with_lease(&self.client.get().await?, req.lease, &req.name);
+        let mut e = Election::with_lease(&client, req.lease, &req.name);
         e.campaign(&req.value).await.map_err(Status::from)?;
         let leader = LeaderKey {
             name: req.name,
@@ -95,16 +120,18 @@ impl ElectionApi for ElectionService {
     }
 
     async fn proclaim(&self, req: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
+        let client = self.client.get(&req).await?;
         let req = req.into_inner();
         let l = req.leader.ok_or_else(missing_leader)?;
-        let mut e = Election::resume(&self.client.get().await?, l.lease, &l.name, &l.key, l.rev);
+        let mut e = Election::resume(&client, l.lease, &l.name, &l.key, l.rev);
         e.proclaim(&req.value).await.map_err(Status::from)?;
         Ok(Response::new(ProclaimResponse { header: e.header().copied() }))
     }
 
     async fn leader(&self, req: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
+        let client = self.client.get(&req).await?;
         let name = req.into_inner().name;
-        let e = Election::with_lease(&self.client.get().await?, 0, &name);
+        let e = Election::with_lease(&client, 0, &name);
         let (header, kv) = e.leader_read().await.map_err(Status::from)?;
         Ok(Response::new(LeaderResponse { header, kv: Some(kv) }))
     }
@@ -112,15 +139,17 @@ impl ElectionApi for ElectionService {
     type ObserveStream = ObserveStream;
 
     async fn observe(&self, req: Request<LeaderRequest>) -> Result<Response<ObserveStream>, Status> {
+        let client = self.client.get(&req).await?;
         let name = req.into_inner().name;
-        let rx = Election::with_lease(&self.client.get().await?, 0, &name).observe();
+        let rx = Election::with_lease(&client, 0, &name).observe();
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(Response::new(Box::pin(futures::StreamExt::map(stream, |kv| Ok(leader_response(kv))))))
     }
 
     async fn resign(&self, req: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
+        let client = self.client.get(&req).await?;
         let l = req.into_inner().leader.ok_or_else(missing_leader)?;
-        let mut e = Election::resume(&self.client.get().await?, l.lease, &l.name, &l.key, l.rev);
+        let mut e = Election::resume(&client, l.lease, &l.name, &l.key, l.rev);
         e.resign().await.map_err(Status::from)?;
         Ok(Response::new(ResignResponse { header: e.header().copied() }))
     }

@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use std::io::Read as _;
 use tonic::{Request, Response, Status};
 
+use super::auth::require_admin;
 use super::{errors, header, mvcc_status};
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::etcdserverpb::*;
@@ -44,6 +45,7 @@ impl Maintenance for MaintenanceService {
     /// Lists alarms, or raises or clears one through the log (`etcdctl alarm list|disarm`).
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         use alarm_request::AlarmAction;
+        let caller = super::auth::caller(&self.node, &req).await?;
         let req = req.into_inner();
         let member = |(member_id, alarm): (u64, i32)| AlarmMember { member_id, alarm };
         let alarms = match AlarmAction::try_from(req.action) {
@@ -52,7 +54,7 @@ impl Maintenance for MaintenanceService {
                 let activate = action == AlarmAction::Activate;
                 let change =
                     crate::raft::Request::Alarm { activate, member: req.member_id, alarm: req.alarm };
-                match super::write(&self.node, change).await? {
+                match super::write(&self.node, caller, change).await? {
                     crate::raft::Response::Alarm(changed) => changed.into_iter().map(member).collect(),
                     _ => return Err(super::unexpected()),
                 }
@@ -81,8 +83,9 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        require_admin(&self.node, &req).await?;
         let sm = self.node.sm.clone();
         let (before, after) = tokio::task::spawn_blocking(move || sm.defragment().map_err(|e| e.to_string()))
             .await
@@ -94,12 +97,14 @@ impl Maintenance for MaintenanceService {
 
     /// etcd hashes its whole backend file; concord hashes every retained record (HashKV at the current
     /// revision), which is what a comparison between members needs.
-    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        require_admin(&self.node, &req).await?;
         let (hash, _, _) = self.node.sm.read(|s| s.hash_kv(0)).map_err(mvcc_status)?;
         Ok(Response::new(HashResponse { header: header(&self.node), hash }))
     }
 
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        require_admin(&self.node, &req).await?;
         let rev = req.into_inner().revision;
         let (hash, current, compact_revision) = self.node.sm.read(|s| s.hash_kv(rev)).map_err(mvcc_status)?;
         let mut h = Some(ResponseHeader { revision: current, ..Default::default() });
@@ -111,7 +116,11 @@ impl Maintenance for MaintenanceService {
 
     /// A point-in-time copy of the whole state, framed as `backup` describes, in 32 KiB messages (etcd's
     /// `snapshotSendBufferSize`) and ending with its sha256, as etcd sends it.
-    async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        req: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        require_admin(&self.node, &req).await?;
         let sm = self.node.sm.clone();
         let internal = |e: String| Status::internal(format!("etcdserver: {e}"));
         let file = tokio::task::spawn_blocking(move || sm.backup().map_err(|e| e.to_string()))

@@ -2,6 +2,7 @@
 //! anything about data: it validates requests (statelessly, like etcd's v3rpc layer), picks the write or
 //! read path, and maps errors to etcd's status codes and texts.
 
+pub mod auth;
 pub mod cluster;
 pub mod gateway;
 pub mod http;
@@ -105,11 +106,21 @@ pub fn node_status(e: NodeError) -> Status {
     }
 }
 
-/// Proposes a write through Raft; a deterministic error from apply becomes etcd's status for it.
-pub async fn write(node: &RaftNode, req: crate::raft::Request) -> Result<crate::raft::Response, Status> {
+/// Proposes a client's write through Raft, as `caller` once auth is on (see `auth::caller`); a
+/// deterministic error from apply becomes etcd's status for it.
+pub async fn write(
+    node: &RaftNode,
+    caller: Option<crate::auth::Caller>,
+    req: crate::raft::Request,
+) -> Result<crate::raft::Response, Status> {
     check_quota(node, &req).await?;
+    let req = match caller {
+        Some(caller) => crate::raft::Request::Authed { caller, request: Box::new(req) },
+        None => req,
+    };
     match node.write(req).await.map_err(node_status)? {
         crate::raft::Response::Error(e) => Err(mvcc_status(e)),
+        crate::raft::Response::Denied(e) => Err(auth::auth_status(e)),
         other => Ok(other),
     }
 }

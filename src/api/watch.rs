@@ -7,10 +7,11 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Caller, Kind};
 use crate::pb::etcdserverpb::watch_server::Watch;
 use crate::pb::etcdserverpb::{ResponseHeader, WatchRequest, WatchResponse};
 use crate::raft::RaftNode;
-use crate::watch::{Options, WatchStream};
+use crate::watch::{Options, Permit, WatchStream};
 
 /// Responses a stream may have ready before it waits for the client to read.
 const OUT_QUEUE: usize = 64;
@@ -22,11 +23,31 @@ pub struct WatchService {
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
+impl WatchService {
+    /// A watcher needs read permission on its range, checked when it is created against the auth
+    /// state of then (etcd's `isWatchPermitted`), as the stream's caller: a stream opened with a bad
+    /// token has each create refused with etcd's reason.
+    fn permit(&self, caller: Result<Option<Caller>, Status>) -> Permit {
+        let node = self.node.clone();
+        Arc::new(move |key: &[u8], range_end: &[u8]| {
+            if !node.sm.auth_enabled() {
+                return Ok(());
+            }
+            let caller = match &caller {
+                Ok(c) => c.clone().unwrap_or_else(Caller::anonymous),
+                Err(status) => return Err(status.message().to_string()),
+            };
+            node.sm.auth().check(&caller, Kind::Read, key, range_end).map_err(|e| e.to_string())
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl Watch for WatchService {
     type WatchStream = ResponseStream;
 
     async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<ResponseStream>, Status> {
+        let permit = self.permit(super::auth::caller(&self.node, &req).await);
         // A broken inbound stream ends the watch stream, as in etcd.
         let requests = req
             .into_inner()
@@ -41,7 +62,8 @@ impl Watch for WatchService {
             raft_term: node.term(),
         });
         let sm = self.node.sm.clone();
-        let stream = WatchStream::new(sm.clone(), sm.hub().subscribe(), stamp, self.options.clone(), tx);
+        let stream = WatchStream::new(sm.clone(), sm.hub().subscribe(), stamp, self.options.clone(), tx)
+            .with_permit(permit);
         tokio::spawn(stream.run(Box::pin(requests)));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok))))
     }

@@ -24,12 +24,17 @@ pub use stm::{Isolation, Stm};
 use std::time::Duration;
 
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::{InterceptedService, Interceptor};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+use crate::pb::etcdserverpb::auth_client::AuthClient;
 use crate::pb::etcdserverpb::kv_client::KvClient;
 use crate::pb::etcdserverpb::lease_client::LeaseClient;
 use crate::pb::etcdserverpb::watch_client::WatchClient;
-use crate::pb::etcdserverpb::{watch_request::RequestUnion, WatchCreateRequest, WatchRequest, WatchResponse};
+use crate::pb::etcdserverpb::{
+    watch_request::RequestUnion, AuthenticateRequest, WatchCreateRequest, WatchRequest, WatchResponse,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -58,10 +63,29 @@ impl From<ClientError> for tonic::Status {
     }
 }
 
+/// What every call of a [`Client`] goes through: the connection, and the credentials it adds.
+pub type Transport = InterceptedService<Channel, Credentials>;
+
+/// The auth token a client's calls carry, as etcd's Go client sends it (`token` metadata).
+#[derive(Clone, Default)]
+pub struct Credentials {
+    token: Option<MetadataValue<Ascii>>,
+}
+
+impl Interceptor for Credentials {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.token {
+            req.metadata_mut().insert("token", token.clone());
+        }
+        Ok(req)
+    }
+}
+
 /// A connection to one of the given endpoints (the first that answers).
 #[derive(Clone)]
 pub struct Client {
     channel: Channel,
+    credentials: Credentials,
 }
 
 impl Client {
@@ -86,7 +110,7 @@ impl Client {
                     .map_err(|err| ClientError::Connect(url.clone(), err.to_string()))?;
             }
             match ep.connect_timeout(timeout).tcp_nodelay(true).connect().await {
-                Ok(channel) => return Ok(Client { channel }),
+                Ok(channel) => return Ok(Client::from_channel(channel)),
                 Err(err) => last = ClientError::Connect(url, err.to_string()),
             }
         }
@@ -95,19 +119,38 @@ impl Client {
 
     /// A client over a channel made elsewhere (the bench tool shares its connections).
     pub fn from_channel(channel: Channel) -> Client {
-        Client { channel }
+        Client { channel, credentials: Credentials::default() }
     }
 
-    pub fn kv(&self) -> KvClient<Channel> {
-        KvClient::new(self.channel.clone())
+    /// The same connection, its calls made with `token` (one an Authenticate gave).
+    pub fn with_token(&self, token: &str) -> Result<Client, ClientError> {
+        let token = MetadataValue::try_from(token)
+            .map_err(|_| tonic::Status::invalid_argument("an auth token must be printable ASCII"))?;
+        Ok(Client { channel: self.channel.clone(), credentials: Credentials { token: Some(token) } })
     }
 
-    pub fn lease(&self) -> LeaseClient<Channel> {
-        LeaseClient::new(self.channel.clone())
+    /// Authenticates as `user` (etcd's Auth.Authenticate), and returns a client whose calls carry the
+    /// token.
+    pub async fn authenticate(&self, user: &str, password: &str) -> Result<Client, ClientError> {
+        let req = AuthenticateRequest { name: user.into(), password: password.into() };
+        let token = self.auth().authenticate(req).await?.into_inner().token;
+        self.with_token(&token)
     }
 
-    pub fn watch_client(&self) -> WatchClient<Channel> {
-        WatchClient::new(self.channel.clone())
+    pub fn kv(&self) -> KvClient<Transport> {
+        KvClient::with_interceptor(self.channel.clone(), self.credentials.clone())
+    }
+
+    pub fn lease(&self) -> LeaseClient<Transport> {
+        LeaseClient::with_interceptor(self.channel.clone(), self.credentials.clone())
+    }
+
+    pub fn watch_client(&self) -> WatchClient<Transport> {
+        WatchClient::with_interceptor(self.channel.clone(), self.credentials.clone())
+    }
+
+    pub fn auth(&self) -> AuthClient<Transport> {
+        AuthClient::with_interceptor(self.channel.clone(), self.credentials.clone())
     }
 
     /// Opens a watch stream with one watcher; returns its responses after the `created` one.

@@ -57,6 +57,10 @@ pub struct RaftNode {
     pub strict_reconfig: bool,
     /// `--quota-backend-bytes`, resolved: writes that add data are refused past it.
     pub quota_bytes: u64,
+    /// `--client-cert-auth`: with auth on, a client certificate's common name names the caller.
+    pub client_cert_auth: bool,
+    /// `--auth-token jwt,...`: tokens are signed JWTs instead of simple tokens.
+    pub jwt: Option<Arc<crate::auth::Jwt>>,
     /// Membership changes are carried out one at a time (openraft refuses one while another is in flight).
     pub reconfig: Arc<tokio::sync::Mutex<()>>,
 }

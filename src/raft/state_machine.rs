@@ -21,6 +21,7 @@ use super::types::{
     TypeConfig,
 };
 use super::{decode, encode};
+use crate::auth::{AuthError, AuthStore, Caller, TokenEffect, Tokens};
 use crate::lease::LeaseTable;
 use crate::mvcc::{MvccError, Store};
 use crate::pb::etcdserverpb::RangeRequest;
@@ -71,6 +72,12 @@ pub struct StateMachine {
     /// The kinds of alarm active (a bit per AlarmType), so that every read can check for CORRUPT
     /// without waiting for the lock an apply holds.
     alarm_kinds: AtomicU32,
+    /// The auth state as last applied, for the checks of reads (which do not wait for an apply), and
+    /// whether auth is on, for the many requests that need to know nothing else.
+    auth: RwLock<Arc<AuthStore>>,
+    auth_enabled: AtomicBool,
+    /// This member's simple tokens (see `auth::Tokens`).
+    tokens: Tokens,
 }
 
 /// The bit set of alarm kinds in `alarms`.
@@ -90,6 +97,38 @@ struct Durable {
     alarms: BTreeSet<(u64, i32)>,
     /// Every lease (id, granted TTL); attached keys are rebuilt from the store.
     leases: Vec<(i64, i64)>,
+    auth: AuthStore,
+}
+
+/// A checkpoint as written before auth existed (its fields are a prefix of `Durable`'s).
+#[derive(Deserialize)]
+struct DurableBeforeAuth {
+    last_applied: Option<LogId>,
+    current: i64,
+    compacted: i64,
+    membership: StoredMembership,
+    attributes: BTreeMap<u64, Attributes>,
+    alarms: BTreeSet<(u64, i32)>,
+    leases: Vec<(i64, i64)>,
+}
+
+impl Durable {
+    fn decode(bytes: &[u8]) -> Result<Durable, bincode::error::DecodeError> {
+        decode(bytes).or_else(|e| {
+            let Ok(d) = decode::<DurableBeforeAuth>(bytes) else { return Err(e) };
+            let DurableBeforeAuth {
+                last_applied,
+                current,
+                compacted,
+                membership,
+                attributes,
+                alarms,
+                leases,
+            } = d;
+            let auth = AuthStore::default();
+            Ok(Durable { last_applied, current, compacted, membership, attributes, alarms, leases, auth })
+        })
+    }
 }
 
 impl Default for Durable {
@@ -104,6 +143,7 @@ impl Default for Durable {
             attributes: BTreeMap::new(),
             alarms: BTreeSet::new(),
             leases: Vec::new(),
+            auth: AuthStore::default(),
         }
     }
 }
@@ -115,6 +155,8 @@ struct Applied {
     attributes: BTreeMap<u64, Attributes>,
     alarms: BTreeSet<(u64, i32)>,
     leases: LeaseTable,
+    /// Copied on write (auth changes are rare), so the state machine can publish it to readers.
+    auth: Arc<AuthStore>,
 }
 
 impl Applied {
@@ -127,6 +169,7 @@ impl Applied {
             attributes: self.attributes.clone(),
             alarms: self.alarms.clone(),
             leases: self.leases.leases(),
+            auth: (*self.auth).clone(),
         }
     }
 }
@@ -144,13 +187,14 @@ impl Applied {
             attributes: d.attributes,
             alarms: d.alarms,
             leases,
+            auth: Arc::new(d.auth),
         }
     }
 }
 
 fn decode_durable(bytes: Option<Vec<u8>>) -> Result<Durable, StorageError> {
     match bytes {
-        Some(b) => decode(&b).map_err(|e| sm_err(ErrorVerb::Read, e)),
+        Some(b) => Durable::decode(&b).map_err(|e| sm_err(ErrorVerb::Read, e)),
         None => Ok(Durable::default()),
     }
 }
@@ -171,6 +215,7 @@ impl StateMachine {
         let applied_index = durable.last_applied.map_or(0, |l| l.index);
         let applied = Applied::restore(durable, &store);
         let kinds = alarm_kinds(&applied.alarms);
+        let auth = applied.auth.clone();
         let applied_tx = tokio::sync::watch::Sender::new(applied_index);
         let (tx, rx) = mpsc::sync_channel(1);
         let hub = Hub::new(store.current_revision());
@@ -190,6 +235,9 @@ impl StateMachine {
             probed: AtomicBool::new(false),
             size: AtomicU64::new(0),
             alarm_kinds: AtomicU32::new(kinds),
+            auth_enabled: AtomicBool::new(auth.enabled()),
+            auth: RwLock::new(auth),
+            tokens: Tokens::default(),
         });
         sm.size.store(sm.db_size().0, Ordering::Relaxed);
         let weak = Arc::downgrade(&sm);
@@ -208,6 +256,25 @@ impl StateMachine {
     /// Whether an alarm of this AlarmType is active for any member (lock-free).
     pub fn alarm_active(&self, kind: i32) -> bool {
         self.alarm_kinds.load(Ordering::Relaxed) & 1u32.checked_shl(kind as u32).unwrap_or(0) != 0
+    }
+
+    /// The auth state as last applied.
+    pub fn auth(&self) -> Arc<AuthStore> {
+        self.auth.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether auth is on (lock-free).
+    pub fn auth_enabled(&self) -> bool {
+        self.auth_enabled.load(Ordering::Relaxed)
+    }
+
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    fn publish_auth(&self, auth: &Arc<AuthStore>) {
+        *self.auth.write().unwrap_or_else(|p| p.into_inner()) = auth.clone();
+        self.auth_enabled.store(auth.enabled(), Ordering::Relaxed);
     }
 
     /// The name and client URLs each member published (etcd's member attributes).
@@ -270,6 +337,7 @@ impl StateMachine {
         }
         let mut store = self.store_mut();
         let mut meta = self.meta();
+        let auth_before = meta.auth.clone();
         let mut responses = Vec::with_capacity(entries.len());
         let mut requests = 0;
         let mut events = Vec::new();
@@ -286,13 +354,16 @@ impl StateMachine {
                     if let Request::Batch(b) = &req {
                         requests += b.len() as u64 - 1;
                     }
-                    apply_request(&mut store, &mut meta, req, &mut events)
+                    apply_request(&mut store, &mut meta, &self.tokens, req, &mut events)
                 }
             };
             responses.push(response);
         }
         store.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
         self.alarm_kinds.store(alarm_kinds(&meta.alarms), Ordering::Relaxed);
+        if !Arc::ptr_eq(&auth_before, &meta.auth) {
+            self.publish_auth(&meta.auth);
+        }
         self.size.store(store.backend().size().0, Ordering::Relaxed);
         let due = store.backend().maintenance_due();
         let revision = store.current_revision();
@@ -424,8 +495,9 @@ impl StateMachine {
     ) -> Result<Durable, StorageError> {
         let re = |e: std::io::Error| snap_err(ErrorVerb::Read, e);
         read_part(&mut r).map_err(re)?; // the SnapshotMeta (openraft has read it already)
-        let durable: Durable =
-            adapt(decode(&read_part(&mut r).map_err(re)?).map_err(|e| snap_err(ErrorVerb::Read, e))?);
+        let durable: Durable = adapt(
+            Durable::decode(&read_part(&mut r).map_err(re)?).map_err(|e| snap_err(ErrorVerb::Read, e))?,
+        );
         let bytes = encode(&durable).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let _one = self.checkpoint_lock.lock().unwrap_or_else(|p| p.into_inner());
         let point = {
@@ -443,7 +515,11 @@ impl StateMachine {
                 self.failed.store(true, Ordering::Relaxed);
                 return Err(e);
             }
-            *self.meta() = Applied::restore(durable.clone(), &store);
+            let applied = Applied::restore(durable.clone(), &store);
+            self.publish_auth(&applied.auth);
+            // Tokens were issued under the state being replaced; clients authenticate again.
+            self.tokens.clear();
+            *self.meta() = applied;
             self.alarm_kinds.store(alarm_kinds(&durable.alarms), Ordering::Relaxed);
             store.backend_mut().sync_point(bytes)
         };
@@ -489,6 +565,7 @@ fn maintenance_loop(sm: Weak<StateMachine>, wake: mpsc::Receiver<()>) {
 fn apply_request(
     store: &mut Store<RecordLog>,
     meta: &mut Applied,
+    tokens: &Tokens,
     req: Request,
     events: &mut Vec<Event>,
 ) -> Response {
@@ -496,13 +573,27 @@ fn apply_request(
         request_op, CompactionResponse, DeleteRangeRequest, LeaseGrantResponse, LeaseRevokeResponse,
         RequestOp, ResponseHeader, TxnRequest,
     };
-    let Applied { leases, attributes, alarms, .. } = meta;
+    if let Request::Authed { caller, request } = req {
+        return match permitted(&meta.auth, &meta.leases, &caller, &request) {
+            Ok(()) => apply_request(store, meta, tokens, *request, events),
+            Err(e) => Response::Denied(e),
+        };
+    }
+    let index = meta.last_applied.map_or(0, |l| l.index);
+    let Applied { leases, attributes, alarms, auth, .. } = meta;
     let header = |store: &Store<RecordLog>| {
         Some(ResponseHeader { revision: store.current_revision(), ..Default::default() })
     };
     // etcd's corrupt applier: once a member's data is known to differ, no change is applied; its capped
     // applier: while out of space, nothing that adds data is.
-    let changes_data = !matches!(req, Request::Batch(_) | Request::Alarm { .. } | Request::Publish { .. });
+    let changes_data = !matches!(
+        req,
+        Request::Batch(_)
+            | Request::Alarm { .. }
+            | Request::Publish { .. }
+            | Request::Auth(_)
+            | Request::Authed { .. }
+    );
     let active = |kind| alarms.iter().any(|(_, a)| *a == kind);
     if changes_data && active(crate::quota::CORRUPT) {
         return Response::Error(MvccError::Corrupt);
@@ -564,8 +655,30 @@ fn apply_request(
             })
         }
         Request::Batch(reqs) => {
-            let responses = reqs.into_iter().map(|r| apply_request(store, meta, r, events)).collect();
+            let responses = reqs.into_iter().map(|r| apply_request(store, meta, tokens, r, events)).collect();
             return Response::Batch(responses);
+        }
+        Request::Authed { .. } => unreachable!("handled above"),
+        Request::Auth(op) => {
+            return match Arc::make_mut(auth).apply(op) {
+                Ok(effect) => match effect {
+                    // An empty prefix: the proposer signs a JWT instead.
+                    TokenEffect::Issue { prefix, .. } if prefix.is_empty() => Response::Token(String::new()),
+                    TokenEffect::Issue { user, prefix } => {
+                        Response::Token(tokens.issue(user, &prefix, index))
+                    }
+                    TokenEffect::Invalidate(user) => {
+                        tokens.invalidate_user(&user);
+                        Response::None
+                    }
+                    TokenEffect::Clear => {
+                        tokens.clear();
+                        Response::None
+                    }
+                    TokenEffect::None => Response::None,
+                },
+                Err(e) => Response::Denied(e),
+            };
         }
     };
     match result {
@@ -576,6 +689,24 @@ fn apply_request(
             response
         }
         Err(e) => Response::Error(e),
+    }
+}
+
+/// Whether `caller` may make `req`, checked against the auth state it is applied to (etcd's
+/// `authApplierV3`): admin rights for auth changes, key permissions for writes, for a revoke write
+/// permission on every key of the lease, and for any other change an authenticated caller.
+fn permitted(auth: &AuthStore, leases: &LeaseTable, caller: &Caller, req: &Request) -> Result<(), AuthError> {
+    let lease_keys = |id| leases.keys(id);
+    match req {
+        Request::Auth(op) if op.needs_admin() => auth.check_admin(caller),
+        Request::Put(r) => auth.check_put(caller, r, &lease_keys),
+        Request::DeleteRange(r) => auth.check_delete(caller, r),
+        Request::Txn(r) => auth.check_txn(caller, r),
+        Request::LeaseRevoke { id } => auth.check_lease(caller, &leases.keys(*id)),
+        Request::LeaseGrant { .. } | Request::Compact(_) | Request::Alarm { .. } => {
+            auth.check_authenticated(caller)
+        }
+        _ => Ok(()),
     }
 }
 

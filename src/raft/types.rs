@@ -4,6 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{AuthError, AuthOp, Caller};
 use crate::mvcc::MvccError;
 use crate::pb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse,
@@ -38,6 +39,15 @@ pub enum Request {
         member: u64,
         alarm: i32,
     },
+    /// A change to users, roles, permissions or whether auth is on, or an Authenticate.
+    Auth(AuthOp),
+    /// A client's request with its caller, while auth is on: apply checks the caller's permissions
+    /// against the auth state it applies to (etcd's `authApplierV3`). Requests without one come from
+    /// the members themselves (lease expiry, alarms) and are not checked.
+    Authed {
+        caller: Caller,
+        request: Box<Request>,
+    },
     /// Concurrent requests proposed as one entry (see `batcher`); applied in order, one revision each.
     Batch(Vec<Request>),
 }
@@ -55,6 +65,8 @@ impl Request {
             Request::Publish { attributes: a, .. } => {
                 8 + a.name.len() + a.client_urls.iter().map(|u| u.len() + 2).sum::<usize>()
             }
+            Request::Auth(_) => 128,
+            Request::Authed { caller, request } => caller.user.len() + 16 + request.encoded_len(),
             Request::Batch(rs) => rs.iter().map(Request::encoded_len).sum(),
         }
     }
@@ -73,7 +85,11 @@ pub enum Response {
     Error(MvccError),
     /// The alarm an Alarm request raised or cleared, if it changed anything: (member, alarm).
     Alarm(Option<(u64, i32)>),
-    /// Blank and membership entries.
+    /// A refused caller (permission denied, auth not enabled, ...).
+    Denied(AuthError),
+    /// The simple token an Authenticate issued.
+    Token(String),
+    /// Blank and membership entries; auth changes.
     None,
     /// The responses to a `Request::Batch`, in order.
     Batch(Vec<Response>),

@@ -9,4 +9,4 @@ pub mod hub;
 pub mod stream;
 
 pub use hub::Hub;
-pub use stream::{History, Options, Stamp, WatchStream};
+pub use stream::{History, Options, Permit, Stamp, WatchStream};

@@ -32,6 +32,10 @@ pub trait History: Send + Sync + 'static {
 /// Fills a response header for a revision (cluster and member id, term).
 pub type Stamp = Arc<dyn Fn(i64) -> ResponseHeader + Send + Sync>;
 
+/// Whether the stream's caller may watch `key`..`range_end` (as the create request gave them); the
+/// error is the reason the watch is refused with.
+pub type Permit = Arc<dyn Fn(&[u8], &[u8]) -> Result<(), String> + Send + Sync>;
+
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Responses of a watcher that asked for fragments are split above this size (etcd's
@@ -105,6 +109,7 @@ pub struct WatchStream<H> {
     live: i64,
     /// A progress request waits until every watcher is synced (its revision must be a promise).
     progress_wanted: bool,
+    permit: Option<Permit>,
 }
 
 impl<H: History> WatchStream<H> {
@@ -129,7 +134,13 @@ impl<H: History> WatchStream<H> {
             next_id: 0,
             live,
             progress_wanted: false,
+            permit: None,
         }
+    }
+
+    /// Checks every create request with `permit` (auth's read permission on the watched range).
+    pub fn with_permit(self, permit: Permit) -> Self {
+        WatchStream { permit: Some(permit), ..self }
     }
 
     /// Serves the stream until the client goes away.
@@ -186,20 +197,23 @@ impl<H: History> WatchStream<H> {
     async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Gone> {
         // As etcd: an empty key is the smallest key, and a range end of "\0" means every key from `key`.
         let key = if c.key.is_empty() { vec![0] } else { c.key };
+        let refuse = |reason: String| {
+            move |r: &mut WatchResponse| {
+                r.created = true;
+                r.canceled = true;
+                r.cancel_reason = reason;
+            }
+        };
+        if let Some(Err(reason)) = self.permit.as_ref().map(|p| p(&key, &c.range_end)) {
+            return self.send_control(NO_WATCH, refuse(reason)).await;
+        }
         let end = match c.range_end {
             e if e.is_empty() => None,
             e if e == [0] => Some(Vec::new()),
             e => Some(e),
         };
-        let refuse = |reason: &'static str| {
-            move |r: &mut WatchResponse| {
-                r.created = true;
-                r.canceled = true;
-                r.cancel_reason = reason.into();
-            }
-        };
         if end.as_ref().is_some_and(|e| !e.is_empty() && key >= *e) {
-            return self.send_control(NO_WATCH, refuse(ERR_EMPTY_RANGE)).await;
+            return self.send_control(NO_WATCH, refuse(ERR_EMPTY_RANGE.into())).await;
         }
         let id = if c.watch_id == AUTO_WATCH_ID {
             while self.watchers.contains_key(&self.next_id) {
@@ -208,7 +222,7 @@ impl<H: History> WatchStream<H> {
             self.next_id += 1;
             self.next_id - 1
         } else if self.watchers.contains_key(&c.watch_id) {
-            return self.send_control(NO_WATCH, refuse(ERR_DUPLICATE_ID)).await;
+            return self.send_control(NO_WATCH, refuse(ERR_DUPLICATE_ID.into())).await;
         } else {
             c.watch_id
         };

@@ -370,6 +370,9 @@ pub struct Pki {
     pub key: PathBuf,
     pub other_ca_cert: PathBuf,
     pub other_ca_key: PathBuf,
+    /// A client certificate of the trusted CA for the user "alice" (its common name).
+    pub alice_cert: PathBuf,
+    pub alice_key: PathBuf,
 }
 
 /// A CA, a certificate for 127.0.0.1 and localhost (for serving and as a client, as etcd's docs make
@@ -382,10 +385,10 @@ pub fn pki(dir: &Path) -> Pki {
         let key = rcgen::KeyPair::generate().unwrap();
         (p.self_signed(&key).unwrap(), key)
     };
-    let leaf = |issuer: &(rcgen::Certificate, rcgen::KeyPair), stem: &str| {
+    let leaf = |issuer: &(rcgen::Certificate, rcgen::KeyPair), stem: &str, common_name: &str| {
         let mut p =
             rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-        p.distinguished_name.push(rcgen::DnType::CommonName, "root");
+        p.distinguished_name.push(rcgen::DnType::CommonName, common_name);
         p.extended_key_usages =
             vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
         let key = rcgen::KeyPair::generate().unwrap();
@@ -398,9 +401,10 @@ pub fn pki(dir: &Path) -> Pki {
     let trusted = ca("concord test CA");
     let ca_path = dir.join("ca.pem");
     std::fs::write(&ca_path, trusted.0.pem()).unwrap();
-    let (cert, key) = leaf(&trusted, "member");
-    let (other_ca_cert, other_ca_key) = leaf(&ca("nobody's CA"), "stranger");
-    Pki { ca: ca_path, cert, key, other_ca_cert, other_ca_key }
+    let (cert, key) = leaf(&trusted, "member", "root");
+    let (alice_cert, alice_key) = leaf(&trusted, "alice", "alice");
+    let (other_ca_cert, other_ca_key) = leaf(&ca("nobody's CA"), "stranger", "root");
+    Pki { ca: ca_path, cert, key, other_ca_cert, other_ca_key, alice_cert, alice_key }
 }
 
 /// Waits until `check` holds, failing with `what` after 30 s.
