@@ -2,37 +2,37 @@
 //! (like etcd, which registers its metrics in Prometheus' default registry). The storage layer times its
 //! syncs here; gauges that the Raft node already knows are read when `/metrics` is scraped.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-/// etcd's disk histograms: `prometheus.ExponentialBuckets(0.001, 2, 14)`, 1 ms to 8 s.
-const BUCKETS: usize = 14;
-
-pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS],
+/// A histogram with Prometheus' exponential buckets: `N` buckets from `first` seconds, doubling.
+pub struct Histogram<const N: usize = 14> {
+    first: f64,
+    buckets: [AtomicU64; N],
     count: AtomicU64,
     sum_nanos: AtomicU64,
 }
 
-impl Histogram {
-    pub const fn new() -> Self {
+impl<const N: usize> Histogram<N> {
+    pub const fn new(first: f64) -> Self {
         Histogram {
-            buckets: [const { AtomicU64::new(0) }; BUCKETS],
+            first,
+            buckets: [const { AtomicU64::new(0) }; N],
             count: AtomicU64::new(0),
             sum_nanos: AtomicU64::new(0),
         }
     }
 
-    fn bound(i: usize) -> f64 {
-        0.001 * f64::from(1u32 << i)
+    fn bound(&self, i: usize) -> f64 {
+        self.first * f64::from(1u32 << i)
     }
 
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        if let Some(i) = (0..BUCKETS).find(|&i| secs <= Self::bound(i)) {
+        if let Some(i) = (0..N).find(|&i| secs <= self.bound(i)) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
@@ -49,28 +49,47 @@ impl Histogram {
 
     fn render(&self, name: &str, help: &str, out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_series(name, "", out);
+    }
+
+    /// The series of one label set (`labels` like `To="a1b2",`, or empty).
+    fn render_series(&self, name: &str, labels: &str, out: &mut String) {
         let mut cumulative = 0;
         for (i, b) in self.buckets.iter().enumerate() {
             cumulative += b.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", Self::bound(i));
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{}\"}} {cumulative}", self.bound(i));
         }
         let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9);
-        let _ = writeln!(out, "{name}_count {count}");
+        let braces =
+            |l: &str| if l.is_empty() { String::new() } else { format!("{{{}}}", l.trim_end_matches(',')) };
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{} {}",
+            braces(labels),
+            self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
+        );
+        let _ = writeln!(out, "{name}_count{} {count}", braces(labels));
     }
 }
 
-impl Default for Histogram {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
+/// etcd's disk histograms: `prometheus.ExponentialBuckets(0.001, 2, 14)`, 1 ms to 8 s.
 /// The latency of each sync of the Raft log.
-pub static WAL_FSYNC: Histogram = Histogram::new();
+pub static WAL_FSYNC: Histogram = Histogram::new(0.001);
 /// The latency of each checkpoint of the MVCC records (etcd's backend commit).
-pub static BACKEND_COMMIT: Histogram = Histogram::new();
+pub static BACKEND_COMMIT: Histogram = Histogram::new(0.001);
+
+/// etcd's peer round-trip histogram: `ExponentialBuckets(0.0001, 2, 16)`, 0.1 ms to 3.3 s.
+pub type PeerRtt = Histogram<16>;
+
+/// The round trip to each peer (by member id), measured on the heartbeats this member sends as leader.
+static PEER_RTT: LazyLock<Mutex<BTreeMap<u64, Arc<PeerRtt>>>> = LazyLock::new(Default::default);
+
+/// The round-trip histogram of the peer `to`, created on first use.
+pub fn peer_rtt(to: u64) -> Arc<PeerRtt> {
+    let mut all = PEER_RTT.lock().unwrap_or_else(|p| p.into_inner());
+    all.entry(to).or_insert_with(|| Arc::new(Histogram::new(0.0001))).clone()
+}
 /// Leaders this member has seen elected.
 pub static LEADER_CHANGES: AtomicU64 = AtomicU64::new(0);
 
@@ -168,6 +187,16 @@ pub fn render_process(out: &mut String) {
         "The latency distributions of commit called by backend.",
         out,
     );
+    let peers: Vec<(u64, Arc<PeerRtt>)> =
+        PEER_RTT.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (*k, v.clone())).collect();
+    if !peers.is_empty() {
+        let name = "etcd_network_peer_round_trip_time_seconds";
+        let _ =
+            writeln!(out, "# HELP {name} Round-Trip-Time histogram between peers\n# TYPE {name} histogram");
+        for (to, h) in peers {
+            h.render_series(name, &format!("To=\"{to:x}\","), out);
+        }
+    }
     let changes = LEADER_CHANGES.load(Ordering::Relaxed) as f64;
     sample(
         out,
@@ -217,7 +246,7 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative() {
-        let h = Histogram::new();
+        let h: Histogram = Histogram::new(0.001);
         h.observe(Duration::from_micros(500));
         h.observe(Duration::from_millis(3));
         h.observe(Duration::from_secs(20));

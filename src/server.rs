@@ -181,16 +181,19 @@ impl Server {
         }
 
         let leader_wait = Duration::from_secs(5) + Duration::from_millis(2 * config.election_timeout);
+        let gate = Arc::new(crate::raft::transfer::Gate::default());
         let node = RaftNode {
             id,
             cluster_id,
-            batcher: crate::raft::batcher::Batcher::start(raft.clone()),
+            batcher: crate::raft::batcher::Batcher::start(raft.clone(), gate.clone()),
             reads: crate::raft::read_index::ReadIndexer::start(crate::raft::read_index::Source {
                 id,
                 raft: raft.clone(),
                 network: network.clone(),
                 leader_wait,
+                gate: gate.clone(),
             }),
+            gate,
             raft,
             sm,
             network,

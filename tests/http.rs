@@ -49,6 +49,12 @@ async fn health_version_and_metrics_answer_like_etcd() {
     assert_eq!(metric(&text, "etcd_debugging_mvcc_current_revision"), 2.0);
     let put = r#"grpc_server_handled_total{grpc_code="OK",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"}"#;
     assert_eq!(metric(&text, put), 1.0);
+    // The leader times its heartbeats to each peer, under etcd's name and label.
+    let rtt = text
+        .lines()
+        .find(|l| l.starts_with("etcd_network_peer_round_trip_time_seconds_count{To=\""))
+        .unwrap_or_else(|| panic!("no peer round trip in {text}"));
+    assert!(rtt.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap() >= 1.0, "{rtt}");
     let empty_key = client.put("", "v", None).await;
     assert!(empty_key.is_err());
     let text = get(port, "/metrics").1;

@@ -194,3 +194,48 @@ async fn a_member_removed_while_down_stops_when_it_returns() {
     c.members[gone].exited(Duration::from_secs(30)).await.expect("the removed member stops");
     assert!(c.members[gone].log().contains("the member has been permanently removed from the cluster"));
 }
+
+/// `etcdctl move-leader`: leadership goes to the member named, while a writer keeps writing (its
+/// requests wait out the transfer, none fails); etcd's errors for a learner, an unknown member, and a
+/// request sent to a follower.
+#[tokio::test]
+async fn move_leader_hands_leadership_over_under_writes() {
+    let c = Cluster::start(3, &[]);
+    let from = c.leader().await;
+    let to = (from + 1) % 3;
+    let mut ids = Vec::new();
+    for m in &c.members {
+        ids.push(m.client().await.status().await.unwrap().header().unwrap().member_id());
+    }
+    let target = ids[to];
+    let writer = {
+        let mut client = c.members[(from + 2) % 3].client().await;
+        tokio::spawn(async move {
+            let mut written = 0u32;
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_secs(6) {
+                client
+                    .put("load", written.to_string(), None)
+                    .await
+                    .expect("a write during the transfer failed");
+                written += 1;
+            }
+            written
+        })
+    };
+    let endpoints: Vec<String> = c.members.iter().map(|m| format!("127.0.0.1:{}", m.client_port)).collect();
+    let (ok, out, err) = etcdctl(&endpoints.join(","), &["move-leader", &format!("{target:x}")], None);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains(&format!("Leadership transferred from {:x} to {target:x}", ids[from])), "{out}");
+    assert_eq!(c.leader().await, to);
+    assert!(writer.await.unwrap() > 0);
+
+    // To itself: nothing to do. To nobody, or through a follower: etcd's errors.
+    let (ok, _, err) = etcdctl(&endpoints.join(","), &["move-leader", &format!("{target:x}")], None);
+    assert!(ok, "{err}");
+    let (ok, _, err) = etcdctl(&endpoints.join(","), &["move-leader", "1234"], None);
+    assert!(!ok && err.contains("etcdserver: bad leader transferee"), "{err}");
+    let mut follower = c.members[from].client().await;
+    let e = follower.move_leader(target).await.expect_err("asked a follower");
+    assert_eq!(status(e).message(), "etcdserver: not leader");
+}

@@ -8,7 +8,7 @@ use std::io::Read as _;
 use tonic::{Request, Response, Status};
 
 use super::auth::require_admin;
-use super::{errors, header, mvcc_status};
+use super::{header, mvcc_status};
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::etcdserverpb::*;
 use crate::raft::RaftNode;
@@ -163,10 +163,23 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
+    /// etcdctl sends it to the leader (it finds it with Status); another member answers "not leader".
     async fn move_leader(
         &self,
-        _: Request<MoveLeaderRequest>,
+        req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(errors::not_supported("MoveLeader"))
+        require_admin(&self.node, &req).await?;
+        let target = req.into_inner().target_id;
+        self.node.move_leader(target).await.map_err(|e| {
+            use crate::raft::transfer::TransferError;
+            match e {
+                TransferError::NotLeader | TransferError::BadTransferee => {
+                    Status::failed_precondition(e.to_string())
+                }
+                TransferError::Timeout => Status::unavailable(e.to_string()),
+                TransferError::Node(n) => super::node_status(n),
+            }
+        })?;
+        Ok(Response::new(MoveLeaderResponse { header: header(&self.node) }))
     }
 }

@@ -37,6 +37,7 @@ pub struct Batcher {
     raft: Raft,
     /// Entries proposed and not yet answered, by the batching task or directly.
     in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    gate: std::sync::Arc<super::transfer::Gate>,
 }
 
 /// Counts an entry in flight until dropped (also when its proposer's future is dropped).
@@ -50,17 +51,18 @@ impl Drop for InFlight {
 
 impl Batcher {
     /// Starts the batching task; it ends when every `Batcher` handle is dropped.
-    pub fn start(raft: Raft) -> Self {
+    pub fn start(raft: Raft, gate: std::sync::Arc<super::transfer::Gate>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let in_flight = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         tokio::spawn(run(raft.clone(), rx, in_flight.clone()));
-        Batcher { tx, raft, in_flight }
+        Batcher { tx, raft, in_flight, gate }
     }
 
     /// Proposes `req` (of about `size` bytes encoded) and waits for its outcome, applied on this member
     /// (the leader): the response and the index of the log entry that carried it.
     pub async fn propose(&self, req: Request, size: usize) -> Result<(Response, u64), ProposeError> {
         use std::sync::atomic::Ordering;
+        self.gate.pass().await;
         // Nothing in flight: nothing to batch with, so propose from here and save the two task hand-offs
         // through the batching task (a lone client's write is latency-bound).
         if self.in_flight.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {

@@ -13,6 +13,7 @@ pub mod node;
 pub mod peer_service;
 pub mod read_index;
 pub mod state_machine;
+pub mod transfer;
 pub mod types;
 
 pub use node::RaftNode;

@@ -116,6 +116,9 @@ fn mark_removed(removed: &tokio::sync::watch::Sender<bool>) {
 
 pub struct PeerClient {
     target: u64,
+    /// etcd_network_peer_round_trip_time_seconds{To=target}, observed on heartbeats (appends without
+    /// entries: the network and the peer's Raft core, no disk).
+    rtt: Arc<crate::metrics::PeerRtt>,
     client: Result<RaftPeerClient<Channel>, String>,
     removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -124,7 +127,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &Member) -> PeerClient {
-        PeerClient { target, client: self.client(target, node), removed: self.removed.clone() }
+        let rtt = crate::metrics::peer_rtt(target);
+        PeerClient { target, client: self.client(target, node), removed: self.removed.clone(), rtt }
     }
 }
 
@@ -178,7 +182,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        self.call(&rpc, &option, Method::Append).await
+        if !rpc.entries.is_empty() {
+            return self.call(&rpc, &option, Method::Append).await;
+        }
+        let started = std::time::Instant::now();
+        let reply = self.call(&rpc, &option, Method::Append).await;
+        if reply.is_ok() {
+            self.rtt.observe(started.elapsed());
+        }
+        reply
     }
 
     async fn install_snapshot(

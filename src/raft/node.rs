@@ -48,6 +48,8 @@ pub struct RaftNode {
     pub sm: Arc<StateMachine>,
     pub network: Network,
     pub batcher: Batcher,
+    /// Holds proposals and read-index rounds while a leadership transfer keeps this leader silent.
+    pub gate: Arc<super::transfer::Gate>,
     pub reads: ReadIndexer,
     /// How long a request waits for a leader to appear before failing like etcd's "no leader".
     pub leader_wait: Duration,

@@ -110,6 +110,11 @@ impl RaftPeer for PeerService {
         payload(&())
     }
 
+    async fn campaign(&self, _: GrpcRequest<RaftPayload>) -> Result<GrpcResponse<RaftPayload>, Status> {
+        self.node.raft.trigger().elect().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        payload(&())
+    }
+
     async fn read_index(&self, _req: GrpcRequest<RaftPayload>) -> Result<GrpcResponse<RaftPayload>, Status> {
         // Only the leader answers; passing the question on could make two members that each think the
         // other leads wait on each other's read loops.

@@ -28,6 +28,8 @@ pub struct Source {
     pub raft: Raft,
     pub network: Network,
     pub leader_wait: Duration,
+    /// Closed while a leadership transfer keeps the leader silent: a round would speak for it.
+    pub gate: std::sync::Arc<super::transfer::Gate>,
 }
 
 impl ReadIndexer {
@@ -65,11 +67,14 @@ impl Source {
         let deadline = tokio::time::Instant::now() + self.leader_wait;
         loop {
             match self.leader() {
-                Some(l) if l == self.id => match self.raft.get_read_log_id().await {
-                    Ok((read, _)) => return Ok((read.map_or(0, |l| l.index), l)),
-                    Err(RaftError::Fatal(_)) => return Err(NodeError::Stopped),
-                    Err(RaftError::APIError(_)) => {}
-                },
+                Some(l) if l == self.id => {
+                    self.gate.pass().await;
+                    match self.raft.get_read_log_id().await {
+                        Ok((read, _)) => return Ok((read.map_or(0, |l| l.index), l)),
+                        Err(RaftError::Fatal(_)) => return Err(NodeError::Stopped),
+                        Err(RaftError::APIError(_)) => {}
+                    }
+                }
                 Some(l) => {
                     let node =
                         self.raft.metrics().borrow().membership_config.membership().get_node(&l).cloned();

@@ -269,6 +269,18 @@ impl Cluster {
         Ok(list.members.into_iter().map(|m| (m.id, m.peer_ur_ls)).collect())
     }
 
+    /// Hands leadership from `leader` to member `target` (etcd's MoveLeader, sent to the leader).
+    pub async fn move_leader(&self, leader: usize, target: usize) -> Result<()> {
+        use concord::pb::etcdserverpb::MoveLeaderRequest;
+        let list = self.member_list(leader).await?;
+        let url = &self.members[target].peer_url;
+        let target_id = list.iter().find(|(_, urls)| urls.contains(url)).context("not a member")?.0;
+        let mut maintenance = MaintenanceClient::new(self.channels[leader].clone());
+        let moved = maintenance.move_leader(MoveLeaderRequest { target_id });
+        tokio::time::timeout(Duration::from_secs(10), moved).await??;
+        Ok(())
+    }
+
     /// Removes member `target` from the cluster through member `via` (etcd's MemberRemove). The removed
     /// process is left alone: it should stop serving by itself.
     pub async fn remove_member(&mut self, target: usize, via: usize) -> Result<()> {

@@ -24,6 +24,9 @@ pub enum Kind {
     /// A member (at times the leader) removed through another one; healed by adding it back as a new
     /// member with an empty data dir, as an operator replaces a member.
     Member,
+    /// Leadership handed from the leader to another member (etcd's MoveLeader), as operators do before
+    /// maintenance; nothing to heal.
+    Transfer,
 }
 
 /// One fault as it happened, in microseconds since the run started.
@@ -122,6 +125,16 @@ async fn inject(cluster: &mut Cluster, kind: Kind, rng: &mut Rng) -> Result<Stri
                 }
             }
             format!("delay {ms}ms+")
+        }
+        Kind::Transfer => {
+            let Some(leader) = cluster.leader().await.filter(|_| n > 1) else {
+                return Ok("transfer: no leader to move".into());
+            };
+            let to = (leader + 1 + rng.below(n as u64 - 1) as usize) % n;
+            match cluster.move_leader(leader, to).await {
+                Ok(()) => format!("transfer {} -> {}", names(&[leader]), names(&[to])),
+                Err(e) => format!("transfer {} -> {} failed: {e}", names(&[leader]), names(&[to])),
+            }
         }
         Kind::Member => {
             let via = (target + 1 + rng.below(n as u64 - 1) as usize) % n;
