@@ -6,8 +6,6 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tonic::transport::ClientTlsConfig;
-
 use crate::config::{fnv64, member_id, ClusterState, Config, ConfigError};
 use crate::pb::concordraft::raft_peer_client::RaftPeerClient;
 use crate::pb::concordraft::RaftPayload;
@@ -35,7 +33,7 @@ pub fn initial_members(config: &Config) -> Result<Vec<(u64, String, Vec<String>)
 pub async fn identity(
     config: &Config,
     db: &Db,
-    tls: Option<&ClientTlsConfig>,
+    tls: Option<&crate::tls::Dialer>,
 ) -> Result<Identity, ServerError> {
     let stored = |key: &[u8]| -> Result<Option<u64>, ServerError> {
         let v = db.raft.get(key).map_err(StorageError::from)?;
@@ -66,7 +64,7 @@ pub async fn identity(
 async fn join(
     config: &Config,
     members: &[(u64, String, Vec<String>)],
-    tls: Option<&ClientTlsConfig>,
+    tls: Option<&crate::tls::Dialer>,
 ) -> Result<Identity, ServerError> {
     let ours: BTreeSet<&String> = config.initial_advertise_peer_urls.iter().collect();
     let urls: Vec<&String> =
@@ -98,7 +96,7 @@ async fn join(
 
 async fn cluster_info(
     url: &str,
-    tls: Option<&ClientTlsConfig>,
+    tls: Option<&crate::tls::Dialer>,
 ) -> Result<(u64, Vec<MemberInfo>), Box<dyn std::error::Error>> {
     let mut client = RaftPeerClient::new(crate::raft::network::endpoint(url, tls)?.connect().await?);
     let reply =

@@ -110,6 +110,17 @@ pub struct Config {
     #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", default_value_t = false, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set)]
     pub peer_client_cert_auth: bool,
+    /// Client TLS using generated certificates (when --cert-file is not given).
+    #[arg(long, env = "ETCD_AUTO_TLS", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub auto_tls: bool,
+    /// Peer TLS using generated certificates (when --peer-cert-file is not given).
+    #[arg(long, env = "ETCD_PEER_AUTO_TLS", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub peer_auto_tls: bool,
+    /// The validity period, in years, of the certificates --auto-tls and --peer-auto-tls make.
+    #[arg(long, env = "ETCD_SELF_SIGNED_CERT_VALIDITY", default_value_t = 1)]
+    pub self_signed_cert_validity: u32,
     /// Duration of time between cluster corruption check passes (0: never; a Go duration, e.g. 5m).
     #[arg(long, env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", default_value = "0s", value_parser = parse_duration)]
     pub experimental_corrupt_check_time: std::time::Duration,
@@ -195,6 +206,19 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(total))
 }
 
+/// The hosts of `urls` (for a self-signed certificate's names), `localhost` among them.
+fn url_hosts(urls: &[String]) -> Vec<String> {
+    let mut hosts: Vec<String> = urls
+        .iter()
+        .filter_map(|u| host_port(u).ok())
+        .filter_map(|hp| hp.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()))
+        .collect();
+    hosts.push("localhost".into());
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
 /// `--auth-token`: the token providers concord has (a JWT's keys are read when the server starts).
 fn parse_auth_token(s: &str) -> Result<String, String> {
     match s.split(',').next() {
@@ -247,8 +271,17 @@ impl Config {
         Ok(Config { config_file: Some(path.to_path_buf()), ..config })
     }
 
-    /// The client side's TLS files (`--cert-file`, ...).
+    /// The client side's TLS files (`--cert-file`, ...), or with `--auto-tls` and no certificate given
+    /// a self-signed one in the data dir (etcd's `fixtures/client`).
     pub fn client_tls(&self) -> Result<crate::tls::Tls, ConfigError> {
+        if self.auto_tls && self.cert_file.is_none() {
+            let dir = self.data_dir().join("fixtures").join("client");
+            return crate::tls::Tls::auto(
+                &dir,
+                &url_hosts(&self.listen_client_urls),
+                self.self_signed_cert_validity,
+            );
+        }
         crate::tls::Tls::load(
             "",
             &self.cert_file,
@@ -258,8 +291,16 @@ impl Config {
         )
     }
 
-    /// The peer side's TLS files (`--peer-cert-file`, ...).
+    /// The peer side's TLS files (`--peer-cert-file`, ...), or with `--peer-auto-tls` a self-signed one.
     pub fn peer_tls(&self) -> Result<crate::tls::Tls, ConfigError> {
+        if self.peer_auto_tls && self.peer_cert_file.is_none() {
+            let dir = self.data_dir().join("fixtures").join("peer");
+            return crate::tls::Tls::auto(
+                &dir,
+                &url_hosts(&self.listen_peer_urls),
+                self.self_signed_cert_validity,
+            );
+        }
         crate::tls::Tls::load(
             "peer-",
             &self.peer_cert_file,

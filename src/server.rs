@@ -118,7 +118,7 @@ impl Server {
         let (client_tls, peer_tls) = (config.client_tls()?, config.peer_tls()?);
         let client_tls_server = client_tls.server(&config.listen_client_urls, "")?;
         let peer_tls_server = peer_tls.server(&config.listen_peer_urls, "peer-")?;
-        let peer_tls_client = Some(peer_tls.client());
+        let peer_tls_client = Some(peer_tls.dialer());
         let Identity { id, cluster_id } =
             crate::bootstrap::identity(&config, &db, peer_tls_client.as_ref()).await?;
 
@@ -225,7 +225,10 @@ impl Server {
                             hp.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string())
                         })
                         .unwrap_or_else(|| "localhost".into());
-                    let tls = client_tls.client().domain_name(host);
+                    let tls = match client_tls.dialer() {
+                        crate::tls::Dialer::Verify(c) => crate::tls::Dialer::Verify(c.domain_name(host)),
+                        unverified => unverified,
+                    };
                     crate::api::lock::Loopback::new(format!("https://{addr}"), Some(tls), node.clone())
                 }
             }

@@ -76,3 +76,59 @@ fn clients_and_peers_speak_tls_with_etcds_flags() {
     let (ok, _, _) = etcdctl(&plain, &["get", "secret", "--command-timeout=3s"], None);
     assert!(!ok, "a plain-text client was served on a TLS port");
 }
+
+/// `--auto-tls` and `--peer-auto-tls`: each member makes itself a certificate (kept in its data dir);
+/// peers talk TLS without verifying each other, clients with etcdctl's `--insecure-skip-tls-verify`,
+/// and the lock service's own client gets through too.
+#[test]
+fn auto_tls_members_make_their_own_certificates() {
+    let mut c = Cluster::new(3, &[]);
+    let initial = c.members[0].initial_cluster.replace("http://", "https://");
+    for m in &mut c.members {
+        m.initial_cluster = initial.clone();
+        m.tls = true;
+        m.extra = vec!["--auto-tls".into(), "--peer-auto-tls".into()];
+        m.start();
+    }
+    let ctl = |m: usize, args: &[&str]| {
+        let endpoint = format!("https://127.0.0.1:{}", c.members[m].client_port);
+        let mut all =
+            vec!["--insecure-skip-tls-verify", "--insecure-transport=false", "--command-timeout=5s"];
+        all.extend_from_slice(args);
+        etcdctl(&endpoint, &all, None)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (ok, _, err) = ctl(0, &["put", "k", "v"]);
+        if ok {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "put over auto TLS: {err}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (ok, out, err) = ctl(2, &["get", "k"]);
+    assert!(ok && out == "k\nv\n", "{out}{err}");
+    for m in &c.members {
+        for side in ["client", "peer"] {
+            let cert = m.data_dir.join("fixtures").join(side).join("cert.pem");
+            assert!(cert.exists(), "{}", cert.display());
+        }
+    }
+    // The lock service, through the gateway: its loopback client dials the member's own TLS port.
+    let url = |path: &str| format!("https://127.0.0.1:{}{path}", c.members[1].client_port);
+    let curl = |path: &str, body: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "-X", "POST", "-d", body, &url(path)])
+            .output()
+            .expect("curl");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    let lease = curl("/v3/lease/grant", r#"{"TTL": 30}"#);
+    let id = lease["ID"].as_str().expect("lease id").to_string();
+    let lock = curl("/v3/lock/lock", &format!(r#"{{"name": "bG9jaw==", "lease": "{id}"}}"#));
+    assert!(lock["key"].is_string(), "{lock}");
+    // Plain text on the TLS port: refused.
+    let plain = format!("http://127.0.0.1:{}", c.members[0].client_port);
+    let (ok, _, _) = etcdctl(&plain, &["get", "k", "--command-timeout=3s"], None);
+    assert!(!ok, "a plain-text client was served on a TLS port");
+}

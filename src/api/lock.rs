@@ -23,7 +23,7 @@ use crate::raft::RaftNode;
 #[derive(Clone)]
 pub struct Loopback {
     url: String,
-    tls: Option<tonic::transport::ClientTlsConfig>,
+    tls: Option<crate::tls::Dialer>,
     client: Arc<tokio::sync::OnceCell<Client>>,
     node: RaftNode,
     /// A token of this member's own for each caller the loopback has acted for (see `get`).
@@ -32,7 +32,7 @@ pub struct Loopback {
 
 impl Loopback {
     /// A client of this member's own client `url`; `tls` for an `https://` one.
-    pub fn new(url: String, tls: Option<tonic::transport::ClientTlsConfig>, node: RaftNode) -> Loopback {
+    pub fn new(url: String, tls: Option<crate::tls::Dialer>, node: RaftNode) -> Loopback {
         Loopback { url, tls, client: Default::default(), node, tokens: Default::default() }
     }
 
@@ -44,7 +44,7 @@ impl Loopback {
     async fn get<T>(&self, req: &Request<T>) -> Result<Client, Status> {
         let caller = super::auth::caller(&self.node, req).await?;
         let url = std::slice::from_ref(&self.url);
-        let connect = || Client::connect_tls(url, Duration::from_secs(5), self.tls.clone());
+        let connect = || Client::connect_with(url, Duration::from_secs(5), self.tls.clone());
         let client = self.client.get_or_try_init(connect).await.map_err(Status::from)?;
         let Some(caller) = caller else { return Ok(client.clone()) };
         if caller.user.is_empty() {

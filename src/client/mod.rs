@@ -26,7 +26,9 @@ use std::time::Duration;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::{InterceptedService, Interceptor};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
+
+use crate::tls::{Dial, Dialer};
 
 use crate::pb::etcdserverpb::auth_client::AuthClient;
 use crate::pb::etcdserverpb::kv_client::KvClient;
@@ -99,17 +101,21 @@ impl Client {
         timeout: Duration,
         tls: Option<ClientTlsConfig>,
     ) -> Result<Client, ClientError> {
+        Client::connect_with(endpoints, timeout, tls.map(Dialer::from)).await
+    }
+
+    /// Like `connect`, dialing `https://` endpoints as `dialer` says (also without verifying them).
+    pub async fn connect_with(
+        endpoints: &[String],
+        timeout: Duration,
+        dialer: Option<Dialer>,
+    ) -> Result<Client, ClientError> {
         let mut last = ClientError::Connect(String::new(), "no endpoints".into());
         for e in endpoints {
             let url = if e.contains("://") { e.clone() } else { format!("http://{e}") };
-            let mut ep = Endpoint::from_shared(url.clone())
-                .map_err(|err| ClientError::Connect(url.clone(), err.to_string()))?;
-            if let (true, Some(tls)) = (url.starts_with("https://"), &tls) {
-                ep = ep
-                    .tls_config(tls.clone())
-                    .map_err(|err| ClientError::Connect(url.clone(), err.to_string()))?;
-            }
-            match ep.connect_timeout(timeout).tcp_nodelay(true).connect().await {
+            let dial =
+                Dial::new(&url, dialer.as_ref()).map_err(|err| ClientError::Connect(url.clone(), err))?;
+            match dial.with(|ep| ep.connect_timeout(timeout).tcp_nodelay(true)).connect().await {
                 Ok(channel) => return Ok(Client::from_channel(channel)),
                 Err(err) => last = ClientError::Connect(url, err.to_string()),
             }

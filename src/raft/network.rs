@@ -10,7 +10,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 
 use super::membership::MemberInfo;
 use super::types::{Member, TypeConfig};
@@ -28,15 +28,15 @@ pub struct Network {
     dial: Arc<HashMap<String, String>>,
     /// Turns true once this member learns that it has been removed from the cluster.
     removed: Arc<tokio::sync::watch::Sender<bool>>,
-    /// For `https://` peer URLs: the peer TLS files, as a client.
-    tls: Option<ClientTlsConfig>,
+    /// For `https://` peer URLs: how to dial them (the peer TLS files, as a client).
+    tls: Option<crate::tls::Dialer>,
 }
 
 /// What a removed member hears when it asks the leader for a vote, and logs before it stops.
 pub const REMOVED: &str = "the member has been permanently removed from the cluster";
 
 impl Network {
-    pub fn new(dial: HashMap<String, String>, tls: Option<ClientTlsConfig>) -> Self {
+    pub fn new(dial: HashMap<String, String>, tls: Option<crate::tls::Dialer>) -> Self {
         Network {
             channels: Arc::default(),
             dial: Arc::new(dial),
@@ -83,7 +83,7 @@ impl Network {
                 return Ok(ch.clone());
             }
         }
-        let ch = endpoint(&url, self.tls.as_ref())?.connect_lazy();
+        let ch = endpoint(&url, self.tls.as_ref())?.lazy();
         map.insert(id, (url, ch.clone()));
         Ok(ch)
     }
@@ -95,17 +95,11 @@ impl Network {
     }
 }
 
-/// An endpoint for a peer URL, with TLS for an `https://` one.
-pub fn endpoint(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, String> {
-    let mut ep = Endpoint::from_shared(url.to_string())
-        .map_err(|e| e.to_string())?
-        .connect_timeout(std::time::Duration::from_secs(1))
-        .tcp_nodelay(true);
-    if url.starts_with("https://") {
-        let tls = tls.ok_or_else(|| format!("{url}: https peer URL without --peer-cert-file"))?;
-        ep = ep.tls_config(tls.clone()).map_err(|e| e.to_string())?;
-    }
-    Ok(ep)
+/// A peer URL to dial, with TLS for an `https://` one.
+pub fn endpoint(url: &str, tls: Option<&crate::tls::Dialer>) -> Result<crate::tls::Dial, String> {
+    let dial =
+        crate::tls::Dial::new(url, tls).map_err(|e| format!("{e} (--peer-cert-file or --peer-auto-tls)"))?;
+    Ok(dial.with(|ep| ep.connect_timeout(std::time::Duration::from_secs(1)).tcp_nodelay(true)))
 }
 
 fn mark_removed(removed: &tokio::sync::watch::Sender<bool>) {
