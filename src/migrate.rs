@@ -55,6 +55,34 @@ pub struct MigrateArgs {
     pub to_cert: Option<std::path::PathBuf>,
     #[arg(long)]
     pub to_key: Option<std::path::PathBuf>,
+    /// The source's user, as etcdctl's `--user`: name:password.
+    #[arg(long)]
+    pub from_user: Option<String>,
+    /// The target's user, name:password.
+    #[arg(long)]
+    pub to_user: Option<String>,
+}
+
+/// How often a migration authenticates again: well within etcd's default token TTL (5 minutes), which
+/// an idle mirror would otherwise outlive.
+const RENEW_TOKEN: Duration = Duration::from_secs(60);
+
+/// Authenticates `client` as `user` (name:password), if given, and keeps its token fresh while the
+/// migration runs.
+async fn log_in(client: Client, user: &Option<String>) -> Result<Client, MigrateError> {
+    let Some(user) = user else { return Ok(client) };
+    let (name, password) = user.split_once(':').ok_or_else(|| MigrateError::User(user.clone()))?;
+    let client = client.authenticate(name, password).await?;
+    let (renewing, name, password) = (client.clone(), name.to_string(), password.to_string());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(RENEW_TOKEN).await;
+            if let Err(e) = renewing.renew_token(&name, &password).await {
+                tracing::warn!("authenticating again as {name}: {e}");
+            }
+        }
+    });
+    Ok(client)
 }
 
 /// A client TLS configuration from etcdctl-style files (`--cacert --cert --key`).
@@ -89,6 +117,8 @@ pub enum MigrateError {
     Client(#[from] ClientError),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("a user is name:password, not {0:?}")]
+    User(String),
     #[error("the source compacted revision {0} before it could be mirrored; run the migration again")]
     Compacted(i64),
     #[error("source and target still differ after {SETTLE:?}: {0} keys (digest {1:016x}) against {2} keys (digest {3:016x})")]
@@ -139,16 +169,24 @@ pub async fn run(args: &MigrateArgs, stop: impl Future<Output = ()>) -> Result<S
         p => (p.to_vec(), prefix_end(p)),
     };
     let mut m = Migration {
-        src: Client::connect_tls(
-            std::slice::from_ref(&args.from),
-            timeout,
-            Some(tls(&args.from_cacert, &args.from_cert, &args.from_key)?),
+        src: log_in(
+            Client::connect_tls(
+                std::slice::from_ref(&args.from),
+                timeout,
+                Some(tls(&args.from_cacert, &args.from_cert, &args.from_key)?),
+            )
+            .await?,
+            &args.from_user,
         )
         .await?,
-        dst: Client::connect_tls(
-            std::slice::from_ref(&args.to),
-            timeout,
-            Some(tls(&args.to_cacert, &args.to_cert, &args.to_key)?),
+        dst: log_in(
+            Client::connect_tls(
+                std::slice::from_ref(&args.to),
+                timeout,
+                Some(tls(&args.to_cacert, &args.to_cert, &args.to_key)?),
+            )
+            .await?,
+            &args.to_user,
         )
         .await?,
         start,

@@ -177,3 +177,55 @@ async fn migrates_into_a_tls_member() {
     let stdout = migration.stop().await;
     assert!(stdout.contains("hold the same 110 keys"), "{stdout}");
 }
+
+/// With auth on at both ends: a user of the source that may read the prefix, a user of the target that
+/// may write it (etcdctl's `--user` form for both).
+#[tokio::test]
+async fn migrates_with_users_at_both_ends() {
+    let etcd = Etcd::start_35();
+    wait_serving(etcd.client_port).await;
+    let source = format!("http://127.0.0.1:{}", etcd.client_port);
+    let target = Cluster::start(1, &[]);
+    target.members[0].client().await;
+    let bin = common::etcdctl35();
+    let setup = |endpoint: &str, perm: &str| {
+        for args in [
+            &["user", "add", "root:rootpw"][..],
+            &["user", "grant-role", "root", "root"],
+            &["role", "add", "mover"],
+            &["role", "grant-permission", "mover", perm, "app/", "--prefix"],
+            &["user", "add", "mover:pw"],
+            &["user", "grant-role", "mover", "mover"],
+            &["auth", "enable"],
+        ] {
+            let (ok, _, err) = common::etcdctl_with(&bin, endpoint, args, None);
+            assert!(ok, "{endpoint} {args:?}: {err}");
+        }
+    };
+    let (ok, _, err) = common::etcdctl_with(&bin, &source, &["put", "app/a", "1"], None);
+    assert!(ok, "{err}");
+    setup(&source, "read");
+    setup(&target.members[0].endpoint(), "readwrite");
+    let to = target.members[0].endpoint();
+    let migration = Migration::start(&[
+        "--from",
+        &source,
+        "--from-user",
+        "mover:pw",
+        "--to",
+        &to,
+        "--to-user",
+        "mover:pw",
+        "--prefix",
+        "app/",
+    ])
+    .await;
+    let (ok, _, err) =
+        common::etcdctl_with(&bin, &source, &["--user", "root:rootpw", "put", "app/b", "2"], None);
+    assert!(ok, "{err}");
+    let stdout = migration.stop().await;
+    assert!(stdout.contains("hold the same 2 keys"), "{stdout}");
+    let (ok, out, err) =
+        common::etcdctl_with(&bin, &to, &["--user", "mover:pw", "get", "app/", "--prefix"], None);
+    assert!(ok && out == "app/a\n1\napp/b\n2\n", "{out}{err}");
+}

@@ -21,6 +21,7 @@ pub use rwmutex::RWMutex;
 pub use session::{Session, DEFAULT_TTL};
 pub use stm::{Isolation, Stm};
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio_stream::wrappers::ReceiverStream;
@@ -68,19 +69,25 @@ impl From<ClientError> for tonic::Status {
 /// What every call of a [`Client`] goes through: the connection, and the credentials it adds.
 pub type Transport = InterceptedService<Channel, Credentials>;
 
-/// The auth token a client's calls carry, as etcd's Go client sends it (`token` metadata).
+/// The auth token a client's calls carry, as etcd's Go client sends it (`token` metadata); shared by
+/// the clones of a client, so that renewing it (see `Client::renew_token`) renews it for all of them.
 #[derive(Clone, Default)]
 pub struct Credentials {
-    token: Option<MetadataValue<Ascii>>,
+    token: Arc<RwLock<Option<MetadataValue<Ascii>>>>,
 }
 
 impl Interceptor for Credentials {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(token) = &self.token {
+        if let Some(token) = &*self.token.read().unwrap_or_else(|p| p.into_inner()) {
             req.metadata_mut().insert("token", token.clone());
         }
         Ok(req)
     }
+}
+
+fn token_value(token: &str) -> Result<MetadataValue<Ascii>, ClientError> {
+    MetadataValue::try_from(token)
+        .map_err(|_| tonic::Status::invalid_argument("an auth token must be printable ASCII").into())
 }
 
 /// A connection to one of the given endpoints (the first that answers).
@@ -130,17 +137,26 @@ impl Client {
 
     /// The same connection, its calls made with `token` (one an Authenticate gave).
     pub fn with_token(&self, token: &str) -> Result<Client, ClientError> {
-        let token = MetadataValue::try_from(token)
-            .map_err(|_| tonic::Status::invalid_argument("an auth token must be printable ASCII"))?;
-        Ok(Client { channel: self.channel.clone(), credentials: Credentials { token: Some(token) } })
+        let credentials = Credentials { token: Arc::new(RwLock::new(Some(token_value(token)?))) };
+        Ok(Client { channel: self.channel.clone(), credentials })
     }
 
     /// Authenticates as `user` (etcd's Auth.Authenticate), and returns a client whose calls carry the
     /// token.
     pub async fn authenticate(&self, user: &str, password: &str) -> Result<Client, ClientError> {
+        let client = Client::from_channel(self.channel.clone());
+        client.renew_token(user, password).await?;
+        Ok(client)
+    }
+
+    /// Authenticates again and makes this client (and its clones) use the new token: a token expires
+    /// when unused for the server's `--auth-token-ttl`, and a JWT at its expiry. The request goes out
+    /// without the old token, which etcd would refuse.
+    pub async fn renew_token(&self, user: &str, password: &str) -> Result<(), ClientError> {
         let req = AuthenticateRequest { name: user.into(), password: password.into() };
-        let token = self.auth().authenticate(req).await?.into_inner().token;
-        self.with_token(&token)
+        let token = AuthClient::new(self.channel.clone()).authenticate(req).await?.into_inner().token;
+        *self.credentials.token.write().unwrap_or_else(|p| p.into_inner()) = Some(token_value(&token)?);
+        Ok(())
     }
 
     pub fn kv(&self) -> KvClient<Transport> {
