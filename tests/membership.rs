@@ -239,3 +239,29 @@ async fn move_leader_hands_leadership_over_under_writes() {
     let e = follower.move_leader(target).await.expect_err("asked a follower");
     assert_eq!(status(e).message(), "etcdserver: not leader");
 }
+
+/// Downgrade (etcd 3.5's Maintenance.Downgrade): concord's data cannot go back to an older etcd, so it
+/// answers every request with the error etcd gives when it will not.
+#[tokio::test]
+async fn downgrade_is_refused_with_etcds_errors() {
+    use concord::pb::etcdserverpb::{maintenance_client::MaintenanceClient, DowngradeRequest};
+    let c = Cluster::start(1, &[]);
+    c.members[0].client().await;
+    let mut m = MaintenanceClient::connect(c.members[0].endpoint()).await.unwrap();
+    let mut ask = |action: i32, version: &str| {
+        let req = DowngradeRequest { action, version: version.into() };
+        let mut m = m.clone();
+        async move { m.downgrade(req).await.expect_err("downgrade") }
+    };
+    for (action, version, code, text) in [
+        (0, "3.4", tonic::Code::InvalidArgument, "etcdserver: invalid downgrade target version"),
+        (1, "3.4.0", tonic::Code::InvalidArgument, "etcdserver: invalid downgrade target version"),
+        (1, "three", tonic::Code::InvalidArgument, "etcdserver: wrong downgrade target version format"),
+        (2, "", tonic::Code::FailedPrecondition, "etcdserver: no inflight downgrade job"),
+        (9, "3.4", tonic::Code::Unknown, "etcdserver: unknown method"),
+    ] {
+        let e = ask(action, version).await;
+        assert_eq!((e.code(), e.message()), (code, text), "action {action} {version}");
+    }
+    m.status(concord::pb::etcdserverpb::StatusRequest {}).await.expect("still serving");
+}

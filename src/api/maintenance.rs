@@ -163,6 +163,31 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
+    /// etcd 3.5's cluster downgrade. concord's data cannot be read by an older etcd, so no target
+    /// version is valid: etcd's answers for a malformed version, a version it will not go to, and a
+    /// cancel with nothing to cancel.
+    async fn downgrade(&self, req: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+        use downgrade_request::DowngradeAction;
+        require_admin(&self.node, &req).await?;
+        let req = req.into_inner();
+        match DowngradeAction::try_from(req.action) {
+            Ok(DowngradeAction::Validate | DowngradeAction::Enable) => {
+                let parts: Vec<&str> = req.version.split('.').collect();
+                let numbers = parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+                if !(2..=3).contains(&parts.len()) || !numbers {
+                    return Err(Status::invalid_argument(
+                        "etcdserver: wrong downgrade target version format",
+                    ));
+                }
+                Err(Status::invalid_argument("etcdserver: invalid downgrade target version"))
+            }
+            Ok(DowngradeAction::Cancel) => {
+                Err(Status::failed_precondition("etcdserver: no inflight downgrade job"))
+            }
+            Err(_) => Err(Status::unknown("etcdserver: unknown method")),
+        }
+    }
+
     /// etcdctl sends it to the leader (it finds it with Status); another member answers "not leader".
     async fn move_leader(
         &self,
