@@ -248,7 +248,7 @@ async fn downgrade_is_refused_with_etcds_errors() {
     let c = Cluster::start(1, &[]);
     c.members[0].client().await;
     let mut m = MaintenanceClient::connect(c.members[0].endpoint()).await.unwrap();
-    let mut ask = |action: i32, version: &str| {
+    let ask = |action: i32, version: &str| {
         let req = DowngradeRequest { action, version: version.into() };
         let mut m = m.clone();
         async move { m.downgrade(req).await.expect_err("downgrade") }
