@@ -81,3 +81,45 @@ async fn a_snapshot_saved_with_etcdctl_restores_into_a_new_cluster_with_the_same
     let put = client.put("after", "restore", None).await.expect("put");
     assert_eq!(put.header().expect("header").revision(), rev + 1);
 }
+
+/// Users, roles and whether auth is on travel with a backup, as in etcd (they live in its bbolt file).
+#[tokio::test]
+async fn a_restored_cluster_keeps_its_users_and_roles() {
+    let source = Cluster::start(1, &[]);
+    source.members[0].client().await;
+    let bin = etcdctl35();
+    let ep = source.members[0].endpoint();
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "app"],
+        &["role", "grant-permission", "app", "readwrite", "app/", "--prefix"],
+        &["user", "add", "alice:apw"],
+        &["user", "grant-role", "alice", "app"],
+        &["put", "app/x", "1"],
+        &["auth", "enable"],
+    ] {
+        let (ok, _, err) = etcdctl_with(&bin, &ep, args, None);
+        assert!(ok, "{args:?}: {err}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("backup.db");
+    let (ok, out, err) =
+        etcdctl_with(&bin, &ep, &["--user", "root:rootpw", "snapshot", "save", file.to_str().unwrap()], None);
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) =
+        etcdctl_with(&bin, &ep, &["snapshot", "save", dir.path().join("no").to_str().unwrap()], None);
+    assert!(!ok && err.contains("etcdserver: user name is empty"), "a backup without a user: {err}");
+    drop(source);
+
+    let mut restored = Cluster::new(1, &[]);
+    let out = restore(&file, &restored.members[0]);
+    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    restored.members[0].start();
+    restored.members[0].client().await;
+    let ep = restored.members[0].endpoint();
+    let (ok, out, err) = etcdctl_with(&bin, &ep, &["--user", "alice:apw", "get", "app/x"], None);
+    assert!(ok && out == "app/x\n1\n", "{out}{err}");
+    let (ok, _, err) = etcdctl_with(&bin, &ep, &["get", "app/x"], None);
+    assert!(!ok && err.contains("etcdserver: user name is empty"), "auth is still on: {err}");
+}

@@ -61,7 +61,8 @@ pub async fn caller<T>(node: &RaftNode, req: &Request<T>) -> Result<Option<Calle
     let mut user = tokens.user(token);
     let issued_at = Tokens::index(token);
     if user.is_none() && node.sm.last_applied().is_none_or(|l| l.index < issued_at) {
-        // Another member issued it, at an entry this one has yet to apply.
+        // Another member issued it, at an entry this one has yet to apply (or, made up, at one that may
+        // never come: then the wait is bounded, where etcd's lasts as long as the request).
         let _ = tokio::time::timeout(TOKEN_WAIT, node.sm.wait_applied(issued_at)).await;
         user = tokens.user(token);
     }
@@ -80,7 +81,8 @@ fn certificate_user<T>(node: &RaftNode, req: &Request<T>) -> Option<String> {
     crate::tls::common_name(certs.first()?).filter(|cn| !cn.is_empty())
 }
 
-/// Runs a permission check of a read for `caller` (none while auth is off).
+/// Runs a permission check of a read for `caller`. A caller taken while auth was off here is checked
+/// as anonymous if auth is on by now (the read barrier may have applied an AuthEnable since).
 pub fn check(
     node: &RaftNode,
     caller: &Option<Caller>,
@@ -88,6 +90,7 @@ pub fn check(
 ) -> Result<(), Status> {
     match caller {
         Some(c) => f(&node.sm.auth(), c).map_err(auth_status),
+        None if node.sm.auth_enabled() => f(&node.sm.auth(), &Caller::anonymous()).map_err(auth_status),
         None => Ok(()),
     }
 }

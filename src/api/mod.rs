@@ -106,18 +106,17 @@ pub fn node_status(e: NodeError) -> Status {
     }
 }
 
-/// Proposes a client's write through Raft, as `caller` once auth is on (see `auth::caller`); a
-/// deterministic error from apply becomes etcd's status for it.
+/// Proposes a client's write through Raft, as `caller` (see `auth::caller`); a deterministic error
+/// from apply becomes etcd's status for it. A client's request always carries its caller, anonymous
+/// while auth is off here: this member may not have applied an AuthEnable that the entry will be
+/// applied after, and then it must be refused like any other anonymous write.
 pub async fn write(
     node: &RaftNode,
     caller: Option<crate::auth::Caller>,
     req: crate::raft::Request,
 ) -> Result<crate::raft::Response, Status> {
     check_quota(node, &req).await?;
-    let req = match caller {
-        Some(caller) => crate::raft::Request::Authed { caller, request: Box::new(req) },
-        None => req,
-    };
+    let req = crate::raft::Request::Authed { caller: caller.unwrap_or_default(), request: Box::new(req) };
     match node.write(req).await.map_err(node_status)? {
         crate::raft::Response::Error(e) => Err(mvcc_status(e)),
         crate::raft::Response::Denied(e) => Err(auth::auth_status(e)),

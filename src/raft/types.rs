@@ -41,9 +41,9 @@ pub enum Request {
     },
     /// A change to users, roles, permissions or whether auth is on, or an Authenticate.
     Auth(AuthOp),
-    /// A client's request with its caller, while auth is on: apply checks the caller's permissions
-    /// against the auth state it applies to (etcd's `authApplierV3`). Requests without one come from
-    /// the members themselves (lease expiry, alarms) and are not checked.
+    /// A client's request with its caller (anonymous while auth is off): apply checks the caller's
+    /// permissions against the auth state it applies to (etcd's `authApplierV3`). Requests without one
+    /// come from the members themselves (lease expiry, alarms) and are not checked.
     Authed {
         caller: Caller,
         request: Box<Request>,
