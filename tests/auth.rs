@@ -149,16 +149,17 @@ async fn without_a_valid_token_nothing_is_read_or_written() {
     drop(client);
     let ep = m.endpoint();
     let bin = etcdctl35();
-    for args in [
-        &["user", "add", "root:rootpw"][..],
-        &["user", "grant-role", "root", "root"],
-        &["put", "secret", "s"],
-        &["lease", "grant", "600"],
-        &["auth", "enable"],
-    ] {
-        let (ok, _, err) = etcdctl_with(&bin, &ep, args, None);
-        assert!(ok, "{args:?}: {err}");
-    }
+    common::etcdctl_steps(
+        &bin,
+        &ep,
+        &[
+            &["user", "add", "root:rootpw"],
+            &["user", "grant-role", "root", "root"],
+            &["put", "secret", "s"],
+            &["lease", "grant", "600"],
+            &["auth", "enable"],
+        ],
+    );
     let channel = tonic::transport::Endpoint::from_shared(ep.clone()).unwrap().connect().await.unwrap();
     for token in [None, Some("forged.1"), Some("")] {
         let denied = |what: &str, r: Result<(), tonic::Status>| {
@@ -289,15 +290,16 @@ async fn tokens_work_on_every_member() {
     let c = Cluster::start(3, &[]);
     let bin = etcdctl35();
     let first = c.members[0].endpoint();
-    for args in [
-        &["user", "add", "root:rootpw"][..],
-        &["user", "grant-role", "root", "root"],
-        &["put", "k", "v"],
-        &["auth", "enable"],
-    ] {
-        let (ok, _, err) = etcdctl_with(&bin, &first, args, None);
-        assert!(ok, "{args:?}: {err}");
-    }
+    common::etcdctl_steps(
+        &bin,
+        &first,
+        &[
+            &["user", "add", "root:rootpw"],
+            &["user", "grant-role", "root", "root"],
+            &["put", "k", "v"],
+            &["auth", "enable"],
+        ],
+    );
     let root =
         concord::client::Client::connect(std::slice::from_ref(&first), std::time::Duration::from_secs(5))
             .await
@@ -349,12 +351,9 @@ async fn gateway_takes_the_authorization_header() {
     let m = &c.members[0];
     m.client().await;
     let bin = etcdctl35();
-    for args in
-        [&["user", "add", "root:rootpw"][..], &["user", "grant-role", "root", "root"], &["auth", "enable"]]
-    {
-        let (ok, _, err) = etcdctl_with(&bin, &m.endpoint(), args, None);
-        assert!(ok, "{args:?}: {err}");
-    }
+    let steps: &[&[&str]] =
+        &[&["user", "add", "root:rootpw"], &["user", "grant-role", "root", "root"], &["auth", "enable"]];
+    common::etcdctl_steps(&bin, &m.endpoint(), steps);
     let post = |path: &str, token: Option<&str>, body: &str| {
         let mut cmd = std::process::Command::new("curl");
         cmd.args(["-s", "-X", "POST", "-d", body, &format!("{}{path}", m.endpoint())]);
@@ -385,17 +384,7 @@ async fn a_client_certificate_names_the_user() {
     let path = |p: &std::path::Path| p.display().to_string();
     let mut c = Cluster::new(1, &[]);
     let m = &mut c.members[0];
-    m.initial_cluster = m.initial_cluster.replace("http://", "https://");
-    m.tls = true;
-    m.extra = vec![
-        format!("--cert-file={}", path(&pki.cert)),
-        format!("--key-file={}", path(&pki.key)),
-        format!("--trusted-ca-file={}", path(&pki.ca)),
-        "--client-cert-auth".into(),
-        format!("--peer-cert-file={}", path(&pki.cert)),
-        format!("--peer-key-file={}", path(&pki.key)),
-        format!("--peer-trusted-ca-file={}", path(&pki.ca)),
-    ];
+    m.use_tls(pki.member_flags(true));
     m.start();
     let endpoint = m.endpoint();
     let bin = etcdctl35();
@@ -483,15 +472,16 @@ async fn jwt_tokens_are_etcds() {
     let bin = etcdctl35();
     let theirs = format!("http://127.0.0.1:{}", etcd.client_port);
     for endpoint in [&c.members[0].endpoint(), &theirs] {
-        for args in [
-            &["user", "add", "root:rootpw"][..],
-            &["user", "grant-role", "root", "root"],
-            &["put", "k", "v"],
-            &["auth", "enable"],
-        ] {
-            let (ok, _, err) = etcdctl_with(&bin, endpoint, args, None);
-            assert!(ok, "{endpoint} {args:?}: {err}");
-        }
+        common::etcdctl_steps(
+            &bin,
+            endpoint,
+            &[
+                &["user", "add", "root:rootpw"],
+                &["user", "grant-role", "root", "root"],
+                &["put", "k", "v"],
+                &["auth", "enable"],
+            ],
+        );
         let (ok, out, err) = etcdctl_with(&bin, endpoint, &["--user", "root:rootpw", "get", "k"], None);
         assert!(ok && out == "k\nv\n", "{endpoint}: {out}{err}");
     }

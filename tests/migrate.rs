@@ -141,16 +141,7 @@ async fn migrates_into_a_tls_member() {
     let pki = common::pki(dir.path());
     let mut target = Cluster::new(1, &[]);
     let m = &mut target.members[0];
-    m.tls = true;
-    m.extra = vec![
-        format!("--cert-file={}", pki.cert.display()),
-        format!("--key-file={}", pki.key.display()),
-        format!("--trusted-ca-file={}", pki.ca.display()),
-        "--client-cert-auth".into(),
-        format!("--peer-cert-file={}", pki.cert.display()),
-        format!("--peer-key-file={}", pki.key.display()),
-    ];
-    m.initial_cluster = m.initial_cluster.replace("http://", "https://");
+    m.use_tls(pki.member_flags(true));
     m.start();
     let certs = [
         format!("--cacert={}", pki.ca.display()),
@@ -189,18 +180,19 @@ async fn migrates_with_users_at_both_ends() {
     target.members[0].client().await;
     let bin = common::etcdctl35();
     let setup = |endpoint: &str, perm: &str| {
-        for args in [
-            &["user", "add", "root:rootpw"][..],
-            &["user", "grant-role", "root", "root"],
-            &["role", "add", "mover"],
-            &["role", "grant-permission", "mover", perm, "app/", "--prefix"],
-            &["user", "add", "mover:pw"],
-            &["user", "grant-role", "mover", "mover"],
-            &["auth", "enable"],
-        ] {
-            let (ok, _, err) = common::etcdctl_with(&bin, endpoint, args, None);
-            assert!(ok, "{endpoint} {args:?}: {err}");
-        }
+        common::etcdctl_steps(
+            &bin,
+            endpoint,
+            &[
+                &["user", "add", "root:rootpw"],
+                &["user", "grant-role", "root", "root"],
+                &["role", "add", "mover"],
+                &["role", "grant-permission", "mover", perm, "app/", "--prefix"],
+                &["user", "add", "mover:pw"],
+                &["user", "grant-role", "mover", "mover"],
+                &["auth", "enable"],
+            ],
+        )
     };
     let (ok, _, err) = common::etcdctl_with(&bin, &source, &["put", "app/a", "1"], None);
     assert!(ok, "{err}");

@@ -89,19 +89,20 @@ async fn a_restored_cluster_keeps_its_users_and_roles() {
     source.members[0].client().await;
     let bin = etcdctl35();
     let ep = source.members[0].endpoint();
-    for args in [
-        &["user", "add", "root:rootpw"][..],
-        &["user", "grant-role", "root", "root"],
-        &["role", "add", "app"],
-        &["role", "grant-permission", "app", "readwrite", "app/", "--prefix"],
-        &["user", "add", "alice:apw"],
-        &["user", "grant-role", "alice", "app"],
-        &["put", "app/x", "1"],
-        &["auth", "enable"],
-    ] {
-        let (ok, _, err) = etcdctl_with(&bin, &ep, args, None);
-        assert!(ok, "{args:?}: {err}");
-    }
+    common::etcdctl_steps(
+        &bin,
+        &ep,
+        &[
+            &["user", "add", "root:rootpw"],
+            &["user", "grant-role", "root", "root"],
+            &["role", "add", "app"],
+            &["role", "grant-permission", "app", "readwrite", "app/", "--prefix"],
+            &["user", "add", "alice:apw"],
+            &["user", "grant-role", "alice", "app"],
+            &["put", "app/x", "1"],
+            &["auth", "enable"],
+        ],
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("backup.db");
     let (ok, out, err) =

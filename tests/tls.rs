@@ -16,20 +16,8 @@ fn clients_and_peers_speak_tls_with_etcds_flags() {
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
     let mut c = Cluster::new(3, &[]);
-    let initial = c.members[0].initial_cluster.replace("http://", "https://");
     for m in &mut c.members {
-        m.initial_cluster = initial.clone();
-        m.tls = true;
-        m.extra = vec![
-            format!("--cert-file={}", s(&pki.cert)),
-            format!("--key-file={}", s(&pki.key)),
-            format!("--trusted-ca-file={}", s(&pki.ca)),
-            "--client-cert-auth".into(),
-            format!("--peer-cert-file={}", s(&pki.cert)),
-            format!("--peer-key-file={}", s(&pki.key)),
-            format!("--peer-trusted-ca-file={}", s(&pki.ca)),
-            "--peer-client-cert-auth".into(),
-        ];
+        m.use_tls(pki.member_flags(true));
         m.start();
     }
     let with_cert = [
@@ -83,11 +71,8 @@ fn clients_and_peers_speak_tls_with_etcds_flags() {
 #[test]
 fn auto_tls_members_make_their_own_certificates() {
     let mut c = Cluster::new(3, &[]);
-    let initial = c.members[0].initial_cluster.replace("http://", "https://");
     for m in &mut c.members {
-        m.initial_cluster = initial.clone();
-        m.tls = true;
-        m.extra = vec!["--auto-tls".into(), "--peer-auto-tls".into()];
+        m.use_tls(vec!["--auto-tls".into(), "--peer-auto-tls".into()]);
         m.start();
     }
     let ctl = |m: usize, args: &[&str]| {

@@ -37,6 +37,14 @@ impl Member {
         }
     }
 
+    /// Serves clients and peers over TLS with `flags` (`--cert-file=...` and the like) instead of its
+    /// other extra flags; to call before `start`.
+    pub fn use_tls(&mut self, flags: Vec<String>) {
+        self.tls = true;
+        self.initial_cluster = self.initial_cluster.replace("http://", "https://");
+        self.extra = flags;
+    }
+
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} already running", self.name);
         let log = std::fs::OpenOptions::new()
@@ -362,6 +370,14 @@ pub fn etcdctl_with(bin: &str, endpoint: &str, args: &[&str], stdin: Option<&str
     )
 }
 
+/// Runs etcdctl (`bin`) once per step against `endpoint`, each of which must succeed.
+pub fn etcdctl_steps(bin: &str, endpoint: &str, steps: &[&[&str]]) {
+    for args in steps {
+        let (ok, out, err) = etcdctl_with(bin, endpoint, args, None);
+        assert!(ok, "etcdctl {args:?} against {endpoint}: {out}{err}");
+    }
+}
+
 /// Test certificates, made at test time with rcgen: a trusted CA, a member certificate valid for
 /// 127.0.0.1 and localhost (as a server and as a client), and a certificate from a CA nobody trusts.
 pub struct Pki {
@@ -373,6 +389,26 @@ pub struct Pki {
     /// A client certificate of the trusted CA for the user "alice" (its common name).
     pub alice_cert: PathBuf,
     pub alice_key: PathBuf,
+}
+
+impl Pki {
+    /// etcd's flags for a member serving clients and peers with the member certificate, and, with
+    /// `client_cert_auth`, requiring certificates of the trusted CA from both.
+    pub fn member_flags(&self, client_cert_auth: bool) -> Vec<String> {
+        let (cert, key, ca) = (self.cert.display(), self.key.display(), self.ca.display());
+        let mut flags = vec![
+            format!("--cert-file={cert}"),
+            format!("--key-file={key}"),
+            format!("--trusted-ca-file={ca}"),
+            format!("--peer-cert-file={cert}"),
+            format!("--peer-key-file={key}"),
+            format!("--peer-trusted-ca-file={ca}"),
+        ];
+        if client_cert_auth {
+            flags.extend(["--client-cert-auth".to_string(), "--peer-client-cert-auth".to_string()]);
+        }
+        flags
+    }
 }
 
 /// A CA, a certificate for 127.0.0.1 and localhost (for serving and as a client, as etcd's docs make

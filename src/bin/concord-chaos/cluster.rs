@@ -269,12 +269,17 @@ impl Cluster {
         Ok(list.members.into_iter().map(|m| (m.id, m.peer_ur_ls)).collect())
     }
 
+    /// The id of member `target`, as `via` lists it.
+    async fn member_id(&self, via: usize, target: usize) -> Result<u64> {
+        let list = self.member_list(via).await?;
+        let url = &self.members[target].peer_url;
+        Ok(list.iter().find(|(_, urls)| urls.contains(url)).context("not a member")?.0)
+    }
+
     /// Hands leadership from `leader` to member `target` (etcd's MoveLeader, sent to the leader).
     pub async fn move_leader(&self, leader: usize, target: usize) -> Result<()> {
         use concord::pb::etcdserverpb::MoveLeaderRequest;
-        let list = self.member_list(leader).await?;
-        let url = &self.members[target].peer_url;
-        let target_id = list.iter().find(|(_, urls)| urls.contains(url)).context("not a member")?.0;
+        let target_id = self.member_id(leader, target).await?;
         let mut maintenance = MaintenanceClient::new(self.channels[leader].clone());
         let moved = maintenance.move_leader(MoveLeaderRequest { target_id });
         tokio::time::timeout(Duration::from_secs(10), moved).await??;
@@ -287,9 +292,7 @@ impl Cluster {
         use concord::pb::etcdserverpb::{cluster_client::ClusterClient, MemberRemoveRequest};
         // Even a failed request may have removed it.
         self.maybe_removed = true;
-        let list = self.member_list(via).await?;
-        let url = &self.members[target].peer_url;
-        let id = list.iter().find(|(_, urls)| urls.contains(url)).context("not a member")?.0;
+        let id = self.member_id(via, target).await?;
         let mut cluster = ClusterClient::new(self.channels[via].clone());
         let remove = cluster.member_remove(MemberRemoveRequest { id });
         tokio::time::timeout(Duration::from_secs(5), remove).await??;
