@@ -35,6 +35,9 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub advertise_client_urls: Vec<String>,
+    /// More URLs that answer /metrics and /health (and /livez, /readyz, /version) only.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
+    pub listen_metrics_urls: Vec<String>,
     /// URLs to listen on for peer traffic.
     #[arg(
         long,

@@ -124,6 +124,7 @@ impl Server {
 
         let client_listeners = bind(&config.listen_client_urls).await?;
         let peer_listeners = bind(&config.listen_peer_urls).await?;
+        let metrics_listeners = bind(&config.listen_metrics_urls).await?;
         let client_addrs: Vec<SocketAddr> =
             client_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
         let peer_addrs = peer_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
@@ -247,7 +248,7 @@ impl Server {
                 .tcp_nodelay(true)
                 // etcd's HTTP endpoints (/health, /metrics, ...) share the client port with gRPC.
                 .accept_http1(true)
-                .layer(HttpLayer { node: node.clone(), max_body: max_recv })
+                .layer(HttpLayer { node: node.clone(), max_body: max_recv, endpoints_only: false })
                 .layer(tower::util::MapResponseLayer::new(grpc_size_error_like_etcd))
                 .layer(LearnerLayer { node: node.clone() })
                 .add_service(
@@ -275,6 +276,24 @@ impl Server {
                     node: node.clone(),
                     bcrypt_cost: config.bcrypt_cost,
                 }));
+            let mut rx = stop_rx.clone();
+            tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(nodelay(listener), async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })));
+        }
+        // etcd's `--listen-metrics-urls`: the HTTP endpoints on listeners of their own (TLS as the
+        // client side's for an https:// one).
+        for (url, listener) in config.listen_metrics_urls.iter().zip(metrics_listeners) {
+            let mut builder = tonic::transport::Server::builder();
+            if url.starts_with("https://") {
+                let tls = client_tls.server(std::slice::from_ref(url), "")?.ok_or_else(|| {
+                    ConfigError::Tls(format!("{url}: an https metrics URL needs --cert-file or --auto-tls"))
+                })?;
+                builder = builder.tls_config(tls).map_err(|e| ConfigError::Tls(e.to_string()))?;
+            }
+            let layer = HttpLayer { node: node.clone(), max_body: 0, endpoints_only: true };
+            let router =
+                builder.accept_http1(true).layer(layer).add_routes(tonic::service::Routes::default());
             let mut rx = stop_rx.clone();
             tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(nodelay(listener), async move {
                 let _ = rx.wait_for(|s| *s).await;

@@ -71,3 +71,25 @@ async fn health_version_and_metrics_answer_like_etcd() {
     assert!(body.contains(r#""health":"false","reason":"QGET ERROR:"#), "{body}");
     assert_eq!(get(port, "/readyz").0, 503);
 }
+
+/// `--listen-metrics-urls`: a listener of its own for the HTTP endpoints, and nothing else on it.
+#[tokio::test]
+async fn metrics_urls_serve_the_http_endpoints_only() {
+    let port = common::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let c = Cluster::start(1, &["--listen-metrics-urls", &url]);
+    c.members[0].client().await;
+    let (status, text) = get(port, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(metric(&text, "etcd_server_has_leader"), 1.0);
+    assert_eq!(get(port, "/health"), (200, r#"{"health":"true","reason":""}"#.to_string()));
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-d", "{}"])
+        .arg(format!("{url}/v3/kv/range"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404", "the gateway is not on the metrics URL");
+    let (ok, _, _) =
+        common::etcdctl(&format!("127.0.0.1:{port}"), &["get", "k", "--command-timeout=3s"], None);
+    assert!(!ok, "gRPC is not on the metrics URL");
+}

@@ -26,13 +26,15 @@ pub struct HttpLayer {
     pub node: RaftNode,
     /// The largest JSON body the gateway reads (the gRPC limit's size).
     pub max_body: usize,
+    /// A `--listen-metrics-urls` listener: the HTTP endpoints only, 404 for anything else.
+    pub endpoints_only: bool,
 }
 
 impl<S> tower::Layer<S> for HttpLayer {
     type Service = Http<S>;
 
     fn layer(&self, inner: S) -> Http<S> {
-        Http { inner, node: self.node.clone(), max_body: self.max_body }
+        Http { inner, node: self.node.clone(), max_body: self.max_body, endpoints_only: self.endpoints_only }
     }
 }
 
@@ -41,6 +43,7 @@ pub struct Http<S> {
     inner: S,
     node: RaftNode,
     max_body: usize,
+    endpoints_only: bool,
 }
 
 impl<S> tower::Service<http::Request<Body>> for Http<S>
@@ -59,6 +62,11 @@ where
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let path = req.uri().path();
+        let endpoint_path = matches!(path, "/health" | "/livez" | "/readyz" | "/version" | "/metrics");
+        if self.endpoints_only && !endpoint_path {
+            let path = path.to_string();
+            return Box::pin(async move { Ok(gateway_not_found(&path)) });
+        }
         if req.method() == http::Method::POST && (path.starts_with("/v3/") || path.starts_with("/v3beta/")) {
             // The JSON gateway: the call goes on to the gRPC services, as gRPC.
             let Some(method) = gateway::method(path) else {
@@ -88,7 +96,7 @@ where
                 Ok(gateway::json_reply(&method, resp, call.keep).await)
             });
         }
-        if matches!(path, "/health" | "/livez" | "/readyz" | "/version" | "/metrics") {
+        if endpoint_path {
             let (node, path) = (self.node.clone(), path.to_string());
             let serializable = req.uri().query().is_some_and(|q| q.contains("serializable=true"));
             return Box::pin(async move { Ok(endpoint(&node, &path, serializable).await) });
