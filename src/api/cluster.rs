@@ -31,6 +31,7 @@ fn member_status(e: MemberError) -> Status {
         MemberError::Node(e) => node_status(e),
         MemberError::BadUrls => Status::invalid_argument(e.to_string()),
         MemberError::NotFound => Status::not_found(e.to_string()),
+        MemberError::Unhealthy => Status::unavailable(e.to_string()),
         MemberError::Exists
         | MemberError::PeerUrlExists
         | MemberError::NotEnoughStarted

@@ -57,6 +57,8 @@ pub enum MemberError {
     LearnerNotReady,
     #[error("etcdserver: too many learner members in cluster")]
     TooManyLearners,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
     #[error(transparent)]
     Node(#[from] NodeError),
 }
@@ -89,6 +91,28 @@ pub struct Progress {
     pub matched: BTreeMap<u64, u64>,
 }
 
+/// Which members the leader has been hearing from (etcd's transport "active since"), for the strict
+/// checks: a change must not take away a quorum that is only there on paper.
+#[derive(Clone, Debug, Default)]
+pub struct Connectivity {
+    /// This member (always connected to itself).
+    pub me: u64,
+    /// Members answering now.
+    pub active: BTreeSet<u64>,
+    /// Members answering without a break for etcd's `HealthInterval` (5 s).
+    pub steady: BTreeSet<u64>,
+}
+
+impl Connectivity {
+    fn steady(&self, id: u64) -> bool {
+        id == self.me || self.steady.contains(&id)
+    }
+
+    fn active(&self, id: u64) -> bool {
+        id == self.me || self.active.contains(&id)
+    }
+}
+
 /// What openraft must do for a change.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -98,12 +122,13 @@ pub struct Plan {
 }
 
 /// Checks `change` against the current members like etcd's `ValidateConfigurationChange` and, with
-/// `strict` (`--strict-reconfig-check`), its quorum checks; `new_id` is the id an added member gets.
+/// `strict` (`--strict-reconfig-check`, and whom the leader hears from), its quorum checks; `new_id` is
+/// the id an added member gets.
 pub fn plan(
     change: &MemberChange,
     members: &[MemberInfo],
     progress: &Progress,
-    strict: bool,
+    strict: Option<&Connectivity>,
     new_id: u64,
 ) -> Result<Plan, MemberError> {
     use openraft::ChangeMembers::*;
@@ -113,6 +138,9 @@ pub fn plan(
         members.iter().filter(|m| Some(m.id) != except).any(|m| m.peer_urls.iter().any(|u| urls.contains(u)))
     };
     let plan = |changes| Ok(Plan { changes, retain: false });
+    // etcd's `isConnectedFullySince`: before adding anyone, every voter has been answering for a while.
+    let all_steady = || strict.is_none_or(|c| voters().all(|m| c.steady(m.id)));
+    let is_strict = strict.is_some();
     match change {
         MemberChange::Add { peer_urls, learner } => {
             validate_urls(peer_urls)?;
@@ -127,14 +155,20 @@ pub fn plan(
                 if members.iter().filter(|m| m.learner).count() + 1 > MAX_LEARNERS {
                     return Err(MemberError::TooManyLearners);
                 }
+                if !all_steady() {
+                    return Err(MemberError::Unhealthy);
+                }
                 return plan(AddNodes(BTreeMap::from([(new_id, node)])));
             }
             // etcd's IsReadyToAddVotingMember: the started voters must make a quorum of the cluster
             // with the new member (which has not started yet), except when growing from one member.
             let size = voters().count() + 1;
             let started = voters().filter(|m| m.started()).count();
-            if strict && !(started == 1 && size == 2) && started < size / 2 + 1 {
+            if is_strict && !(started == 1 && size == 2) && started < size / 2 + 1 {
                 return Err(MemberError::NotEnoughStarted);
+            }
+            if !all_steady() {
+                return Err(MemberError::Unhealthy);
             }
             plan(AddVoters(BTreeMap::from([(new_id, node)])))
         }
@@ -145,8 +179,17 @@ pub fn plan(
             // etcd's IsReadyToRemoveVotingMember: the started voters left must make a quorum of the rest.
             let rest = voters().filter(|m| m.id != *id).count();
             let started = voters().filter(|m| m.id != *id && m.started()).count();
-            if (strict && started < rest / 2 + 1) || rest == 0 {
+            if (is_strict && started < rest / 2 + 1) || rest == 0 {
                 return Err(MemberError::NotEnoughStarted);
+            }
+            // etcd's mayRemoveMember: a member that is down is safe to remove; otherwise the voters
+            // that have been answering, less the one going, must still make a quorum.
+            if let Some(c) = strict.filter(|c| c.active(*id)) {
+                let steady = voters().filter(|m| c.steady(m.id)).count();
+                let size = voters().count();
+                if steady.saturating_sub(1) < 1 + (size - 1) / 2 {
+                    return Err(MemberError::Unhealthy);
+                }
             }
             plan(RemoveVoters(BTreeSet::from([*id])))
         }
@@ -176,7 +219,7 @@ pub fn plan(
             // etcd's IsReadyToPromoteMember counts the learner as a started voter.
             let size = voters().count() + 1;
             let started = voters().filter(|m| m.started()).count() + 1;
-            if strict && started < size / 2 + 1 {
+            if is_strict && started < size / 2 + 1 {
                 return Err(MemberError::NotEnoughStarted);
             }
             plan(AddVoterIds(BTreeSet::from([*id])))
@@ -224,6 +267,11 @@ mod tests {
         }
     }
 
+    /// Everyone has been answering for long enough.
+    fn healthy() -> Connectivity {
+        Connectivity { me: 1, active: (1..10).collect(), steady: (1..10).collect() }
+    }
+
     fn three() -> Vec<MemberInfo> {
         vec![member(1, "a", false), member(2, "b", false), member(3, "c", false)]
     }
@@ -236,21 +284,33 @@ mod tests {
     fn adding_checks_urls_and_the_learner_limit() {
         let p = Progress::default();
         let ms = three();
-        assert_eq!(plan(&add(&["127.0.0.1:2390"], false), &ms, &p, true, 9), Err(MemberError::BadUrls));
-        assert_eq!(plan(&add(&["http://h:99999"], false), &ms, &p, true, 9), Err(MemberError::BadUrls));
-        assert_eq!(plan(&add(&["http://h:1/path"], false), &ms, &p, true, 9), Err(MemberError::BadUrls));
-        assert_eq!(plan(&add(&[], false), &ms, &p, true, 9), Err(MemberError::BadUrls));
         assert_eq!(
-            plan(&add(&["http://127.0.0.1:2382"], false), &ms, &p, true, 9),
+            plan(&add(&["127.0.0.1:2390"], false), &ms, &p, Some(&healthy()), 9),
+            Err(MemberError::BadUrls)
+        );
+        assert_eq!(
+            plan(&add(&["http://h:99999"], false), &ms, &p, Some(&healthy()), 9),
+            Err(MemberError::BadUrls)
+        );
+        assert_eq!(
+            plan(&add(&["http://h:1/path"], false), &ms, &p, Some(&healthy()), 9),
+            Err(MemberError::BadUrls)
+        );
+        assert_eq!(plan(&add(&[], false), &ms, &p, Some(&healthy()), 9), Err(MemberError::BadUrls));
+        assert_eq!(
+            plan(&add(&["http://127.0.0.1:2382"], false), &ms, &p, Some(&healthy()), 9),
             Err(MemberError::PeerUrlExists)
         );
-        assert_eq!(plan(&add(&["http://h:1"], false), &ms, &p, true, 2), Err(MemberError::Exists));
-        let ok = plan(&add(&["http://h:1"], true), &ms, &p, true, 9).unwrap();
+        assert_eq!(
+            plan(&add(&["http://h:1"], false), &ms, &p, Some(&healthy()), 2),
+            Err(MemberError::Exists)
+        );
+        let ok = plan(&add(&["http://h:1"], true), &ms, &p, Some(&healthy()), 9).unwrap();
         assert!(matches!(ok.changes, openraft::ChangeMembers::AddNodes(_)));
         let mut with_learner = three();
         with_learner.push(member(4, "", true));
         assert_eq!(
-            plan(&add(&["http://h:1"], true), &with_learner, &p, true, 9),
+            plan(&add(&["http://h:1"], true), &with_learner, &p, Some(&healthy()), 9),
             Err(MemberError::TooManyLearners)
         );
     }
@@ -260,22 +320,51 @@ mod tests {
         let p = Progress::default();
         // Three voters, two of them never started: a fourth voter would leave 1 of 4 started.
         let ms = vec![member(1, "a", false), member(2, "", false), member(3, "", false)];
-        assert_eq!(plan(&add(&["http://h:1"], false), &ms, &p, true, 9), Err(MemberError::NotEnoughStarted));
-        assert!(plan(&add(&["http://h:1"], false), &ms, &p, false, 9).is_ok());
+        assert_eq!(
+            plan(&add(&["http://h:1"], false), &ms, &p, Some(&healthy()), 9),
+            Err(MemberError::NotEnoughStarted)
+        );
+        assert!(plan(&add(&["http://h:1"], false), &ms, &p, None, 9).is_ok());
         // Growing a one-member cluster is always allowed.
-        assert!(plan(&add(&["http://h:1"], false), &ms[..1], &p, true, 9).is_ok());
+        assert!(plan(&add(&["http://h:1"], false), &ms[..1], &p, Some(&healthy()), 9).is_ok());
         // Removing a started voter would leave one started of two.
         assert_eq!(
-            plan(&MemberChange::Remove { id: 1 }, &ms, &p, true, 0),
+            plan(&MemberChange::Remove { id: 1 }, &ms, &p, Some(&healthy()), 0),
             Err(MemberError::NotEnoughStarted)
         );
-        assert!(plan(&MemberChange::Remove { id: 2 }, &three(), &p, true, 0).is_ok());
+        assert!(plan(&MemberChange::Remove { id: 2 }, &three(), &p, Some(&healthy()), 0).is_ok());
         // The last voter cannot go, strict or not.
         assert_eq!(
-            plan(&MemberChange::Remove { id: 1 }, &ms[..1], &p, false, 0),
+            plan(&MemberChange::Remove { id: 1 }, &ms[..1], &p, None, 0),
             Err(MemberError::NotEnoughStarted)
         );
-        assert_eq!(plan(&MemberChange::Remove { id: 7 }, &ms, &p, true, 0), Err(MemberError::NotFound));
+        assert_eq!(
+            plan(&MemberChange::Remove { id: 7 }, &ms, &p, Some(&healthy()), 0),
+            Err(MemberError::NotFound)
+        );
+    }
+
+    #[test]
+    fn strict_checks_need_the_voters_answering_like_etcd() {
+        let p = Progress::default();
+        let ms = three();
+        // Member 3 answers now, but not for 5 s yet: no additions; a removal of member 2 would leave
+        // member 1 (the leader) and a member it cannot count on.
+        let shaky = Connectivity { me: 1, active: BTreeSet::from([2, 3]), steady: BTreeSet::from([2]) };
+        assert_eq!(plan(&add(&["http://h:1"], false), &ms, &p, Some(&shaky), 9), Err(MemberError::Unhealthy));
+        assert_eq!(plan(&add(&["http://h:1"], true), &ms, &p, Some(&shaky), 9), Err(MemberError::Unhealthy));
+        assert_eq!(
+            plan(&MemberChange::Remove { id: 2 }, &ms, &p, Some(&shaky), 0),
+            Err(MemberError::Unhealthy)
+        );
+        assert!(plan(&add(&["http://h:1"], false), &ms, &p, None, 9).is_ok());
+        // A member that is down is safe to remove: the others keep their quorum.
+        let down = Connectivity { me: 1, active: BTreeSet::from([2]), steady: BTreeSet::from([2]) };
+        assert!(plan(&MemberChange::Remove { id: 3 }, &ms, &p, Some(&down), 0).is_ok());
+        assert_eq!(
+            plan(&MemberChange::Remove { id: 2 }, &ms, &p, Some(&down), 0),
+            Err(MemberError::Unhealthy)
+        );
     }
 
     #[test]
@@ -285,10 +374,10 @@ mod tests {
         let behind = Progress { leader_last_index: 100, matched: BTreeMap::from([(4, 80)]) };
         let caught_up = Progress { leader_last_index: 100, matched: BTreeMap::from([(4, 95)]) };
         let promote = |id| MemberChange::Promote { id };
-        assert_eq!(plan(&promote(4), &ms, &behind, true, 0), Err(MemberError::LearnerNotReady));
-        assert_eq!(plan(&promote(2), &ms, &caught_up, true, 0), Err(MemberError::NotLearner));
-        assert_eq!(plan(&promote(8), &ms, &caught_up, true, 0), Err(MemberError::NotFound));
-        let ok = plan(&promote(4), &ms, &caught_up, true, 0).unwrap();
+        assert_eq!(plan(&promote(4), &ms, &behind, Some(&healthy()), 0), Err(MemberError::LearnerNotReady));
+        assert_eq!(plan(&promote(2), &ms, &caught_up, Some(&healthy()), 0), Err(MemberError::NotLearner));
+        assert_eq!(plan(&promote(8), &ms, &caught_up, Some(&healthy()), 0), Err(MemberError::NotFound));
+        let ok = plan(&promote(4), &ms, &caught_up, Some(&healthy()), 0).unwrap();
         assert_eq!(ok.changes, openraft::ChangeMembers::AddVoterIds(BTreeSet::from([4])));
     }
 
@@ -298,11 +387,11 @@ mod tests {
         let p = Progress::default();
         let update = |id, u: &str| MemberChange::Update { id, peer_urls: vec![u.to_string()] };
         assert_eq!(
-            plan(&update(1, "http://127.0.0.1:2382"), &ms, &p, true, 0),
+            plan(&update(1, "http://127.0.0.1:2382"), &ms, &p, Some(&healthy()), 0),
             Err(MemberError::PeerUrlExists)
         );
-        assert_eq!(plan(&update(9, "http://h:1"), &ms, &p, true, 0), Err(MemberError::NotFound));
-        let ok = plan(&update(1, "http://127.0.0.1:2381"), &ms, &p, true, 0).unwrap();
+        assert_eq!(plan(&update(9, "http://h:1"), &ms, &p, Some(&healthy()), 0), Err(MemberError::NotFound));
+        let ok = plan(&update(1, "http://127.0.0.1:2381"), &ms, &p, Some(&healthy()), 0).unwrap();
         let openraft::ChangeMembers::SetNodes(nodes) = ok.changes else { panic!("not SetNodes") };
         assert_eq!(nodes[&1].name, "a");
         assert_eq!(nodes[&1].peer_urls, ["http://127.0.0.1:2381"]);

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -30,7 +31,21 @@ pub struct Network {
     removed: Arc<tokio::sync::watch::Sender<bool>>,
     /// For `https://` peer URLs: how to dial them (the peer TLS files, as a client).
     tls: Option<crate::tls::Dialer>,
+    /// Since when each peer has been answering this member's Raft RPCs without a break, and when it
+    /// last did (etcd's transport "active since"; see `connectivity`).
+    answering: Arc<Mutex<HashMap<u64, Answering>>>,
 }
+
+#[derive(Clone, Copy)]
+struct Answering {
+    since: Instant,
+    last: Instant,
+}
+
+/// etcd's `HealthInterval`: how long every voter must have been answering before a member is added.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// A peer that answered within this is answering now (the leader sends heartbeats far more often).
+const ACTIVE_WINDOW: Duration = Duration::from_secs(1);
 
 /// What a removed member hears when it asks the leader for a vote, and logs before it stops.
 pub const REMOVED: &str = "the member has been permanently removed from the cluster";
@@ -42,6 +57,20 @@ impl Network {
             dial: Arc::new(dial),
             removed: Arc::new(tokio::sync::watch::Sender::new(false)),
             tls,
+            answering: Arc::default(),
+        }
+    }
+
+    /// Whom this member (as leader, the one sending RPCs to everyone) hears from, for the strict
+    /// membership checks.
+    pub fn connectivity(&self, me: u64) -> super::membership::Connectivity {
+        let now = Instant::now();
+        let answering = self.answering.lock().unwrap_or_else(|p| p.into_inner());
+        let active = answering.iter().filter(|(_, a)| now - a.last < ACTIVE_WINDOW);
+        super::membership::Connectivity {
+            me,
+            active: active.clone().map(|(id, _)| *id).collect(),
+            steady: active.filter(|(_, a)| now - a.since >= HEALTH_INTERVAL).map(|(id, _)| *id).collect(),
         }
     }
 
@@ -113,6 +142,7 @@ pub struct PeerClient {
     /// etcd_network_peer_round_trip_time_seconds{To=target}, observed on heartbeats (appends without
     /// entries: the network and the peer's Raft core, no disk).
     rtt: Arc<crate::metrics::PeerRtt>,
+    answering: Arc<Mutex<HashMap<u64, Answering>>>,
     client: Result<RaftPeerClient<Channel>, String>,
     removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -122,7 +152,14 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: u64, node: &Member) -> PeerClient {
         let rtt = crate::metrics::peer_rtt(target);
-        PeerClient { target, client: self.client(target, node), removed: self.removed.clone(), rtt }
+        let answering = self.answering.clone();
+        PeerClient {
+            target,
+            client: self.client(target, node),
+            removed: self.removed.clone(),
+            rtt,
+            answering,
+        }
     }
 }
 
@@ -150,6 +187,7 @@ impl PeerClient {
             Method::Vote => client.vote(request).await,
             Method::Snapshot => client.install_snapshot(request).await,
         };
+        self.answered(reply.is_ok());
         let reply = reply.map_err(|s| match s.code() {
             tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&s)),
             tonic::Code::FailedPrecondition if s.message() == REMOVED => {
@@ -161,6 +199,22 @@ impl PeerClient {
         let result: Result<Resp, E> =
             decode(&reply.into_inner().data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl PeerClient {
+    fn answered(&self, ok: bool) {
+        let mut answering = self.answering.lock().unwrap_or_else(|p| p.into_inner());
+        if !ok {
+            answering.remove(&self.target);
+            return;
+        }
+        let now = Instant::now();
+        let a = answering.entry(self.target).or_insert(Answering { since: now, last: now });
+        if now - a.last >= ACTIVE_WINDOW {
+            a.since = now; // silent for a while: a new run of answers starts
+        }
+        a.last = now;
     }
 }
 

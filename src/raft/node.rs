@@ -292,7 +292,8 @@ impl RaftNode {
                 MemberChange::Remove { id } => (*id, members.iter().find(|m| m.id == *id).cloned()),
                 MemberChange::Update { id, .. } | MemberChange::Promote { id } => (*id, None),
             };
-            let plan = membership::plan(change, &members, &progress, self.strict_reconfig, id)?;
+            let connectivity = self.strict_reconfig.then(|| self.network.connectivity(self.id));
+            let plan = membership::plan(change, &members, &progress, connectivity.as_ref(), id)?;
             match self.raft.change_membership(plan.changes, plan.retain).await {
                 Ok(_) => {
                     if let Some(gone) = removed {

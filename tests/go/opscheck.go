@@ -29,6 +29,22 @@ func must(err error, what string) {
 	}
 }
 
+// retryUnhealthy asks again while the cluster refuses a membership change as unhealthy: etcd takes
+// changes only once the leader has heard from every voter for 5 s, which a fresh cluster has not.
+func retryUnhealthy(ctx context.Context, change func() error) error {
+	for {
+		err := change()
+		if err != rpctypes.ErrUnhealthy {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
 func main() {
 	endpoints := os.Args[1:]
 	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
@@ -46,7 +62,11 @@ func main() {
 	}
 
 	// A learner that never starts: listed unstarted, never promotable, removable.
-	added, err := cli.MemberAddAsLearner(ctx, []string{"http://127.0.0.1:1"})
+	var added *clientv3.MemberAddResponse
+	err = retryUnhealthy(ctx, func() (err error) {
+		added, err = cli.MemberAddAsLearner(ctx, []string{"http://127.0.0.1:1"})
+		return err
+	})
 	must(err, "member add as learner")
 	check(added.Member.ID != 0 && added.Member.IsLearner, "added %v", added.Member)
 	check(len(added.Members) == voters+1, "members after add: %v", added.Members)

@@ -138,7 +138,17 @@ async fn inject(cluster: &mut Cluster, kind: Kind, rng: &mut Rng) -> Result<Stri
         }
         Kind::Member => {
             let via = (target + 1 + rng.below(n as u64 - 1) as usize) % n;
-            match cluster.remove_member(target, via).await {
+            // A cluster that has not heard from every voter for 5 s (after the last fault's heal)
+            // refuses changes as unhealthy, like etcd: ask again, as an operator would.
+            let mut removed = cluster.remove_member(target, via).await;
+            let deadline = Instant::now() + Duration::from_secs(8);
+            while removed.as_ref().is_err_and(|e| e.to_string().contains("unhealthy cluster"))
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                removed = cluster.remove_member(target, via).await;
+            }
+            match removed {
                 Ok(()) => format!("remove {} via {}", names(&[target]), names(&[via])),
                 Err(e) => format!("remove {} via {} failed: {e}", names(&[target]), names(&[via])),
             }
