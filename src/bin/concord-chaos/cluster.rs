@@ -338,8 +338,11 @@ impl Cluster {
             let mut cluster = ClusterClient::new(self.channels[via].clone());
             let add = cluster
                 .member_add(MemberAddRequest { peer_ur_ls: vec![m.peer_url.clone()], is_learner: false });
-            // A failed add may still have happened: the next round lists the members again.
-            let _ = tokio::time::timeout(Duration::from_secs(5), add).await;
+            // A failed add may still have happened: the next round lists the members again. (A cluster
+            // that has not heard from every voter for 5 s refuses it as unhealthy: ask again shortly.)
+            if !matches!(tokio::time::timeout(Duration::from_secs(5), add).await, Ok(Ok(_))) {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
         }
         false
     }
