@@ -913,3 +913,29 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data dir checkpointed before auth existed still opens: its checkpoint decodes with no users,
+    /// auth off.
+    #[test]
+    fn a_checkpoint_from_before_auth_still_loads() {
+        let leases: Vec<(i64, i64)> = vec![(7, 60)];
+        let old = (
+            None::<LogId>,
+            42i64,
+            3i64,
+            StoredMembership::default(),
+            BTreeMap::<u64, Attributes>::new(),
+            BTreeSet::from([(1u64, 1i32)]),
+            leases.clone(),
+        );
+        let d = Durable::decode(&encode(&old).unwrap()).unwrap();
+        assert_eq!((d.current, d.compacted, d.leases, d.alarms.len()), (42, 3, leases, 1));
+        assert_eq!(d.auth, AuthStore::default());
+        let now = Durable { auth: AuthStore::default(), ..Durable::default() };
+        assert_eq!(Durable::decode(&encode(&now).unwrap()).unwrap().current, 1);
+    }
+}
