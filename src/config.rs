@@ -211,11 +211,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 /// The hosts of `urls` (for a self-signed certificate's names), `localhost` among them.
 fn url_hosts(urls: &[String]) -> Vec<String> {
-    let mut hosts: Vec<String> = urls
-        .iter()
-        .filter_map(|u| host_port(u).ok())
-        .filter_map(|hp| hp.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()))
-        .collect();
+    let mut hosts: Vec<String> = urls.iter().filter_map(|u| url_host(u)).collect();
     hosts.push("localhost".into());
     hosts.sort();
     hosts.dedup();
@@ -380,6 +376,12 @@ fn yaml_flag(key: &str, value: &serde_yaml::Value, args: &mut Vec<String>) -> Re
 }
 
 /// `http://host:port` → `host:port`.
+/// The host of a URL, without the brackets of an IPv6 address.
+pub fn url_host(url: &str) -> Option<String> {
+    let hp = host_port(url).ok()?;
+    hp.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+}
+
 pub fn host_port(url: &str) -> Result<String, ConfigError> {
     let rest = url
         .strip_prefix("http://")

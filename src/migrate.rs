@@ -67,9 +67,14 @@ pub struct MigrateArgs {
 /// an idle mirror would otherwise outlive.
 const RENEW_TOKEN: Duration = Duration::from_secs(60);
 
-/// Authenticates `client` as `user` (name:password), if given, and keeps its token fresh while the
-/// migration runs.
-async fn log_in(client: Client, user: &Option<String>) -> Result<Client, MigrateError> {
+/// A client of one side: connected to `url` (TLS from its files), authenticated as `user`
+/// (name:password) if given, its token kept fresh while the migration runs.
+async fn connect(
+    url: &str,
+    tls: tonic::transport::ClientTlsConfig,
+    user: &Option<String>,
+) -> Result<Client, MigrateError> {
+    let client = Client::connect_tls(&[url.to_string()], Duration::from_secs(5), Some(tls)).await?;
     let Some(user) = user else { return Ok(client) };
     let (name, password) = user.split_once(':').ok_or_else(|| MigrateError::User(user.clone()))?;
     let client = client.authenticate(name, password).await?;
@@ -163,32 +168,14 @@ struct Migration {
 
 /// Runs until `stop` resolves, then checks both sides agree.
 pub async fn run(args: &MigrateArgs, stop: impl Future<Output = ()>) -> Result<Summary, MigrateError> {
-    let timeout = Duration::from_secs(5);
     let (start, end) = match args.prefix.as_bytes() {
         [] => (vec![0], vec![0]),
         p => (p.to_vec(), prefix_end(p)),
     };
     let mut m = Migration {
-        src: log_in(
-            Client::connect_tls(
-                std::slice::from_ref(&args.from),
-                timeout,
-                Some(tls(&args.from_cacert, &args.from_cert, &args.from_key)?),
-            )
+        src: connect(&args.from, tls(&args.from_cacert, &args.from_cert, &args.from_key)?, &args.from_user)
             .await?,
-            &args.from_user,
-        )
-        .await?,
-        dst: log_in(
-            Client::connect_tls(
-                std::slice::from_ref(&args.to),
-                timeout,
-                Some(tls(&args.to_cacert, &args.to_cert, &args.to_key)?),
-            )
-            .await?,
-            &args.to_user,
-        )
-        .await?,
+        dst: connect(&args.to, tls(&args.to_cacert, &args.to_cert, &args.to_key)?, &args.to_user).await?,
         start,
         end,
         leases: HashSet::new(),

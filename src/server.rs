@@ -221,10 +221,7 @@ impl Server {
                     let host = config
                         .advertise_client_urls
                         .first()
-                        .and_then(|u| host_port(u).ok())
-                        .and_then(|hp| {
-                            hp.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string())
-                        })
+                        .and_then(|u| crate::config::url_host(u))
                         .unwrap_or_else(|| "localhost".into());
                     let tls = match client_tls.dialer() {
                         crate::tls::Dialer::Verify(c) => crate::tls::Dialer::Verify(c.domain_name(host)),

@@ -127,21 +127,17 @@ impl AuthService {
         }
     }
 
-    /// bcrypt, on a blocking thread: it takes tens of milliseconds at etcd's default cost.
-    async fn hash(&self, password: String) -> Result<String, Status> {
+    /// The password's hash: the one the client sent (etcd 3.5's `hashedPassword`), or one made here
+    /// with bcrypt, on a blocking thread (it takes tens of milliseconds at etcd's default cost).
+    async fn hashed(&self, password: String, hashed: String) -> Result<String, Status> {
+        if !hashed.is_empty() {
+            return Ok(hashed);
+        }
         let cost = self.bcrypt_cost;
         tokio::task::spawn_blocking(move || auth::hash_password(&password, cost))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(format!("etcdserver: hashing the password: {e}")))
-    }
-
-    /// The password's hash: the one the client sent (etcd 3.5's `hashedPassword`), or one made here.
-    async fn hashed(&self, password: String, hashed: String) -> Result<String, Status> {
-        match hashed.is_empty() {
-            true => self.hash(password).await,
-            false => Ok(hashed),
-        }
     }
 
     /// A linearizable view of the auth state, for the calls etcd answers through its log.
