@@ -44,8 +44,11 @@ struct Answering {
 
 /// etcd's `HealthInterval`: how long every voter must have been answering before a member is added.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
-/// A peer that answered within this is answering now (the leader sends heartbeats far more often).
-const ACTIVE_WINDOW: Duration = Duration::from_secs(1);
+/// A peer that answered within this is answering now: etcd's `ConnReadTimeout`, how long its peer
+/// streams wait on a silent connection before they call the peer inactive. The leader sends heartbeats
+/// far more often; a busy peer's appends can time out (openraft gives them one heartbeat interval) for a
+/// while without the peer being gone.
+const ACTIVE_WINDOW: Duration = Duration::from_secs(5);
 
 /// What a removed member hears when it asks the leader for a vote, and logs before it stops.
 pub const REMOVED: &str = "the member has been permanently removed from the cluster";
@@ -187,7 +190,7 @@ impl PeerClient {
             Method::Vote => client.vote(request).await,
             Method::Snapshot => client.install_snapshot(request).await,
         };
-        self.answered(reply.is_ok());
+        self.answered(reply.as_ref().map(|_| ()).map_err(|s| s.code()));
         let reply = reply.map_err(|s| match s.code() {
             tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&s)),
             tonic::Code::FailedPrecondition if s.message() == REMOVED => {
@@ -203,11 +206,18 @@ impl PeerClient {
 }
 
 impl PeerClient {
-    fn answered(&self, ok: bool) {
+    /// Records how the peer answered. Only a failed connection breaks a run of answers, as in etcd's
+    /// transport: an RPC that timed out tells nothing (a peer fsyncing on a loaded machine is slow, not
+    /// gone; one that really stopped answering drops out of `connectivity` after `ACTIVE_WINDOW`).
+    fn answered(&self, reply: Result<(), tonic::Code>) {
         let mut answering = self.answering.lock().unwrap_or_else(|p| p.into_inner());
-        if !ok {
-            answering.remove(&self.target);
-            return;
+        match reply {
+            Err(tonic::Code::Unavailable) => {
+                answering.remove(&self.target);
+                return;
+            }
+            Err(tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => return,
+            Ok(()) | Err(_) => {} // an answer, even a refusal, comes from a live peer
         }
         let now = Instant::now();
         let a = answering.entry(self.target).or_insert(Answering { since: now, last: now });
