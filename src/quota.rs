@@ -53,7 +53,7 @@ pub fn cost(req: &Request) -> u64 {
         Request::Txn(t) => txn_cost(t),
         Request::LeaseGrant { .. } => LEASE_OVERHEAD,
         Request::Batch(rs) => rs.iter().map(cost).sum(),
-        Request::Authed { request, .. } => cost(request),
+        Request::Authed { request, .. } | Request::Proposed { request, .. } => cost(request),
         _ => 0,
     }
 }

@@ -186,7 +186,7 @@ impl Server {
         let node = RaftNode {
             id,
             cluster_id,
-            batcher: crate::raft::batcher::Batcher::start(raft.clone(), gate.clone()),
+            batcher: crate::raft::batcher::Batcher::start(raft.clone(), sm.wait().clone(), gate.clone()),
             reads: crate::raft::read_index::ReadIndexer::start(crate::raft::read_index::Source {
                 id,
                 raft: raft.clone(),

@@ -5,12 +5,14 @@
 //! while one entry is being made durable, the writes that arrive gather, and the next entry carries them
 //! all. Each request inside keeps its own revision and response; only the fsync is shared. A request
 //! that finds nothing in flight is proposed directly by its caller: there is nothing to wait for.
+//! An entry is in flight until the state machine has applied it and answered (see `wait`).
 
 use tokio::sync::{mpsc, oneshot};
 
 use openraft::error::{ClientWriteError, RaftError};
 
 use super::types::{Member, Raft, Request, Response};
+use super::wait::Wait;
 
 /// Upper bounds for one entry: enough to amortise an fsync over hundreds of writers, small enough that a
 /// follower can take the entry in one message.
@@ -35,6 +37,7 @@ struct Pending {
 pub struct Batcher {
     tx: mpsc::UnboundedSender<Pending>,
     raft: Raft,
+    wait: std::sync::Arc<Wait>,
     /// Entries proposed and not yet answered, by the batching task or directly.
     in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     gate: std::sync::Arc<super::transfer::Gate>,
@@ -51,11 +54,15 @@ impl Drop for InFlight {
 
 impl Batcher {
     /// Starts the batching task; it ends when every `Batcher` handle is dropped.
-    pub fn start(raft: Raft, gate: std::sync::Arc<super::transfer::Gate>) -> Self {
+    pub fn start(
+        raft: Raft,
+        wait: std::sync::Arc<Wait>,
+        gate: std::sync::Arc<super::transfer::Gate>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let in_flight = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        tokio::spawn(run(raft.clone(), rx, in_flight.clone()));
-        Batcher { tx, raft, in_flight, gate }
+        tokio::spawn(run(raft.clone(), wait.clone(), rx, in_flight.clone()));
+        Batcher { tx, raft, wait, in_flight, gate }
     }
 
     /// Proposes `req` (of about `size` bytes encoded) and waits for its outcome, applied on this member
@@ -68,7 +75,7 @@ impl Batcher {
         if self.in_flight.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             let _in_flight = InFlight(self.in_flight.clone());
             let (reply, rx) = oneshot::channel();
-            submit(&self.raft, vec![Pending { req, size, reply }]).await;
+            submit(&self.raft, &self.wait, vec![Pending { req, size, reply }]).await;
             return rx.await.map_err(|_| ProposeError::Fatal("batcher stopped".into()))?;
         }
         let (reply, rx) = oneshot::channel();
@@ -81,6 +88,7 @@ impl Batcher {
 
 async fn run(
     raft: Raft,
+    wait: std::sync::Arc<Wait>,
     mut rx: mpsc::UnboundedReceiver<Pending>,
     in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
@@ -110,27 +118,46 @@ async fn run(
         }
         in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let _in_flight = InFlight(in_flight.clone());
-        submit(&raft, batch).await;
+        submit(&raft, &wait, batch).await;
     }
 }
 
-async fn submit(raft: &Raft, batch: Vec<Pending>) {
+async fn submit(raft: &Raft, wait: &Wait, batch: Vec<Pending>) {
     let (mut reqs, replies): (Vec<Request>, Vec<_>) = batch.into_iter().map(|p| (p.req, p.reply)).unzip();
-    let entry = match reqs.len() {
+    let request = match reqs.len() {
         1 => reqs.pop().unwrap_or(Request::Batch(Vec::new())),
         _ => Request::Batch(reqs),
     };
-    let result = raft.client_write(entry).await;
+    let mut ticket = wait.register();
+    let entry = Request::Proposed { id: ticket.id, request: Box::new(request) };
+    let result = match raft.client_write_ff(entry).await {
+        // The state machine answers as soon as the entry is applied; openraft answers after that, or
+        // with the error when the entry is not applied here.
+        Ok(mut answer) => tokio::select! {
+            biased;
+            Ok(done) = &mut ticket.rx => {
+                wait.keep(answer);
+                Ok(done)
+            }
+            result = &mut answer => match result {
+                Ok(Ok(r)) => Ok(ticket.rx.try_recv().unwrap_or((r.data, r.log_id.index))),
+                Ok(Err(e)) => Err(RaftError::APIError(e)),
+                Err(_) => Err(RaftError::Fatal(openraft::error::Fatal::Stopped)),
+            },
+        },
+        Err(fatal) => Err(RaftError::Fatal(fatal)),
+    };
+    drop(ticket);
     match result {
-        Ok(resp) => match resp.data {
+        Ok((data, index)) => match data {
             Response::Batch(responses) if replies.len() > 1 && responses.len() == replies.len() => {
                 for (reply, r) in replies.into_iter().zip(responses) {
-                    let _ = reply.send(Ok((r, resp.log_id.index)));
+                    let _ = reply.send(Ok((r, index)));
                 }
             }
             single if replies.len() == 1 => {
                 for reply in replies {
-                    let _ = reply.send(Ok((single.clone(), resp.log_id.index)));
+                    let _ = reply.send(Ok((single.clone(), index)));
                 }
             }
             other => {

@@ -15,6 +15,7 @@ pub mod read_index;
 pub mod state_machine;
 pub mod transfer;
 pub mod types;
+pub mod wait;
 
 pub use node::RaftNode;
 pub use types::{Attributes, Member, Request, Response, TypeConfig};

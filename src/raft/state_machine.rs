@@ -20,6 +20,7 @@ use super::types::{
     Attributes, Entry, LogId, Request, Response, Snapshot, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
 };
+use super::wait::Wait;
 use super::{decode, encode};
 use crate::auth::{AuthError, AuthStore, Caller, TokenEffect, Tokens};
 use crate::lease::LeaseTable;
@@ -78,6 +79,8 @@ pub struct StateMachine {
     auth_enabled: AtomicBool,
     /// This member's simple tokens (see `auth::Tokens`).
     tokens: Tokens,
+    /// Proposers waiting for their entries (see `wait`).
+    wait: Arc<Wait>,
 }
 
 /// The bit set of alarm kinds in `alarms`.
@@ -238,6 +241,7 @@ impl StateMachine {
             auth_enabled: AtomicBool::new(auth.enabled()),
             auth: RwLock::new(auth),
             tokens: Tokens::default(),
+            wait: Arc::default(),
         });
         sm.size.store(sm.db_size().0, Ordering::Relaxed);
         let weak = Arc::downgrade(&sm);
@@ -317,6 +321,11 @@ impl StateMachine {
         self.meta().leases.leases()
     }
 
+    /// Where a proposer waits for its entry to be applied.
+    pub fn wait(&self) -> &Arc<Wait> {
+        &self.wait
+    }
+
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
     }
@@ -341,9 +350,14 @@ impl StateMachine {
         let mut responses = Vec::with_capacity(entries.len());
         let mut requests = 0;
         let mut events = Vec::new();
+        // (position in `responses`, waiter id, log index) of the entries proposers wait on.
+        let mut waited = Vec::new();
         for entry in entries {
             meta.last_applied = Some(entry.log_id);
-            requests += 1;
+            requests += match &entry.payload {
+                EntryPayload::Normal(req) => req.requests(),
+                _ => 1,
+            };
             let response = match entry.payload {
                 EntryPayload::Blank => Response::None,
                 EntryPayload::Membership(m) => {
@@ -351,9 +365,13 @@ impl StateMachine {
                     Response::None
                 }
                 EntryPayload::Normal(req) => {
-                    if let Request::Batch(b) = &req {
-                        requests += b.len() as u64 - 1;
-                    }
+                    let req = match req {
+                        Request::Proposed { id, request } => {
+                            waited.push((responses.len(), id, entry.log_id.index));
+                            *request
+                        }
+                        req => req,
+                    };
                     apply_request(&mut store, &mut meta, &self.tokens, req, &mut events)
                 }
             };
@@ -382,6 +400,14 @@ impl StateMachine {
         if due {
             // Full means a wake-up is pending already.
             let _ = self.maintenance.try_send(());
+        }
+        // Last, once everything above shows the entries: a client answered here may read its write at
+        // once. A response nobody waits for goes the usual way, through openraft.
+        for (at, id, index) in waited {
+            let response = std::mem::replace(&mut responses[at], Response::None);
+            if let Err((response, _)) = self.wait.trigger(id, (response, index)) {
+                responses[at] = response;
+            }
         }
         Ok(responses)
     }
@@ -573,6 +599,9 @@ fn apply_request(
         request_op, CompactionResponse, DeleteRangeRequest, LeaseGrantResponse, LeaseRevokeResponse,
         RequestOp, ResponseHeader, TxnRequest,
     };
+    if let Request::Proposed { request, .. } = req {
+        return apply_request(store, meta, tokens, *request, events);
+    }
     if let Request::Authed { caller, request } = req {
         return match permitted(&meta.auth, &meta.leases, &caller, &request) {
             Ok(()) => apply_request(store, meta, tokens, *request, events),
@@ -589,6 +618,7 @@ fn apply_request(
     let changes_data = !matches!(
         req,
         Request::Batch(_)
+            | Request::Proposed { .. }
             | Request::Alarm { .. }
             | Request::Publish { .. }
             | Request::Auth(_)
@@ -658,7 +688,7 @@ fn apply_request(
             let responses = reqs.into_iter().map(|r| apply_request(store, meta, tokens, r, events)).collect();
             return Response::Batch(responses);
         }
-        Request::Authed { .. } => unreachable!("handled above"),
+        Request::Authed { .. } | Request::Proposed { .. } => unreachable!("handled above"),
         Request::Auth(op) => {
             return match Arc::make_mut(auth).apply(op) {
                 Ok(effect) => match effect {

@@ -50,6 +50,11 @@ pub enum Request {
     },
     /// Concurrent requests proposed as one entry (see `batcher`); applied in order, one revision each.
     Batch(Vec<Request>),
+    /// A request with the id its proposer waits on (see `wait`): applied as the request itself.
+    Proposed {
+        id: u64,
+        request: Box<Request>,
+    },
 }
 
 impl Request {
@@ -68,6 +73,16 @@ impl Request {
             Request::Auth(_) => 128,
             Request::Authed { caller, request } => caller.user.len() + 16 + request.encoded_len(),
             Request::Batch(rs) => rs.iter().map(Request::encoded_len).sum(),
+            Request::Proposed { request, .. } => 8 + request.encoded_len(),
+        }
+    }
+
+    /// How many client requests this is (etcd's `--snapshot-count` counts these).
+    pub fn requests(&self) -> u64 {
+        match self {
+            Request::Batch(rs) => rs.len() as u64,
+            Request::Proposed { request, .. } => request.requests(),
+            _ => 1,
         }
     }
 }
@@ -135,3 +150,5 @@ pub type SnapshotMeta = openraft::SnapshotMeta<u64, Member>;
 pub type Snapshot = openraft::Snapshot<TypeConfig>;
 pub type StorageError = openraft::StorageError<u64>;
 pub type Raft = openraft::Raft<TypeConfig>;
+/// Where `Raft::client_write_ff` delivers openraft's answer to an entry.
+pub type WriteAnswer = tokio::sync::oneshot::Receiver<openraft::raft::ClientWriteResult<TypeConfig>>;
