@@ -1,13 +1,11 @@
 //! concord as a library: a member started inside this test's own tokio runtime, shut down cleanly,
 //! and started again on the same data.
 
+mod common;
+
+use common::free_port;
 use concord::{Config, Server};
 use etcd_client::Client;
-use std::net::TcpListener;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
 
 fn config(dir: &std::path::Path, client: u16, peer: u16) -> Config {
     let c = format!("http://127.0.0.1:{client}");

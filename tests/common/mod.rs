@@ -7,9 +7,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free port on 127.0.0.1, found by binding port 0.
+/// A port on 127.0.0.1 that is free now, for a server a test starts next. Not one the kernel picks for
+/// port 0: those come from its ephemeral range (32768 and up here), where a client connection of a
+/// concurrent test may take it as its source port before the server binds it (a member then never
+/// comes up). Below that range, from a start that differs per test process, one port per call.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919);
+    for _ in 0..SPAN {
+        let port = (LOW + start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 pub struct Member {
@@ -119,12 +133,13 @@ impl Member {
                     return c;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not come up; see {:?}",
-                self.name,
-                self.data_dir.with_extension("log")
-            );
+            if Instant::now() >= deadline {
+                // The log goes with the test's temporary directory: show its end here.
+                let log = std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!("{} did not come up; the end of its log:\n{}", self.name, tail.join("\n"));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
