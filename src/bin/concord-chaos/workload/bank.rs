@@ -74,8 +74,17 @@ fn parse(r: &concord::pb::etcdserverpb::RangeResponse) -> (BTreeMap<u64, (i64, i
 
 pub async fn run(ctx: Ctx, healed: oneshot::Receiver<()>) -> anyhow::Result<Outcome> {
     let rec = Recorder::new(ctx.start);
-    // Open the accounts in one Txn before the clients start.
+    // Open the accounts in one Txn before the clients start, only if they do not exist: an attempt that
+    // timed out (sent to a paused member, say) may still be applied after the retry succeeded, and
+    // must not reset the balances in the middle of the run then.
     let mut conn = Conn::new(&ctx, ctx.clients);
+    let absent = Compare {
+        key: account(0),
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Create as i32,
+        target_union: Some(compare::TargetUnion::CreateRevision(0)),
+        ..Default::default()
+    };
     let open: Vec<RequestOp> = (0..ACCOUNTS)
         .map(|i| RequestOp {
             request: Some(request_op::Request::RequestPut(PutRequest {
@@ -87,7 +96,8 @@ pub async fn run(ctx: Ctx, healed: oneshot::Receiver<()>) -> anyhow::Result<Outc
         .collect();
     settle(&mut conn, Duration::from_secs(30), |mut kv| {
         let success = open.clone();
-        async move { kv.txn(TxnRequest { success, ..Default::default() }).await }
+        let compare = vec![absent.clone()];
+        async move { kv.txn(TxnRequest { compare, success, ..Default::default() }).await }
     })
     .await?;
 
