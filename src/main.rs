@@ -51,8 +51,9 @@ enum SnapshotCommand {
 /// `.cargo/config.toml` does). With the slot, a task woken by the running one runs next: each gRPC stream
 /// that gets its response wakes its HTTP/2 connection, which then writes that one response. Without it,
 /// the connection runs after the other streams answered by the same applied batch and writes their
-/// responses in one `writev`: 3× fewer writes at 64 clients, puts 15-30% faster at 64 and 500 clients,
-/// one client's puts ~5% slower (docs/benchmarks.md, finding 14).
+/// responses in one `writev`: 3× fewer writes at 64 clients, puts 15-30% faster at 64 and 500 clients;
+/// a lone client's requests 5-18% slower, as each wake-up now unparks the other worker (docs/benchmarks.md,
+/// finding 14).
 fn main() -> anyhow::Result<()> {
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
