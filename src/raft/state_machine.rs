@@ -354,17 +354,18 @@ impl StateMachine {
         let mut waited = Vec::new();
         for entry in entries {
             meta.last_applied = Some(entry.log_id);
-            requests += match &entry.payload {
-                EntryPayload::Normal(req) => req.requests(),
-                _ => 1,
-            };
             let response = match entry.payload {
-                EntryPayload::Blank => Response::None,
+                EntryPayload::Blank => {
+                    requests += 1;
+                    Response::None
+                }
                 EntryPayload::Membership(m) => {
+                    requests += 1;
                     meta.membership = StoredMembership::new(Some(entry.log_id), m);
                     Response::None
                 }
                 EntryPayload::Normal(req) => {
+                    requests += req.requests();
                     let req = match req {
                         Request::Proposed { id, request } => {
                             waited.push((responses.len(), id, entry.log_id.index));
