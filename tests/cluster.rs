@@ -110,7 +110,13 @@ async fn a_member_that_missed_many_writes_catches_up_by_snapshot() {
     c.members[down].start();
     let r = wait_caught_up(&c, down, "s/", rev).await;
     assert_eq!(r.count(), 401);
-    let log = c.members[down].log();
+    // The member logs the install just after the state shows it: a read may come in between.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut log = c.members[down].log();
+    while !log.contains("installed snapshot from the leader") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        log = c.members[down].log();
+    }
     assert!(
         log.contains("installed snapshot from the leader"),
         "the lagging member caught up by snapshot:\n{log}\nLEADER:\n{}",
