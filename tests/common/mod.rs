@@ -26,6 +26,16 @@ pub fn free_port() -> u16 {
     panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
+/// Whether every thread of process `pid` is in the stopped state (`T` in /proc/PID/task/TID/stat).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().all(|t| {
+        // The state follows the command name, which is in parentheses and may itself hold spaces.
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+    })
+}
+
 pub struct Member {
     pub name: String,
     pub client_port: u16,
@@ -111,8 +121,18 @@ impl Member {
     }
 
     /// SIGSTOP: alive, holding its sockets, answering nothing.
+    ///
+    /// Returns once every thread has stopped. `kill` only queues the signal: one thread must be scheduled
+    /// to start the group stop, and on a loaded machine the others serve requests meanwhile (a heartbeat
+    /// answered then once let a "cut off" leader confirm its leadership).
     pub fn pause(&self) {
         self.signal("-STOP");
+        let pid = self.child.as_ref().expect("running").id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_threads_stopped(pid) {
+            assert!(Instant::now() < deadline, "{} did not stop", self.name);
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     pub fn resume(&self) {
@@ -220,19 +240,18 @@ impl Cluster {
     pub async fn leader(&self) -> usize {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
+            // (leader it names, its own id, its index in `members`) of every member that answered.
             let mut seen = Vec::new();
-            for m in self.members.iter().filter(|m| m.is_running()) {
+            for (i, m) in self.members.iter().enumerate().filter(|(_, m)| m.is_running()) {
                 let mut c = m.client().await;
                 if let Ok(s) = c.status().await {
-                    seen.push((s.leader(), s.header().map(|h| h.member_id()).unwrap_or(0)));
+                    seen.push((s.leader(), s.header().map(|h| h.member_id()).unwrap_or(0), i));
                 }
             }
-            if let Some((leader, _)) = seen.first() {
-                if *leader != 0 && seen.iter().all(|(l, _)| l == leader) {
-                    if let Some(i) = seen.iter().position(|(_, id)| id == leader) {
-                        let running: Vec<usize> =
-                            (0..self.members.len()).filter(|i| self.members[*i].is_running()).collect();
-                        return running[i];
+            if let Some(&(leader, _, _)) = seen.first() {
+                if leader != 0 && seen.iter().all(|(l, _, _)| *l == leader) {
+                    if let Some((_, _, i)) = seen.iter().find(|(_, id, _)| *id == leader) {
+                        return *i;
                     }
                 }
             }
