@@ -23,5 +23,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &["proto/rpc.proto", "proto/v3lock.proto", "proto/v3election.proto", "proto/raft.proto"],
             &["proto"],
         )?;
+    // The Watch service's server again, by hand: its responses leave as bytes encoded once for many
+    // watchers (src/watch/encoded.rs), so its codec is not prost's. Clients use the generated one.
+    let watch = tonic_build::manual::Method::builder()
+        .name("watch")
+        .route_name("Watch")
+        .input_type("crate::pb::etcdserverpb::WatchRequest")
+        .output_type("crate::watch::EncodedWatchResponse")
+        .codec_path("crate::watch::WatchCodec")
+        .client_streaming()
+        .server_streaming()
+        .build();
+    let service = tonic_build::manual::Service::builder().name("Watch").package("etcdserverpb").method(watch);
+    tonic_build::manual::Builder::new().build_client(false).compile(&[service.build()]);
     Ok(())
 }

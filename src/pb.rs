@@ -16,6 +16,10 @@ pub mod v3lockpb {
 pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
 }
+/// The Watch server with its own codec (build.rs; the client is in `etcdserverpb`).
+pub mod watch_encoded {
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.Watch.rs"));
+}
 pub mod concordraft {
     tonic::include_proto!("concordraft");
 }

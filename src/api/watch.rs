@@ -8,10 +8,10 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Caller, Kind};
-use crate::pb::etcdserverpb::watch_server::Watch;
-use crate::pb::etcdserverpb::{ResponseHeader, WatchRequest, WatchResponse};
+use crate::pb::etcdserverpb::{ResponseHeader, WatchRequest};
+use crate::pb::watch_encoded::watch_server::Watch;
 use crate::raft::RaftNode;
-use crate::watch::{Options, Permit, WatchStream};
+use crate::watch::{EncodedWatchResponse, Options, Permit, WatchStream};
 
 /// Responses a stream may have ready before it waits for the client to read.
 const OUT_QUEUE: usize = 64;
@@ -21,7 +21,7 @@ pub struct WatchService {
     pub options: Options,
 }
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<EncodedWatchResponse, Status>> + Send>>;
 
 impl WatchService {
     /// A watcher needs read permission on its range, checked when it is created against the auth

@@ -8,10 +8,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::mpsc;
 
+use super::encoded::EncodedEvents;
 use crate::pb::mvccpb::Event;
 
 /// Batches a stream may have queued before it counts as lagging (etcd's watch channels hold 128).
@@ -25,6 +26,8 @@ pub struct Batch {
     /// A snapshot replaced the state: whatever happened up to `revision` is only in the history, and
     /// `events` is empty.
     pub restored: bool,
+    /// `events` encoded, by the first stream that sends any of them; shared by all.
+    pub encoded: OnceLock<EncodedEvents>,
 }
 
 pub struct Hub {
@@ -57,13 +60,13 @@ impl Hub {
 
     /// Publishes the batch that took the store to `revision`.
     pub fn publish(&self, revision: i64, events: Vec<Event>) {
-        self.send(Batch { revision, events, restored: false });
+        self.send(Batch { revision, events, restored: false, encoded: OnceLock::new() });
     }
 
     /// Tells every stream that a snapshot install took the store to `revision` without events: their
     /// watchers read what it brought from history (or learn that it was compacted).
     pub fn restored(&self, revision: i64) {
-        self.send(Batch { revision, events: Vec::new(), restored: true });
+        self.send(Batch { revision, events: Vec::new(), restored: true, encoded: OnceLock::new() });
     }
 
     fn send(&self, batch: Batch) {

@@ -5,8 +5,10 @@
 //! start revision, or a stream that fell behind) read history until they reach the present; nobody is
 //! ever dropped for being slow, and memory is bounded by per-stream queues, not by the slowest reader.
 
+pub mod encoded;
 pub mod hub;
 pub mod stream;
 
+pub use encoded::{EncodedWatchResponse, WatchCodec};
 pub use hub::Hub;
 pub use stream::{History, Options, Permit, Stamp, WatchStream};

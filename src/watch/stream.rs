@@ -8,12 +8,15 @@
 //! event is skipped or sent twice, and a revision's events always travel together.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
+use super::encoded::{header_field, EncodedEvents, EncodedWatchResponse};
 use super::hub::{Batch, Subscription};
 use crate::mvcc::MvccError;
 use crate::pb::etcdserverpb::watch_request::RequestUnion;
@@ -93,12 +96,20 @@ impl Watcher {
 /// The client has gone; the stream ends.
 struct Gone;
 
+/// Which events of a batch each watcher is due: `watchers` holds (watch id, its range of `picks`), and
+/// `picks` positions in the batch, in revision order per watcher.
+#[derive(Default)]
+struct Due {
+    picks: Vec<u32>,
+    watchers: Vec<(i64, Range<usize>)>,
+}
+
 pub struct WatchStream<H> {
     history: Arc<H>,
     sub: Subscription,
     stamp: Stamp,
     opts: Options,
-    out: mpsc::Sender<WatchResponse>,
+    out: mpsc::Sender<EncodedWatchResponse>,
     watchers: HashMap<i64, Watcher>,
     /// Watchers of one key, by key; watchers of ranges.
     singles: HashMap<Vec<u8>, Vec<i64>>,
@@ -118,7 +129,7 @@ impl<H: History> WatchStream<H> {
         sub: Subscription,
         stamp: Stamp,
         opts: Options,
-        out: mpsc::Sender<WatchResponse>,
+        out: mpsc::Sender<EncodedWatchResponse>,
     ) -> Self {
         let live = sub.start;
         WatchStream {
@@ -269,19 +280,31 @@ impl<H: History> WatchStream<H> {
         true
     }
 
-    /// Watchers whose key or range holds `key`, among synced (`synced`) or unsynced ones.
-    fn due(&self, events: &[Event], synced: bool) -> BTreeMap<i64, Vec<Event>> {
-        let mut due: BTreeMap<i64, Vec<Event>> = BTreeMap::new();
-        for ev in events {
+    /// The events of `events` each watcher is due, among synced (`synced`) or unsynced ones.
+    fn due(&self, events: &[Event], synced: bool) -> Due {
+        let mut due = Due::default();
+        // A watcher of one key looks only at that key's events.
+        let mut by_key: BTreeMap<&[u8], Vec<u32>> = BTreeMap::new();
+        for (i, ev) in events.iter().enumerate() {
             let Some(kv) = &ev.kv else { continue };
-            let singles = self.singles.get(kv.key.as_ref()).into_iter().flatten();
-            for id in singles.chain(&self.ranges) {
-                if self.unsynced.contains(id) == synced {
-                    continue;
-                }
-                if self.watchers.get(id).is_some_and(|w| w.wants(ev)) {
-                    due.entry(*id).or_default().push(ev.clone());
-                }
+            if self.singles.contains_key(kv.key.as_ref()) {
+                by_key.entry(kv.key.as_ref()).or_default().push(i as u32);
+            }
+        }
+        let all: Vec<u32> =
+            if self.ranges.is_empty() { Vec::new() } else { (0..events.len() as u32).collect() };
+        let singles = by_key
+            .iter()
+            .flat_map(|(key, at)| self.singles.get(*key).into_iter().flatten().map(move |id| (id, at)));
+        for (id, candidates) in singles.chain(self.ranges.iter().map(|id| (id, &all))) {
+            if self.unsynced.contains(id) == synced {
+                continue;
+            }
+            let Some(w) = self.watchers.get(id) else { continue };
+            let start = due.picks.len();
+            due.picks.extend(candidates.iter().filter(|p| w.wants(&events[**p as usize])));
+            if due.picks.len() > start {
+                due.watchers.push((*id, start..due.picks.len()));
             }
         }
         due
@@ -298,13 +321,10 @@ impl<H: History> WatchStream<H> {
         let due = if self.watchers.len() > self.unsynced.len() {
             self.due(&batch.events, true)
         } else {
-            BTreeMap::new()
+            Due::default()
         };
         self.live = batch.revision;
-        for (id, events) in due {
-            self.deliver(id, events).await?;
-        }
-        Ok(())
+        self.deliver(&batch.events, &batch.encoded, due).await
     }
 
     /// The hub dropped batches for this stream: what it missed comes from history.
@@ -379,10 +399,7 @@ impl<H: History> WatchStream<H> {
         }
         let (live, watchers) = (self.live, &self.watchers);
         self.unsynced.retain(|id| watchers.get(id).is_some_and(|w| w.next <= live));
-        for (id, events) in due {
-            self.deliver(id, events).await?;
-        }
-        Ok(())
+        self.deliver(&events, &OnceLock::new(), due).await
     }
 
     async fn on_tick(&mut self) -> Result<(), Gone> {
@@ -401,10 +418,46 @@ impl<H: History> WatchStream<H> {
         Ok(())
     }
 
-    async fn deliver(&mut self, id: i64, mut events: Vec<Event>) -> Result<(), Gone> {
-        let Some(w) = self.watchers.get_mut(&id) else { return Ok(()) };
-        w.quiet = false;
-        let (prev_kv, fragment) = (w.prev_kv, w.fragment);
+    /// Sends each watcher in `due` its events. Watchers due the same events share one encoding of them
+    /// (`encoded`, made here by the first stream that needs it); one with `prev_kv` or `fragment` gets
+    /// a response of its own.
+    async fn deliver(
+        &mut self,
+        events: &[Event],
+        encoded: &OnceLock<EncodedEvents>,
+        due: Due,
+    ) -> Result<(), Gone> {
+        let header = (self.stamp)(self.live);
+        let mut head: Option<Bytes> = None;
+        let mut tails: HashMap<&[u32], Bytes> = HashMap::new();
+        for (id, picks) in &due.watchers {
+            let picks = &due.picks[picks.clone()];
+            let Some(w) = self.watchers.get_mut(id) else { continue };
+            w.quiet = false;
+            if w.prev_kv || w.fragment {
+                let (prev_kv, fragment) = (w.prev_kv, w.fragment);
+                let events = picks.iter().map(|p| events[*p as usize].clone()).collect();
+                self.deliver_own(*id, header, prev_kv, fragment, events).await?;
+                continue;
+            }
+            let tail = tails
+                .entry(picks)
+                .or_insert_with(|| encoded.get_or_init(|| EncodedEvents::new(events)).pick(picks))
+                .clone();
+            let head = head.get_or_insert_with(|| header_field(&header)).clone();
+            self.out.send(EncodedWatchResponse::shared(head, *id, tail)).await.map_err(|_| Gone)?;
+        }
+        Ok(())
+    }
+
+    async fn deliver_own(
+        &self,
+        id: i64,
+        header: ResponseHeader,
+        prev_kv: bool,
+        fragment: bool,
+        mut events: Vec<Event>,
+    ) -> Result<(), Gone> {
         if prev_kv {
             for ev in &mut events {
                 let Some(kv) = &ev.kv else { continue };
@@ -414,12 +467,7 @@ impl<H: History> WatchStream<H> {
                 }
             }
         }
-        let resp = WatchResponse {
-            header: Some((self.stamp)(self.live)),
-            watch_id: id,
-            events,
-            ..Default::default()
-        };
+        let resp = WatchResponse { header: Some(header), watch_id: id, events, ..Default::default() };
         if fragment {
             self.send_fragments(resp).await
         } else {
@@ -435,7 +483,7 @@ impl<H: History> WatchStream<H> {
     }
 
     async fn send(&self, r: WatchResponse) -> Result<(), Gone> {
-        self.out.send(r).await.map_err(|_| Gone)
+        self.out.send(EncodedWatchResponse::message(&r)).await.map_err(|_| Gone)
     }
 
     /// Splits a response above `max_request_bytes` into fragments, as etcd's `sendFragments` does.
@@ -516,7 +564,7 @@ mod tests {
         mem: &Arc<Mem>,
         hub: &Arc<Hub>,
         out: usize,
-    ) -> (mpsc::Sender<WatchRequest>, mpsc::Receiver<WatchResponse>) {
+    ) -> (mpsc::Sender<WatchRequest>, mpsc::Receiver<EncodedWatchResponse>) {
         let (req_tx, req_rx) = mpsc::channel(16);
         let (tx, rx) = mpsc::channel(out);
         let stamp: Stamp = Arc::new(|revision| ResponseHeader { revision, ..Default::default() });
@@ -526,10 +574,15 @@ mod tests {
         (req_tx, rx)
     }
 
-    async fn revisions(rx: &mut mpsc::Receiver<WatchResponse>, n: usize) -> Vec<i64> {
+    async fn next(rx: &mut mpsc::Receiver<EncodedWatchResponse>) -> WatchResponse {
+        let r = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+        r.decode().unwrap()
+    }
+
+    async fn revisions(rx: &mut mpsc::Receiver<EncodedWatchResponse>, n: usize) -> Vec<i64> {
         let mut revs = Vec::new();
         while revs.len() < n {
-            let r = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+            let r = next(rx).await;
             revs.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
         }
         revs
@@ -542,7 +595,7 @@ mod tests {
         // An output queue of one response that nobody reads yet: the stream blocks, its hub queue fills.
         let (req, mut rx) = start(&mem, &hub, 1);
         req.send(create("a", 0)).await.unwrap();
-        let created = rx.recv().await.unwrap();
+        let created = next(&mut rx).await;
         assert!(created.created);
         for i in 0..600 {
             put(&mem, &hub, &format!("k{i}"));
@@ -558,7 +611,7 @@ mod tests {
         let hub = Hub::new(1);
         let (req, mut rx) = start(&mem, &hub, 64);
         req.send(create("k", 0)).await.unwrap();
-        assert!(rx.recv().await.unwrap().created);
+        assert!(next(&mut rx).await.created);
         put(&mem, &hub, "k0");
         assert_eq!(revisions(&mut rx, 1).await, [2]);
         // An install: the store moves on by revisions 3..=7, and the hub hears of them without events.
@@ -585,7 +638,7 @@ mod tests {
         let (req, mut rx) = start(&mem, &hub, 64);
         // 2,500 revisions of history are read in steps of CATCH_UP_EVENTS, while live puts go on.
         req.send(create("k", 2)).await.unwrap();
-        assert!(rx.recv().await.unwrap().created);
+        assert!(next(&mut rx).await.created);
         for i in 0..10 {
             put(&mem, &hub, &format!("k-live{i}"));
         }
@@ -593,8 +646,8 @@ mod tests {
 
         mem.0.write().unwrap().compact(100).unwrap();
         req.send(create("k", 50)).await.unwrap();
-        let created = rx.recv().await.unwrap();
-        let compacted = rx.recv().await.unwrap();
+        let created = next(&mut rx).await;
+        let compacted = next(&mut rx).await;
         assert_eq!(
             (compacted.watch_id, compacted.compact_revision, compacted.canceled),
             (created.watch_id, 100, true)
