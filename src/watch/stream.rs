@@ -96,12 +96,19 @@ impl Watcher {
 /// The client has gone; the stream ends.
 struct Gone;
 
-/// Which events of a batch each watcher is due: `watchers` holds (watch id, its range of `picks`), and
-/// `picks` positions in the batch, in revision order per watcher.
+/// Which events of a batch each watcher is due: positions in the batch, in revision order per watcher.
 #[derive(Default)]
 struct Due {
     picks: Vec<u32>,
-    watchers: Vec<(i64, Range<usize>)>,
+    watchers: Vec<Delivery>,
+}
+
+struct Delivery {
+    id: i64,
+    /// This watcher's part of `Due::picks`.
+    picks: Range<usize>,
+    prev_kv: bool,
+    fragment: bool,
 }
 
 pub struct WatchStream<H> {
@@ -280,8 +287,9 @@ impl<H: History> WatchStream<H> {
         true
     }
 
-    /// The events of `events` each watcher is due, among synced (`synced`) or unsynced ones.
-    fn due(&self, events: &[Event], synced: bool) -> Due {
+    /// The events of `events` each watcher is due, among synced (`synced`) or unsynced ones. Those
+    /// watchers are about to be sent something: no longer quiet.
+    fn due(&mut self, events: &[Event], synced: bool) -> Due {
         let mut due = Due::default();
         // A watcher of one key looks only at that key's events.
         let mut by_key: BTreeMap<&[u8], Vec<u32>> = BTreeMap::new();
@@ -300,11 +308,13 @@ impl<H: History> WatchStream<H> {
             if self.unsynced.contains(id) == synced {
                 continue;
             }
-            let Some(w) = self.watchers.get(id) else { continue };
+            let Some(w) = self.watchers.get_mut(id) else { continue };
             let start = due.picks.len();
             due.picks.extend(candidates.iter().filter(|p| w.wants(&events[**p as usize])));
             if due.picks.len() > start {
-                due.watchers.push((*id, start..due.picks.len()));
+                w.quiet = false;
+                let (prev_kv, fragment) = (w.prev_kv, w.fragment);
+                due.watchers.push(Delivery { id: *id, picks: start..due.picks.len(), prev_kv, fragment });
             }
         }
         due
@@ -429,23 +439,29 @@ impl<H: History> WatchStream<H> {
     ) -> Result<(), Gone> {
         let header = (self.stamp)(self.live);
         let mut head: Option<Bytes> = None;
+        // Watchers of one key come one after another in `due`: most find their events in `last`.
+        let mut last: Option<(&[u32], Bytes)> = None;
         let mut tails: HashMap<&[u32], Bytes> = HashMap::new();
-        for (id, picks) in &due.watchers {
-            let picks = &due.picks[picks.clone()];
-            let Some(w) = self.watchers.get_mut(id) else { continue };
-            w.quiet = false;
-            if w.prev_kv || w.fragment {
-                let (prev_kv, fragment) = (w.prev_kv, w.fragment);
+        for d in &due.watchers {
+            let picks = &due.picks[d.picks.clone()];
+            if d.prev_kv || d.fragment {
                 let events = picks.iter().map(|p| events[*p as usize].clone()).collect();
-                self.deliver_own(*id, header, prev_kv, fragment, events).await?;
+                self.deliver_own(d.id, header, d.prev_kv, d.fragment, events).await?;
                 continue;
             }
-            let tail = tails
-                .entry(picks)
-                .or_insert_with(|| encoded.get_or_init(|| EncodedEvents::new(events)).pick(picks))
-                .clone();
+            let tail = match &last {
+                Some((p, tail)) if *p == picks => tail.clone(),
+                _ => {
+                    let tail = tails
+                        .entry(picks)
+                        .or_insert_with(|| encoded.get_or_init(|| EncodedEvents::new(events)).pick(picks))
+                        .clone();
+                    last = Some((picks, tail.clone()));
+                    tail
+                }
+            };
             let head = head.get_or_insert_with(|| header_field(&header)).clone();
-            self.out.send(EncodedWatchResponse::shared(head, *id, tail)).await.map_err(|_| Gone)?;
+            self.out.send(EncodedWatchResponse::shared(head, d.id, tail)).await.map_err(|_| Gone)?;
         }
         Ok(())
     }
