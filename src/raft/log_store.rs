@@ -223,12 +223,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     /// The stored commit index is not synced and may lag what the state machine made durable (a
-    /// checkpoint, which is also the snapshot); openraft refuses to start with a snapshot past the commit
-    /// index (found by concord-chaos: a member killed after writing a snapshot could not restart).
-    /// Whatever was applied was committed, so the applied log id is a lower bound.
+    /// checkpoint, which is also the snapshot) or a snapshot file it wrote; openraft refuses to start
+    /// with a snapshot past the commit index (found twice by concord-chaos: a member killed after
+    /// writing a snapshot could not restart). Whatever was applied was committed, so the applied log id
+    /// and the newest snapshot's are lower bounds; openraft applies the entries up to it again from
+    /// the log (purges never pass the durable applied position, see `purge`).
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         let stored = get_meta::<Option<LogId>>(&self.db, keys::COMMITTED)?.flatten();
-        Ok(stored.max(self.sm.last_applied()))
+        Ok(stored.max(self.sm.last_applied()).max(self.sm.newest_snapshot().await))
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
@@ -314,6 +316,33 @@ mod tests {
         assert_eq!(sm.last_applied().map(|l| l.index), Some(3));
         let db = Arc::new(Db::open(dir.path(), 1 << 20).unwrap());
         let mut log = LogStore::open(db, &dir.path().join("wal"), sm).unwrap();
+        assert_eq!(log.read_committed().await.unwrap().map(|l| l.index), Some(3));
+    }
+
+    /// The same, found again by concord-chaos: a leader wrote a snapshot file for a lagging member from
+    /// its state in memory (past its last checkpoint) and was killed; at restart openraft found the
+    /// snapshot past the commit index it read back and panicked.
+    #[tokio::test]
+    async fn the_commit_index_read_back_is_never_behind_the_newest_snapshot_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let open_sm =
+            || StateMachine::open(&dir.path().join("records"), dir.path().join("snap"), 100).unwrap();
+        {
+            let sm = open_sm();
+            let mut store = StateMachineStore { sm: sm.clone() };
+            store.apply([put(1)]).await.unwrap();
+            sm.checkpoint().unwrap();
+            store.apply((2..=3).map(put)).await.unwrap();
+            // openraft's probe at start, then a lagging member's request: the file covers entry 3.
+            assert!(store.get_current_snapshot().await.unwrap().is_none());
+            let written = store.get_current_snapshot().await.unwrap().unwrap();
+            assert_eq!(written.meta.last_log_id.map(|l| l.index), Some(3));
+            // Killed here: neither entry 3's commit index nor a checkpoint past entry 1 reached the disk.
+        }
+        let sm = open_sm();
+        let db = Arc::new(Db::open(dir.path(), 1 << 20).unwrap());
+        let mut log = LogStore::open(db, &dir.path().join("wal"), sm.clone()).unwrap();
+        assert!(sm.last_applied().map_or(0, |l| l.index) <= 3);
         assert_eq!(log.read_committed().await.unwrap().map(|l| l.index), Some(3));
     }
 }

@@ -305,6 +305,15 @@ impl StateMachine {
         self.meta().last_applied
     }
 
+    /// The log id the newest snapshot file covers. Such a file is written from the applied state, so
+    /// everything up to it was committed, even if this member was killed before its own state was
+    /// durable that far (a leader writes one for a lagging member from its state in memory).
+    pub async fn newest_snapshot(&self) -> Option<LogId> {
+        let (_, path) = snapshots(&self.snapshot_dir).await.into_iter().next()?;
+        let mut file = tokio::fs::File::open(&path).await.ok()?;
+        read_snapshot_meta(&mut file).await.ok()?.last_log_id
+    }
+
     pub fn membership(&self) -> StoredMembership {
         self.meta().membership.clone()
     }

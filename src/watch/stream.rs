@@ -432,7 +432,7 @@ impl<H: History> WatchStream<H> {
     /// (`encoded`, made here by the first stream that needs it); one with `prev_kv` or `fragment` gets
     /// a response of its own.
     async fn deliver(
-        &mut self,
+        &self,
         events: &[Event],
         encoded: &OnceLock<EncodedEvents>,
         due: Due,
