@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::auth::AuthService;
+use crate::api::authority::RepairAuthority;
 use crate::api::cluster::ClusterService;
 use crate::api::http::HttpLayer;
 use crate::api::kv::KvService;
@@ -274,7 +275,9 @@ impl Server {
                     bcrypt_cost: config.bcrypt_cost,
                 }));
             let mut rx = stop_rx.clone();
-            tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(nodelay(listener), async move {
+            // etcd 3.4's clients send an `http://` endpoint as the :authority, which h2 refuses.
+            let incoming = futures::TryStreamExt::map_ok(nodelay(listener), RepairAuthority::new);
+            tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
                 let _ = rx.wait_for(|s| *s).await;
             })));
         }

@@ -9,9 +9,10 @@ async fn etcdctl_kv_round_trip() {
     let c = Cluster::start(1, &[]);
     let m = &c.members[0];
     m.client().await;
-    // Without the scheme: etcdctl 3.4's `endpoint status` sends an `http://...` endpoint verbatim as the
-    // HTTP/2 :authority, which grpc-go tolerates and hyper's h2 rejects (see the KV core issue's notes).
-    let ep = format!("127.0.0.1:{}", m.client_port);
+    // With the scheme, as etcd's docs write it: etcdctl 3.4 then sends `http://...` as the HTTP/2
+    // :authority of the commands that dial each endpoint alone (`endpoint status`, `hashkv`, `defrag`),
+    // which h2 refuses unless concord repairs it (src/api/authority.rs).
+    let ep = m.endpoint();
     let run = |args: &[&str]| {
         let (ok, out, err) = etcdctl(&ep, args, None);
         assert!(ok, "etcdctl {args:?} failed: {err}");
@@ -41,6 +42,11 @@ async fn etcdctl_kv_round_trip() {
     let status = run(&["endpoint", "status", "-w", "json"]);
     assert!(status.contains("\"version\":\"3.5.0\""), "{status}");
     assert!(status.contains("\"leader\":"), "{status}");
+    // `--cluster` dials every member's advertised URL, scheme included.
+    let status = run(&["endpoint", "status", "--cluster"]);
+    assert!(status.starts_with(&format!("{ep}, ")), "{status}");
+    assert!(run(&["endpoint", "hashkv"]).starts_with(&format!("{ep}, ")));
+    assert_eq!(run(&["defrag"]), format!("Finished defragmenting etcd member[{ep}]\n"));
     let members = run(&["member", "list"]);
     assert!(members.contains(", started, m0, http://127.0.0.1:"), "{members}");
     assert!(members.contains(&m.endpoint()), "{members}");
@@ -115,7 +121,7 @@ async fn etcdctl_defrag_gives_space_back_and_hashkv_answers() {
     client.delete("big/", Some(etcd_client::DeleteOptions::new().with_prefix())).await.unwrap();
     client.compact(last + 1, None).await.unwrap();
     let before = client.status().await.unwrap().db_size();
-    let ep = format!("127.0.0.1:{}", m.client_port);
+    let ep = m.endpoint();
     let (ok, out, err) = etcdctl(&ep, &["defrag"], None);
     assert!(ok && out.contains("Finished defragmenting etcd member"), "{out} {err}");
     let after = client.status().await.unwrap().db_size();

@@ -7,9 +7,9 @@ use std::time::Duration;
 use common::{etcdctl, eventually, status, Cluster};
 use etcd_client::GetOptions;
 
-/// `etcdctl` against `127.0.0.1:port` (etcdctl 3.4 sends an `http://` endpoint verbatim as :authority).
+/// `etcdctl` 3.4 against `http://127.0.0.1:port`.
 fn ctl(port: u16, args: &[&str]) -> (bool, String, String) {
-    etcdctl(&format!("127.0.0.1:{port}"), args, None)
+    etcdctl(&format!("http://127.0.0.1:{port}"), args, None)
 }
 
 /// `ctl` for a membership change, asked again while the cluster answers "unhealthy cluster": like etcd,

@@ -3,6 +3,7 @@
 //! read path, and maps errors to etcd's status codes and texts.
 
 pub mod auth;
+pub mod authority;
 pub mod cluster;
 pub mod gateway;
 pub mod http;
