@@ -13,8 +13,8 @@ use crate::pb::watch_encoded::watch_server::Watch;
 use crate::raft::RaftNode;
 use crate::watch::{EncodedWatchResponse, Options, Permit, WatchStream};
 
-/// Responses a stream may have ready before it waits for the client to read.
-const OUT_QUEUE: usize = 64;
+/// Batches of responses a stream may have ready before it waits for the client to read.
+const OUT_QUEUE: usize = 16;
 
 pub struct WatchService {
     pub node: RaftNode,
@@ -65,6 +65,8 @@ impl Watch for WatchService {
         let stream = WatchStream::new(sm.clone(), sm.hub().subscribe(), stamp, self.options.clone(), tx)
             .with_permit(permit);
         tokio::spawn(stream.run(Box::pin(requests)));
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok))))
+        let responses = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .flat_map(|batch| futures::stream::iter(batch.into_iter().map(Ok)));
+        Ok(Response::new(Box::pin(responses)))
     }
 }
