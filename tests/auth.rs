@@ -229,6 +229,14 @@ async fn without_a_valid_token_nothing_is_read_or_written() {
             "member remove",
             cluster.member_remove(authed(token, pb::MemberRemoveRequest { id: 1 })).await.map(drop),
         );
+        let update = pb::MemberUpdateRequest { id: 1, peer_ur_ls: vec!["http://127.0.0.1:1".into()] };
+        denied("member update", cluster.member_update(authed(token, update)).await.map(drop));
+        let promote = pb::MemberPromoteRequest { id: 1 };
+        denied("member promote", cluster.member_promote(authed(token, promote)).await.map(drop));
+        let move_leader = pb::MoveLeaderRequest { target_id: 1 };
+        denied("move leader", maintenance.move_leader(authed(token, move_leader)).await.map(drop));
+        let downgrade = pb::DowngradeRequest { action: 0, version: "3.4".into() };
+        denied("downgrade", maintenance.downgrade(authed(token, downgrade)).await.map(drop));
 
         let mut auth = pb::auth_client::AuthClient::new(channel.clone());
         denied("user list", auth.user_list(authed(token, pb::AuthUserListRequest {})).await.map(drop));
@@ -237,10 +245,28 @@ async fn without_a_valid_token_nothing_is_read_or_written() {
         let grant = pb::AuthUserGrantRoleRequest { user: "root".into(), role: "root".into() };
         denied("grant role", auth.user_grant_role(authed(token, grant)).await.map(drop));
         denied("auth disable", auth.auth_disable(authed(token, pb::AuthDisableRequest {})).await.map(drop));
+        denied("role list", auth.role_list(authed(token, pb::AuthRoleListRequest {})).await.map(drop));
+        let role = pb::AuthRoleAddRequest { name: "r".into() };
+        denied("role add", auth.role_add(authed(token, role)).await.map(drop));
+        let perm = pb::AuthRoleGrantPermissionRequest {
+            name: "root".into(),
+            perm: Some(concord::pb::authpb::Permission {
+                perm_type: 2,
+                key: b"k".to_vec(),
+                range_end: vec![],
+            }),
+        };
+        denied("grant permission", auth.role_grant_permission(authed(token, perm)).await.map(drop));
 
         let mut lock = concord::pb::v3lockpb::lock_client::LockClient::new(channel.clone());
         let l = concord::pb::v3lockpb::LockRequest { name: b"l".to_vec(), lease: id };
         denied("lock", lock.lock(authed(token, l)).await.map(drop));
+        use concord::pb::v3electionpb as el;
+        let mut election = el::election_client::ElectionClient::new(channel.clone());
+        let campaign = el::CampaignRequest { name: b"e".to_vec(), lease: id, value: b"v".to_vec() };
+        denied("campaign", election.campaign(authed(token, campaign)).await.map(drop));
+        let leader = el::LeaderRequest { name: b"e".to_vec() };
+        denied("election leader", election.leader(authed(token, leader)).await.map(drop));
 
         // A watch is created and cancelled at once, with the reason.
         let mut watch = pb::watch_client::WatchClient::new(channel.clone());
@@ -281,6 +307,129 @@ async fn go_client_with_auth_like_etcd() {
         assert!(out.status.success(), "against {endpoint}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(stdout.trim(), "OK");
     }
+}
+
+/// etcd's lease rules for a user limited to a prefix, side by side with etcd 3.5.1: attaching a key to a
+/// lease, revoking it and reading its keys need permission on every key already on it (a lease that
+/// holds a key outside the user's range is out of its reach); a lease holding only its own keys is not.
+#[tokio::test]
+async fn lease_rules_for_a_user_limited_to_a_prefix_are_etcds() {
+    let c = Cluster::start(1, &[]);
+    c.members[0].client().await;
+    let etcd = Etcd::start_35();
+    wait_serving(etcd.client_port).await;
+    let mut outcomes = Vec::new();
+    for ep in [c.members[0].endpoint(), format!("http://127.0.0.1:{}", etcd.client_port)] {
+        common::etcdctl_steps(
+            &etcdctl35(),
+            &ep,
+            &[
+                &["user", "add", "root:rootpw"],
+                &["user", "grant-role", "root", "root"],
+                &["role", "add", "r"],
+                &["role", "grant-permission", "r", "readwrite", "foo/", "--prefix"],
+                &["user", "add", "alice:apw"],
+                &["user", "grant-role", "alice", "r"],
+                &["auth", "enable"],
+            ],
+        );
+        let channel = tonic::transport::Endpoint::from_shared(ep.clone()).unwrap().connect().await.unwrap();
+        let auth = pb::auth_client::AuthClient::new(channel.clone());
+        let token = |name: &str, password: &str| {
+            let req = pb::AuthenticateRequest { name: name.into(), password: password.into() };
+            let mut auth = auth.clone();
+            async move { auth.authenticate(req).await.expect("authenticate").into_inner().token }
+        };
+        let root = token("root", "rootpw").await;
+        let alice = token("alice", "apw").await;
+        let mut kv = pb::kv_client::KvClient::new(channel.clone());
+        let mut leases = pb::lease_client::LeaseClient::new(channel.clone());
+        let put = |key: &str, lease: i64| pb::PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        };
+        let (mixed, own) = (0x1001, 0x1002);
+        for id in [mixed, own] {
+            let grant = pb::LeaseGrantRequest { ttl: 600, id };
+            leases.lease_grant(authed(Some(&root), grant)).await.expect("grant");
+        }
+        kv.put(authed(Some(&root), put("secret", mixed))).await.expect("put");
+        kv.put(authed(Some(&root), put("foo/a", own))).await.expect("put");
+
+        let mut seen = Vec::new();
+        let mut note = |what: &str, r: Result<String, tonic::Status>| {
+            seen.push(match r {
+                Ok(answer) => format!("{what}: ok {answer}"),
+                Err(s) => format!("{what}: {:?} {}", s.code(), s.message()),
+            })
+        };
+        let r = kv.put(authed(Some(&alice), put("foo/b", mixed))).await;
+        note("put on the mixed lease", r.map(|_| String::new()));
+        let r = kv.put(authed(Some(&alice), put("foo/c", own))).await;
+        note("put on its own lease", r.map(|_| String::new()));
+        for (id, keys) in [(mixed, true), (mixed, false), (own, true)] {
+            let r = leases
+                .lease_time_to_live(authed(Some(&alice), pb::LeaseTimeToLiveRequest { id, keys }))
+                .await;
+            let r = r.map(|r| {
+                let keys = r.into_inner().keys;
+                let mut keys: Vec<_> = keys.iter().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+                keys.sort(); // etcd lists them in map order
+                format!("{keys:?}")
+            });
+            note(&format!("time-to-live {id:x} keys={keys}"), r);
+        }
+        for id in [mixed, own] {
+            let r = leases.lease_revoke(authed(Some(&alice), pb::LeaseRevokeRequest { id })).await;
+            note(&format!("revoke {id:x}"), r.map(|_| String::new()));
+        }
+        let all = pb::RangeRequest {
+            key: b"\0".to_vec(),
+            range_end: b"\0".to_vec(),
+            keys_only: true,
+            ..Default::default()
+        };
+        let r = kv.range(authed(Some(&root), all)).await;
+        let r = r.map(|r| {
+            format!(
+                "{:?}",
+                r.into_inner()
+                    .kvs
+                    .iter()
+                    .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+                    .collect::<Vec<_>>()
+            )
+        });
+        note("keys left", r);
+        outcomes.push(seen);
+    }
+    // Reading a lease's time to live is the one place concord is stricter than etcd 3.5.1, which
+    // answers it (key names included) to a caller who may not read those keys: CVE-2023-32082, fixed in
+    // etcd 3.5.9 and 3.4.26 by the check concord makes (`checkLeaseTimeToLive`).
+    let denied = "PermissionDenied etcdserver: permission denied";
+    let stricter = [2, 3];
+    for i in stricter {
+        assert!(outcomes[1][i].contains(": ok"), "etcd 3.5.1 answers: {}", outcomes[1][i]);
+    }
+    assert_eq!(outcomes[0][2], format!("time-to-live 1001 keys=true: {denied}"));
+    assert_eq!(outcomes[0][3], format!("time-to-live 1001 keys=false: {denied}"));
+    let rest = |o: &[String]| {
+        o.iter()
+            .enumerate()
+            .filter(|(i, _)| !stricter.contains(i))
+            .map(|(_, s)| s.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(rest(&outcomes[0]), rest(&outcomes[1]), "concord (left) and etcd 3.5.1 (right) differ");
+    // And what they agree on is the rule, not a shared accident.
+    assert_eq!(outcomes[0][0], format!("put on the mixed lease: {denied}"));
+    assert_eq!(outcomes[0][1], "put on its own lease: ok ");
+    assert_eq!(outcomes[0][4], r#"time-to-live 1002 keys=true: ok ["foo/a", "foo/c"]"#);
+    assert_eq!(outcomes[0][5], format!("revoke 1001: {denied}"));
+    assert_eq!(outcomes[0][6], "revoke 1002: ok ");
+    assert_eq!(outcomes[0][7], r#"keys left: ok ["secret"]"#);
 }
 
 /// A token issued through one member works on the others at once (each waits to apply the entry that

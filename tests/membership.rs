@@ -192,6 +192,52 @@ async fn removing_the_leader_keeps_the_cluster_and_stops_the_removed_member() {
     assert!(!ok && err.contains("etcdserver: Peer URLs already exists"), "{err}");
 }
 
+/// `etcdctl member update` (3.5.1's here; the other tests use 3.4's) moves a member to new peer URLs:
+/// the member list shows them at once, and once the member is restarted listening there, the leader
+/// reaches it at the new address only (nothing listens on the old one) and it catches up.
+#[tokio::test]
+async fn a_member_updated_to_a_new_peer_url_is_reached_there() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.leader().await;
+    let moved = (leader + 1) % 3;
+    let ctl35 = |port: u16, args: &[&str]| {
+        common::etcdctl_with(&common::etcdctl35(), &format!("http://127.0.0.1:{port}"), args, None)
+    };
+    let leader_port = c.members[leader].client_port;
+    let id = c.members[moved].client().await.status().await.expect("status").header().expect("h").member_id();
+    let mut client = c.members[leader].client().await;
+    client.put("before", "update", None).await.expect("put");
+
+    let new_port = common::free_port();
+    let new_url = format!("http://127.0.0.1:{new_port}");
+    let (ok, out, err) =
+        ctl35(leader_port, &["member", "update", &format!("{id:x}"), &format!("--peer-urls={new_url}")]);
+    assert!(ok, "member update failed: {err}");
+    assert!(out.contains(&format!("Member {id:16x} updated in cluster")), "{out}");
+    let (_, list, _) = ctl35(leader_port, &["member", "list"]);
+    let line = list.lines().find(|l| l.starts_with(&format!("{id:x}"))).unwrap_or_else(|| panic!("{list}"));
+    assert!(line.contains(&format!(", {new_url}, ")), "{list}");
+    // etcd's checks: a URL another member has, an unknown id.
+    let taken = format!("--peer-urls=http://127.0.0.1:{}", c.members[leader].peer_port);
+    let (ok, _, err) = ctl35(leader_port, &["member", "update", &format!("{id:x}"), &taken]);
+    assert!(!ok && err.contains("etcdserver: Peer URLs already exists"), "{err}");
+    let (ok, _, err) = ctl35(leader_port, &["member", "update", "1234", &format!("--peer-urls={new_url}")]);
+    assert!(!ok && err.contains("etcdserver: member not found"), "{err}");
+
+    c.members[moved].kill();
+    c.members[moved].peer_port = new_port;
+    c.members[moved].start();
+    client.put("after", "update", None).await.expect("put");
+    let moved_client = c.members[moved].client().await;
+    eventually("the moved member has the write made after its restart", || {
+        let mut mc = moved_client.clone();
+        async move {
+            mc.get("after", Some(GetOptions::new().with_serializable())).await.is_ok_and(|r| r.count() == 1)
+        }
+    })
+    .await;
+}
+
 /// A member that was down while it was removed learns it from the leader when it comes back.
 #[tokio::test]
 async fn a_member_removed_while_down_stops_when_it_returns() {
