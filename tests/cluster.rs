@@ -133,6 +133,46 @@ async fn a_member_that_missed_many_writes_catches_up_by_snapshot() {
     assert_eq!(r.kvs()[0].mod_revision(), rev);
 }
 
+/// A member that missed 30 MB of large values catches up from the log: openraft gives each append one
+/// heartbeat interval (50 ms here), which 60 entries of 512 KiB in one request never made, and the
+/// member was sent the same request forever (tests/quota.rs found it under load). Appends now carry at
+/// most 1 MiB and finish on their own after openraft stops waiting (src/raft/network.rs).
+#[tokio::test]
+async fn a_member_that_missed_large_values_catches_up_from_the_log() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.leader().await;
+    let down = (leader + 1) % 3;
+    c.members[down].kill();
+    let mut kv = c.members[leader].client().await;
+    let mut rev = 0;
+    for i in 0..60 {
+        rev = kv
+            .put(format!("big/{i:02}"), vec![b'x'; 512 * 1024], None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+    }
+    c.members[down].start();
+    // Keys only: reading 30 MB of values every few milliseconds would be a load of its own.
+    let mut kv = c.members[down].client().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let opts = GetOptions::new().with_prefix().with_keys_only().with_serializable();
+        match kv.get("big/", Some(opts)).await {
+            Ok(r) if r.header().map(|h| h.revision()).unwrap_or(0) >= rev => {
+                assert_eq!(r.count(), 60);
+                break;
+            }
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "the member did not catch up:\n{}", c.members[down].log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!c.members[down].log().contains("installed snapshot"), "caught up from the log, not a snapshot");
+}
+
 /// Reads a watch until it reaches `last` (or breaks): the revisions seen, in order.
 async fn watched_until(stream: &mut etcd_client::WatchStream, last: i64, seen: &mut Vec<i64>) -> bool {
     while seen.last().copied().unwrap_or(0) < last {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{etcdctl, status, wait_serving, Cluster, Etcd};
+use common::{etcdctl, eventually, status, wait_serving, Cluster, Etcd};
 
 const QUOTA: &str = "3000000";
 
@@ -55,4 +55,54 @@ async fn a_full_database_refuses_writes_like_etcd_until_compacted_defragmented_a
     let c = Cluster::start(1, &["--quota-backend-bytes", QUOTA]);
     c.members[0].client().await;
     fill_and_recover(c.members[0].client_port, "concord").await;
+}
+
+/// Three members: a member that passes the quota raises NOSPACE through the log, so every member
+/// refuses writes and reports the alarm on /health (etcd's `ALARM NOSPACE`), and one disarm after
+/// compacting and defragmenting every member brings writes back on all of them.
+#[tokio::test]
+async fn the_nospace_alarm_holds_on_every_member_of_a_cluster() {
+    let c = Cluster::start(3, &["--quota-backend-bytes", QUOTA]);
+    let mut clients = Vec::new();
+    for m in &c.members {
+        clients.push(m.client().await);
+    }
+    let value = vec![b'x'; 100 * 1024];
+    let mut written = 0;
+    while clients[0].put(format!("k{written}"), value.clone(), None).await.is_ok() {
+        written += 1;
+        assert!(written < 200, "{written} puts of 100 KiB under a 3 MB quota");
+    }
+    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
+    for (m, client) in c.members.iter().zip(&mut clients) {
+        let refused = status(client.put("small", "v", None).await.expect_err("put under NOSPACE"));
+        let logs = || c.members.iter().map(|m| format!("== {}\n{}", m.name, m.log())).collect::<String>();
+        assert_eq!(refused.message(), "etcdserver: mvcc: database space exceeded", "{}\n{}", m.name, logs());
+        // Applied on each member in its own time: a follower may refuse through the leader first.
+        let url = format!("{}/health", m.endpoint());
+        eventually(&format!("{} reports the alarm on /health", m.name), || {
+            let url = url.clone();
+            async move {
+                let out = std::process::Command::new("curl").args(["-s", &url]).output().expect("curl");
+                out.stdout == br#"{"health":"false","reason":"ALARM NOSPACE"}"#
+            }
+        })
+        .await;
+    }
+
+    let opts = etcd_client::DeleteOptions::new().with_prefix();
+    let deleted = clients[1].delete("k", Some(opts)).await.expect("delete under NOSPACE");
+    assert_eq!(deleted.deleted(), written);
+    clients[2].compact(deleted.header().expect("header").revision(), None).await.expect("compact");
+    let all = endpoints.join(",");
+    let (ok, out, err) = etcdctl(&all, &["defrag"], None);
+    assert!(ok && out.matches("Finished defragmenting").count() == 3, "defrag: {out}{err}");
+    let (ok, _, err) = etcdctl(&endpoints[0], &["alarm", "disarm"], None);
+    assert!(ok, "disarm: {err}");
+    for (m, client) in c.members.iter().zip(&mut clients) {
+        client
+            .put("small", &*m.name, None)
+            .await
+            .unwrap_or_else(|e| panic!("{}: put after recovery: {e}", m.name));
+    }
 }

@@ -36,3 +36,42 @@ pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, bincode::err
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, bincode::error::DecodeError> {
     bincode::serde::decode_from_slice(b, bincode::config::standard()).map(|(v, _)| v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{decode, encode};
+    use crate::pb::etcdserverpb::PutRequest;
+
+    /// A put as entries written before its key and value were (de)serialized as byte slices.
+    #[derive(serde::Serialize)]
+    struct PutAsBefore {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lease: i64,
+        prev_kv: bool,
+        ignore_value: bool,
+        ignore_lease: bool,
+    }
+
+    #[test]
+    fn a_put_encodes_exactly_as_before_its_bytes_fields_were_read_as_slices() {
+        let put = PutRequest {
+            key: b"k".to_vec(),
+            value: vec![7; 300],
+            lease: 5,
+            prev_kv: true,
+            ..Default::default()
+        };
+        let before = PutAsBefore {
+            key: put.key.clone(),
+            value: put.value.clone(),
+            lease: 5,
+            prev_kv: true,
+            ignore_value: false,
+            ignore_lease: false,
+        };
+        let bytes = encode(&before).unwrap();
+        assert_eq!(encode(&put).unwrap(), bytes);
+        assert_eq!(decode::<PutRequest>(&bytes).unwrap(), put);
+    }
+}

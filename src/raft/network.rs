@@ -50,6 +50,32 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// while without the peer being gone.
 const ACTIVE_WINDOW: Duration = Duration::from_secs(5);
 
+/// At most this many bytes of entries go in one AppendEntries (always at least one entry). openraft 0.9
+/// sends up to `max_payload_entries` (300) entries per request, gives it one heartbeat interval, and on a
+/// timeout sends the same range again: 300 entries of 100 KiB never reached a follower within 50 ms on a
+/// loaded machine, and that follower never caught up again (the NOSPACE test in tests/quota.rs, under
+/// CPU load). A request cut short is answered as a `PartialSuccess` up to its last entry, and openraft
+/// sends the rest right after.
+pub const APPEND_BYTES: usize = 1 << 20;
+
+/// How many of `entries` fit in [`APPEND_BYTES`] (at least one).
+fn within_budget(entries: &[super::types::Entry]) -> usize {
+    let mut bytes = 0;
+    let fit = entries
+        .iter()
+        .take_while(|e| {
+            bytes += 32
+                + match &e.payload {
+                    openraft::EntryPayload::Normal(r) => r.encoded_len(),
+                    openraft::EntryPayload::Membership(_) => 256,
+                    openraft::EntryPayload::Blank => 0,
+                };
+            bytes <= APPEND_BYTES
+        })
+        .count();
+    fit.max(1)
+}
+
 /// What a removed member hears when it asks the leader for a vote, and logs before it stops.
 pub const REMOVED: &str = "the member has been permanently removed from the cluster";
 
@@ -140,7 +166,30 @@ fn mark_removed(removed: &tokio::sync::watch::Sender<bool>) {
     }
 }
 
+/// openraft's client for one peer (one per replication stream).
 pub struct PeerClient {
+    peer: Peer,
+    /// The last append with entries, until its answer has been seen (see [`InFlight`]).
+    inflight: Option<InFlight>,
+}
+
+/// An append openraft stopped waiting for. openraft gives an append one heartbeat interval and then
+/// sends the same range again; a follower that needs longer for it (a slow disk, a loaded machine, large
+/// entries) would be sent the same entries forever and never catch up. So an append keeps going on its
+/// own task after openraft gives up on it, the next attempt waits for it first (one append in flight
+/// per peer), and if it carried the start of the range asked for again, its answer is that attempt's.
+struct InFlight {
+    vote: openraft::Vote<u64>,
+    prev: Option<openraft::LogId<u64>>,
+    last: Option<openraft::LogId<u64>>,
+    reply: tokio::task::JoinHandle<AppendResult>,
+}
+
+type AppendResult = Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>>;
+
+/// What an RPC to one peer needs; cloned into an append's own task.
+#[derive(Clone)]
+struct Peer {
     target: u64,
     /// etcd_network_peer_round_trip_time_seconds{To=target}, observed on heartbeats (appends without
     /// entries: the network and the peer's Raft core, no disk).
@@ -156,21 +205,17 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: u64, node: &Member) -> PeerClient {
         let rtt = crate::metrics::peer_rtt(target);
         let answering = self.answering.clone();
-        PeerClient {
-            target,
-            client: self.client(target, node),
-            removed: self.removed.clone(),
-            rtt,
-            answering,
-        }
+        let peer =
+            Peer { target, client: self.client(target, node), removed: self.removed.clone(), rtt, answering };
+        PeerClient { peer, inflight: None }
     }
 }
 
-impl PeerClient {
+impl Peer {
     async fn call<Req, Resp, E>(
         &mut self,
         req: &Req,
-        option: &RPCOption,
+        timeout: Duration,
         method: Method,
     ) -> Result<Resp, RPCError<u64, Member, E>>
     where
@@ -184,7 +229,7 @@ impl PeerClient {
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.clone()))))?;
         let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(RaftPayload { data });
-        request.set_timeout(option.hard_ttl());
+        request.set_timeout(timeout);
         let reply = match method {
             Method::Append => client.append_entries(request).await,
             Method::Vote => client.vote(request).await,
@@ -205,7 +250,7 @@ impl PeerClient {
     }
 }
 
-impl PeerClient {
+impl Peer {
     /// Records how the peer answered. Only a failed connection breaks a run of answers, as in etcd's
     /// transport: an RPC that timed out tells nothing (a peer fsyncing on a loaded machine is slow, not
     /// gone; one that really stopped answering drops out of `connectivity` after `ACTIVE_WINDOW`).
@@ -234,6 +279,48 @@ enum Method {
     Snapshot,
 }
 
+impl PeerClient {
+    /// An append with entries: at most [`APPEND_BYTES`] of them, sent on a task of its own that outlives
+    /// openraft's timeout (see [`InFlight`]).
+    async fn append(&mut self, mut rpc: AppendEntriesRequest<TypeConfig>, option: RPCOption) -> AppendResult {
+        let want = rpc.entries.last().map(|e| e.log_id);
+        if let Some(f) = self.inflight.as_mut() {
+            let answer = (&mut f.reply).await;
+            let f = self.inflight.take().expect("awaited just now");
+            let same_start = f.vote == rpc.vote && f.prev == rpc.prev_log_id && f.last <= want;
+            if same_start && matches!(answer, Ok(Ok(AppendEntriesResponse::Success))) {
+                return Ok(matched(f.last, want));
+            }
+        }
+        rpc.entries.truncate(within_budget(&rpc.entries));
+        let last = rpc.entries.last().map(|e| e.log_id);
+        let (vote, prev) = (rpc.vote, rpc.prev_log_id);
+        // Long enough for a slow follower, short enough that a member cut off is soon asked again.
+        let timeout = (option.hard_ttl() * 20).max(Duration::from_secs(1));
+        let mut peer = self.peer.clone();
+        let reply = tokio::spawn(async move { peer.call(&rpc, timeout, Method::Append).await });
+        let f = self.inflight.insert(InFlight { vote, prev, last, reply });
+        let answer = (&mut f.reply).await;
+        self.inflight = None;
+        match answer.map_err(|e| RPCError::Network(NetworkError::new(&e)))?? {
+            AppendEntriesResponse::Success => Ok(matched(last, want)),
+            other => Ok(other),
+        }
+    }
+}
+
+/// The answer for a range up to `want` of which the follower took everything up to `last`.
+fn matched(
+    last: Option<openraft::LogId<u64>>,
+    want: Option<openraft::LogId<u64>>,
+) -> AppendEntriesResponse<u64> {
+    if last == want {
+        AppendEntriesResponse::Success
+    } else {
+        AppendEntriesResponse::PartialSuccess(last)
+    }
+}
+
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
@@ -241,12 +328,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         if !rpc.entries.is_empty() {
-            return self.call(&rpc, &option, Method::Append).await;
+            return self.append(rpc, option).await;
         }
         let started = std::time::Instant::now();
-        let reply = self.call(&rpc, &option, Method::Append).await;
+        let reply = self.peer.call(&rpc, option.hard_ttl(), Method::Append).await;
         if reply.is_ok() {
-            self.rtt.observe(started.elapsed());
+            self.peer.rtt.observe(started.elapsed());
         }
         reply
     }
@@ -257,7 +344,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>>
     {
-        self.call(&rpc, &option, Method::Snapshot).await
+        self.peer.call(&rpc, option.hard_ttl(), Method::Snapshot).await
     }
 
     async fn vote(
@@ -265,6 +352,32 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        self.call(&rpc, &option, Method::Vote).await
+        self.peer.call(&rpc, option.hard_ttl(), Method::Vote).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    use super::*;
+    use crate::pb::etcdserverpb::PutRequest;
+    use crate::raft::Request;
+
+    fn put(index: u64, value_bytes: usize) -> super::super::types::Entry {
+        let put = PutRequest { key: b"k".to_vec(), value: vec![b'x'; value_bytes], ..Default::default() };
+        openraft::Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request::Put(put)),
+        }
+    }
+
+    #[test]
+    fn appends_are_cut_to_a_byte_budget_but_always_carry_an_entry() {
+        let big: Vec<_> = (1..=300).map(|i| put(i, 100 * 1024)).collect();
+        assert_eq!(within_budget(&big), 10);
+        let small: Vec<_> = (1..=300).map(|i| put(i, 256)).collect();
+        assert_eq!(within_budget(&small), 300);
+        assert_eq!(within_budget(&[put(1, 3 << 20), put(2, 1)]), 1);
     }
 }

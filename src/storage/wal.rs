@@ -328,6 +328,22 @@ impl Wal {
         Ok(out)
     }
 
+    /// The end of the longest run of live entries from `from` (below `to`) whose records take at most
+    /// `bytes`, but at least one entry: how far a reader with a size budget should read.
+    pub fn end_within(&self, from: u64, to: u64, bytes: usize) -> u64 {
+        let inner = self.lock();
+        let start = from.max(inner.first);
+        let end = to.min(inner.last().map_or(start, |l| l + 1));
+        let mut total = 0usize;
+        for i in start..end {
+            total += inner.locs[(i - inner.first) as usize].len as usize;
+            if total > bytes {
+                return i.max(start + 1);
+            }
+        }
+        end
+    }
+
     /// The first and last live index (`first > last` when empty).
     pub fn bounds(&self) -> (u64, Option<u64>) {
         let inner = self.lock();
@@ -538,6 +554,18 @@ mod tests {
         drop(w);
         let w = Wal::open(dir.path(), None).unwrap();
         assert_eq!(w.bounds(), (1, Some(3)));
+    }
+
+    #[test]
+    fn end_within_stops_at_the_byte_budget_but_never_before_one_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Wal::open(dir.path(), None).unwrap();
+        let big: Vec<(u64, Vec<u8>)> = (1..=10).map(|i| (i, vec![7u8; 1000])).collect();
+        w.append(&big).unwrap();
+        assert_eq!(w.end_within(1, 11, 3500), 4, "three records of ~1 KB fit in 3.5 KB");
+        assert_eq!(w.end_within(1, 11, 10), 2, "at least one");
+        assert_eq!(w.end_within(5, 11, 1 << 20), 11);
+        assert_eq!(w.end_within(9, 20, 1 << 20), 11, "stops at the end of the log");
     }
 
     #[test]
