@@ -42,6 +42,9 @@ async fn etcdctl_kv_round_trip() {
     let status = run(&["endpoint", "status", "-w", "json"]);
     assert!(status.contains("\"version\":\"3.5.0\""), "{status}");
     assert!(status.contains("\"leader\":"), "{status}");
+    for field in ["\"raftAppliedIndex\":", "\"dbSizeInUse\":", "\"raftIndex\":", "\"dbSize\":"] {
+        assert!(status.contains(field), "{field} in {status}");
+    }
     // `--cluster` dials every member's advertised URL, scheme included.
     let status = run(&["endpoint", "status", "--cluster"]);
     assert!(status.starts_with(&format!("{ep}, ")), "{status}");

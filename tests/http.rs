@@ -47,6 +47,9 @@ async fn health_version_and_metrics_answer_like_etcd() {
     assert!(metric(&text, "etcd_disk_wal_fsync_duration_seconds_count") >= 1.0);
     assert!(metric(&text, "etcd_mvcc_db_total_size_in_bytes") > 0.0);
     assert_eq!(metric(&text, "etcd_debugging_mvcc_current_revision"), 2.0);
+    // At least the leader's first (blank) entry and the put's.
+    assert!(metric(&text, "etcd_server_proposals_committed_total") >= 2.0);
+    assert!(metric(&text, "etcd_server_proposals_applied_total") >= 2.0);
     let put = r#"grpc_server_handled_total{grpc_code="OK",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"}"#;
     assert_eq!(metric(&text, put), 1.0);
     // The leader times its heartbeats to each peer, under etcd's name and label.

@@ -89,8 +89,15 @@ func main() {
 	rev := put.Header.Revision
 	var hash uint32
 	for i, ep := range endpoints {
-		st, err := cli.Status(ctx, ep)
-		must(err, "status")
+		// A member answers Status from its own state: wait until it has applied the put.
+		var st *clientv3.StatusResponse
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			st, err = cli.Status(ctx, ep)
+			must(err, "status")
+			if st.Header.Revision >= rev || time.Now().After(deadline) {
+				break
+			}
+		}
 		check(st.Leader != 0 && st.Version != "" && !st.IsLearner && st.DbSize > 0, "status %v", st)
 		var h *clientv3.HashKVResponse
 		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
