@@ -344,7 +344,11 @@ impl Config {
             }
         }
         if !members.iter().any(|(n, _)| *n == self.name) {
-            return Err(ConfigError::InitialCluster(format!("it does not name this member {:?}", self.name)));
+            // etcd's words (its embed config and etcdutl's restore say the same).
+            return Err(ConfigError::InitialCluster(format!(
+                "couldn't find local name {:?} in the initial cluster configuration",
+                self.name
+            )));
         }
         Ok(members)
     }

@@ -95,6 +95,8 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Snapshot(SnapshotCommand::Restore { file, config })) => {
+            // etcdutl's check: the member being restored must be one of the new cluster's.
+            config.initial_members()?;
             let dir = config.data_dir();
             concord::backup::restore(&file, &dir)?;
             println!("restored {} into {}", file.display(), dir.display());

@@ -59,6 +59,20 @@ async fn a_snapshot_saved_with_etcdctl_restores_into_a_new_cluster_with_the_same
     let refused = restore(&truncated, &restored.members[0]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("integrity check failed"));
     assert!(!restored.members[0].data_dir.exists());
+    // As etcdutl: the member restored must be one of the new cluster's.
+    let mut stranger = restored.members[0].initial_cluster.clone();
+    stranger = stranger.replacen("m0=", "other=", 1);
+    let refused = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["snapshot", "restore"])
+        .arg(&file)
+        .args(["--name", "m0", "--data-dir", restored.members[0].data_dir.to_str().unwrap()])
+        .args(["--initial-cluster", &stranger])
+        .output()
+        .expect("concord snapshot restore");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains("couldn't find local name \"m0\" in the initial cluster configuration"), "{err}");
+    assert!(!restored.members[0].data_dir.exists());
 
     for m in &restored.members {
         let out = restore(&file, m);
