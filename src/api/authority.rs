@@ -222,7 +222,7 @@ impl Scanner {
         let Some(fragment) = fragment(kind, flags, &frame[FRAME_HEADER..]) else {
             return self.give_up(frame, out);
         };
-        let pending = match (kind, self.pending.take()) {
+        let mut pending = match (kind, self.pending.take()) {
             (HEADERS, None) => PendingBlock {
                 stream,
                 end_stream: flags & END_STREAM != 0,
@@ -235,7 +235,6 @@ impl Scanner {
                 return self.give_up(frame, out);
             }
         };
-        let mut pending = pending;
         pending.block.extend_from_slice(fragment);
         pending.frames.unsplit(frame);
         if flags & END_HEADERS == 0 {
@@ -297,13 +296,17 @@ fn write_header_block(stream: u32, end_stream: bool, block: &[u8], out: &mut Byt
         if i + 1 == chunks {
             flags |= END_HEADERS;
         }
-        let len = chunk.len() as u32;
-        out.put_slice(&len.to_be_bytes()[1..]);
-        out.put_u8(kind);
-        out.put_u8(flags);
-        out.put_u32(stream);
-        out.put_slice(chunk);
+        put_frame(kind, flags, stream, chunk, out);
     }
+}
+
+/// One HTTP/2 frame: its 9-byte header, then `payload`.
+fn put_frame(kind: u8, flags: u8, stream: u32, payload: &[u8], out: &mut BytesMut) {
+    out.put_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+    out.put_u8(kind);
+    out.put_u8(flags);
+    out.put_u32(stream);
+    out.put_slice(payload);
 }
 
 /// The block with every invalid `:authority` value repaired, or `None` when it needs no change (or is not
@@ -439,11 +442,7 @@ mod tests {
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let mut out = BytesMut::new();
-        out.put_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-        out.put_u8(kind);
-        out.put_u8(flags);
-        out.put_u32(stream);
-        out.put_slice(payload);
+        put_frame(kind, flags, stream, payload, &mut out);
         out.to_vec()
     }
 

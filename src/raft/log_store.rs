@@ -179,10 +179,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         records.into_iter().map(|(_, payload)| decode(&payload).map_err(read_err)).collect()
     }
 
-    /// What replication reads for one append: openraft asks for up to 300 entries and the network sends
-    /// at most [`super::network::APPEND_BYTES`] of them, so reading (and decoding) more is wasted work
-    /// that every retry repeats: with 512 KiB values it kept a leader's CPU busy enough that its appends
-    /// never reached a follower in time.
+    /// What replication sends in one append: openraft asks for up to 300 entries; this reads at most
+    /// [`super::network::APPEND_BYTES`] of them (at least one), so that an append can reach a follower
+    /// within openraft's timeout, and a retry does not read and decode them all again (with 512 KiB
+    /// values that alone kept a leader's CPU busy enough that no append arrived in time).
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
         let end = self.wal.end_within(start, end, super::network::APPEND_BYTES);
         self.try_get_log_entries(start..end).await

@@ -50,31 +50,12 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// while without the peer being gone.
 const ACTIVE_WINDOW: Duration = Duration::from_secs(5);
 
-/// At most this many bytes of entries go in one AppendEntries (always at least one entry). openraft 0.9
-/// sends up to `max_payload_entries` (300) entries per request, gives it one heartbeat interval, and on a
-/// timeout sends the same range again: 300 entries of 100 KiB never reached a follower within 50 ms on a
-/// loaded machine, and that follower never caught up again (the NOSPACE test in tests/quota.rs, under
-/// CPU load). A request cut short is answered as a `PartialSuccess` up to its last entry, and openraft
-/// sends the rest right after.
+/// At most this many bytes of entries go in one AppendEntries (always at least one entry): the log
+/// reader hands replication no more (`LogStore::limited_get_log_entries`). openraft 0.9 would put up to
+/// `max_payload_entries` (300) entries in a request, give it one heartbeat interval, and on a timeout
+/// send the same range again: 300 entries of 100 KiB never reached a follower within 50 ms on a loaded
+/// machine, and that follower never caught up again (the NOSPACE test in tests/quota.rs, under CPU load).
 pub const APPEND_BYTES: usize = 1 << 20;
-
-/// How many of `entries` fit in [`APPEND_BYTES`] (at least one).
-fn within_budget(entries: &[super::types::Entry]) -> usize {
-    let mut bytes = 0;
-    let fit = entries
-        .iter()
-        .take_while(|e| {
-            bytes += 32
-                + match &e.payload {
-                    openraft::EntryPayload::Normal(r) => r.encoded_len(),
-                    openraft::EntryPayload::Membership(_) => 256,
-                    openraft::EntryPayload::Blank => 0,
-                };
-            bytes <= APPEND_BYTES
-        })
-        .count();
-    fit.max(1)
-}
 
 /// What a removed member hears when it asks the leader for a vote, and logs before it stops.
 pub const REMOVED: &str = "the member has been permanently removed from the cluster";
@@ -280,9 +261,9 @@ enum Method {
 }
 
 impl PeerClient {
-    /// An append with entries: at most [`APPEND_BYTES`] of them, sent on a task of its own that outlives
-    /// openraft's timeout (see [`InFlight`]).
-    async fn append(&mut self, mut rpc: AppendEntriesRequest<TypeConfig>, option: RPCOption) -> AppendResult {
+    /// An append with entries, sent on a task of its own that outlives openraft's timeout (see
+    /// [`InFlight`]).
+    async fn append(&mut self, rpc: AppendEntriesRequest<TypeConfig>, option: RPCOption) -> AppendResult {
         let want = rpc.entries.last().map(|e| e.log_id);
         if let Some(f) = self.inflight.as_mut() {
             let answer = (&mut f.reply).await;
@@ -292,24 +273,20 @@ impl PeerClient {
                 return Ok(matched(f.last, want));
             }
         }
-        rpc.entries.truncate(within_budget(&rpc.entries));
-        let last = rpc.entries.last().map(|e| e.log_id);
         let (vote, prev) = (rpc.vote, rpc.prev_log_id);
         // Long enough for a slow follower, short enough that a member cut off is soon asked again.
         let timeout = (option.hard_ttl() * 20).max(Duration::from_secs(1));
         let mut peer = self.peer.clone();
         let reply = tokio::spawn(async move { peer.call(&rpc, timeout, Method::Append).await });
-        let f = self.inflight.insert(InFlight { vote, prev, last, reply });
+        let f = self.inflight.insert(InFlight { vote, prev, last: want, reply });
         let answer = (&mut f.reply).await;
         self.inflight = None;
-        match answer.map_err(|e| RPCError::Network(NetworkError::new(&e)))?? {
-            AppendEntriesResponse::Success => Ok(matched(last, want)),
-            other => Ok(other),
-        }
+        answer.map_err(|e| RPCError::Network(NetworkError::new(&e)))?
     }
 }
 
-/// The answer for a range up to `want` of which the follower took everything up to `last`.
+/// The answer for a range up to `want` of which the follower took everything up to `last` (an earlier
+/// append's range, when openraft asks again from the same start with entries appended since).
 fn matched(
     last: Option<openraft::LogId<u64>>,
     want: Option<openraft::LogId<u64>>,
@@ -353,31 +330,5 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
         self.peer.call(&rpc, option.hard_ttl(), Method::Vote).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use openraft::{CommittedLeaderId, EntryPayload, LogId};
-
-    use super::*;
-    use crate::pb::etcdserverpb::PutRequest;
-    use crate::raft::Request;
-
-    fn put(index: u64, value_bytes: usize) -> super::super::types::Entry {
-        let put = PutRequest { key: b"k".to_vec(), value: vec![b'x'; value_bytes], ..Default::default() };
-        openraft::Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Request::Put(put)),
-        }
-    }
-
-    #[test]
-    fn appends_are_cut_to_a_byte_budget_but_always_carry_an_entry() {
-        let big: Vec<_> = (1..=300).map(|i| put(i, 100 * 1024)).collect();
-        assert_eq!(within_budget(&big), 10);
-        let small: Vec<_> = (1..=300).map(|i| put(i, 256)).collect();
-        assert_eq!(within_budget(&small), 300);
-        assert_eq!(within_budget(&[put(1, 3 << 20), put(2, 1)]), 1);
     }
 }
