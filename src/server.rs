@@ -416,11 +416,13 @@ async fn lease_clock(
     extend: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
-    let mut metrics = node.raft.metrics();
+    // Server metrics: they change with leadership and membership, not with every write as the full
+    // metrics do (a wake-up of this task and the next one per write; docs/benchmarks.md, finding 20).
+    let mut metrics = node.raft.server_metrics();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut leading = false;
     loop {
-        // Leadership is checked on every metrics change; expiry only on the tick (it walks every lease).
+        // Leadership is checked on every change; expiry only on the tick (it walks every lease).
         let ticked = tokio::select! {
             _ = stop.changed() => return Ok(()),
             changed = metrics.changed() => if changed.is_err() { return Ok(()) } else { false },
@@ -462,7 +464,7 @@ async fn count_leader_changes(
     node: RaftNode,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
-    let mut metrics = node.raft.metrics();
+    let mut metrics = node.raft.server_metrics();
     let mut last = None;
     loop {
         let leader = metrics.borrow_and_update().current_leader;

@@ -64,10 +64,27 @@ pub async fn run(
         receivers.push(tokio::spawn(async move {
             let _requests = tx; // closing it would end the stream
             let mut lat = Vec::with_capacity(want as usize);
+            // One timer for the whole stream, pushed back at most once a second: a timer per response
+            // was a visible share of the load generator.
+            let stall = tokio::time::sleep(STALL);
+            tokio::pin!(stall);
+            let mut heard = clock.elapsed();
             while (lat.len() as u64) < want {
-                let Ok(Ok(Some(r))) = tokio::time::timeout(STALL, responses.message()).await else { break };
-                let now = clock.elapsed().as_micros() as u64;
-                for sent in r.sent {
+                let r = tokio::select! {
+                    biased;
+                    r = responses.message() => match r {
+                        Ok(Some(r)) => r,
+                        _ => break,
+                    },
+                    () = &mut stall => break,
+                };
+                let now = clock.elapsed();
+                if now - heard > Duration::from_secs(1) {
+                    heard = now;
+                    stall.as_mut().reset(tokio::time::Instant::now() + STALL);
+                }
+                let now = now.as_micros() as u64;
+                for sent in r.sent() {
                     lat.push(now.saturating_sub(sent.unwrap_or(now)).min(u32::MAX as u64) as u32);
                 }
             }
@@ -116,10 +133,24 @@ pub async fn run(
 #[derive(Debug, Default)]
 struct Seen {
     created: bool,
-    sent: Vec<Option<u64>>,
+    /// The send time of the first event (almost always the only one: kept out of a `Vec`, whose
+    /// allocation per response cost more than the parse), then of the others.
+    first: Option<Option<u64>>,
+    more: Vec<Option<u64>>,
 }
 
 impl Seen {
+    fn sent(&self) -> impl Iterator<Item = Option<u64>> + '_ {
+        self.first.iter().chain(&self.more).copied()
+    }
+
+    fn push(&mut self, sent: Option<u64>) {
+        match self.first {
+            None => self.first = Some(sent),
+            Some(_) => self.more.push(sent),
+        }
+    }
+
     /// Walks a `WatchResponse` (etcd's rpc.proto: `created` = 3, `events` = 11).
     fn parse(mut buf: &[u8]) -> Result<Seen, String> {
         let mut seen = Seen::default();
@@ -128,7 +159,7 @@ impl Seen {
                 (3, WireType::Varint) => {
                     seen.created = decode_varint(&mut buf).map_err(|e| e.to_string())? != 0
                 }
-                (11, WireType::LengthDelimited) => seen.sent.push(sent_time(field(&mut buf)?)?),
+                (11, WireType::LengthDelimited) => seen.push(sent_time(field(&mut buf)?)?),
                 (_, wire) => skip(wire, &mut buf)?,
             }
         }
@@ -214,8 +245,16 @@ impl Decoder for SeenDecoder {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Seen>, Status> {
-        let message = buf.copy_to_bytes(buf.remaining());
-        Seen::parse(&message).map(Some).map_err(Status::internal)
+        let len = buf.remaining();
+        // Read in place when the message is in one piece (nearly always), instead of taking it out.
+        let seen = if buf.chunk().len() >= len {
+            let seen = Seen::parse(&buf.chunk()[..len]);
+            buf.advance(len);
+            seen
+        } else {
+            Seen::parse(&buf.copy_to_bytes(len))
+        };
+        seen.map(Some).map_err(Status::internal)
     }
 }
 
@@ -248,7 +287,7 @@ mod tests {
         let bytes = r.encode_to_vec();
         let seen = Seen::parse(&bytes).unwrap();
         assert!(seen.created);
-        assert_eq!(seen.sent, [Some(42), None]);
+        assert_eq!(seen.sent().collect::<Vec<_>>(), [Some(42), None]);
         assert!(Seen::parse(&bytes[..bytes.len() - 3]).is_err(), "a truncated response is an error");
     }
 }

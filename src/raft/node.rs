@@ -76,12 +76,14 @@ enum ToLeader {
 }
 
 impl RaftNode {
+    // Both read openraft's server metrics, which change with elections and membership only: its full
+    // metrics change with every write, and each change takes their lock for writing.
     pub fn term(&self) -> u64 {
-        self.raft.metrics().borrow().current_term
+        self.raft.server_metrics().borrow().vote.leader_id().term
     }
 
     pub fn leader(&self) -> Option<u64> {
-        self.raft.metrics().borrow().current_leader
+        self.raft.server_metrics().borrow().current_leader
     }
 
     /// Proposes a write and waits until it is applied (on the leader) and acknowledged. Any member
