@@ -59,7 +59,7 @@ impl ReadIndexer {
 
 impl Source {
     fn leader(&self) -> Option<u64> {
-        self.raft.metrics().borrow().current_leader
+        self.raft.server_metrics().borrow().current_leader
     }
 
     /// One round: on the leader, a quorum confirms leadership; elsewhere, the leader answers.
@@ -76,8 +76,14 @@ impl Source {
                     }
                 }
                 Some(l) => {
-                    let node =
-                        self.raft.metrics().borrow().membership_config.membership().get_node(&l).cloned();
+                    let node = self
+                        .raft
+                        .server_metrics()
+                        .borrow()
+                        .membership_config
+                        .membership()
+                        .get_node(&l)
+                        .cloned();
                     if let Some(node) = node {
                         let mut client = self.network.client(l, &node).map_err(NodeError::Internal)?;
                         let call = client.read_index(RaftPayload { data: Vec::new() });
