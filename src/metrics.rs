@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+mod process;
+
 /// A histogram with Prometheus' exponential buckets: `N` buckets from `first` seconds, doubling.
 pub struct Histogram<const N: usize = 14> {
     first: f64,
@@ -238,6 +240,7 @@ pub fn render_process(out: &mut String) {
             );
         }
     }
+    process::render(out);
 }
 
 #[cfg(test)]

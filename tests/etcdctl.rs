@@ -132,3 +132,65 @@ async fn etcdctl_defrag_gives_space_back_and_hashkv_answers() {
     let (ok, out, err) = etcdctl(&ep, &["endpoint", "hashkv"], None);
     assert!(ok && out.contains(&ep), "{out} {err}");
 }
+
+/// `etcdctl check datascale` reads the server's `process_resident_memory_bytes` from `/metrics` before
+/// and after its 10,000 writes, then deletes them, compacts and defragments.
+#[tokio::test]
+async fn etcdctl_check_datascale_passes() {
+    let c = Cluster::start(1, &[]);
+    let m = &c.members[0];
+    let mut client = m.client().await;
+    for bin in ["/usr/bin/etcdctl".to_string(), etcdctl35()] {
+        let args = ["check", "datascale", "--load", "s", "--auto-compact", "--auto-defrag"];
+        let (ok, out, err) = etcdctl_with(&bin, &m.endpoint(), &args, None);
+        assert!(ok && out.contains("PASS: Approximate system memory used"), "{bin}: {out}{err}");
+    }
+    let left = client
+        .get(
+            "/etcdctl-check-datascale/",
+            Some(etcd_client::GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .expect("count");
+    assert_eq!(left.count(), 0, "datascale deletes what it wrote");
+}
+
+/// `etcdctl make-mirror` copies what is there and then follows a watch into another cluster.
+#[tokio::test]
+async fn etcdctl_make_mirror_copies_and_follows() {
+    let source = Cluster::start(1, &[]);
+    let dest = Cluster::start(1, &[]);
+    let mut src = source.members[0].client().await;
+    let mut dst = dest.members[0].client().await;
+    src.put("m/old", "1", None).await.expect("put");
+    let prefix = etcd_client::WatchOptions::new().with_prefix();
+    let (mut _watcher, mut events) = dst.watch("m/", Some(prefix)).await.expect("watch");
+    let mut mirror = tokio::process::Command::new(etcdctl35())
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", source.members[0].endpoint()))
+        .args(["make-mirror", &dest.members[0].endpoint()])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("etcdctl make-mirror");
+    // Whether m/new is copied with the existing keys or follows through the mirror's watch depends on
+    // when the mirror starts: both must arrive.
+    src.put("m/new", "2", None).await.expect("put");
+    let mut seen = std::collections::BTreeMap::new();
+    let both = async {
+        while seen.len() < 2 {
+            let resp = events.message().await.expect("watch").expect("a response");
+            for e in resp.events() {
+                let kv = e.kv().expect("kv");
+                seen.insert(
+                    kv.key_str().expect("utf-8").to_string(),
+                    kv.value_str().expect("utf-8").to_string(),
+                );
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), both).await.expect("mirrored within 20 s");
+    let expected = [("m/new", "2"), ("m/old", "1")].map(|(k, v)| (k.to_string(), v.to_string()));
+    assert_eq!(seen, expected.into_iter().collect());
+    mirror.kill().await.expect("stop make-mirror");
+}

@@ -52,6 +52,10 @@ async fn health_version_and_metrics_answer_like_etcd() {
     assert!(metric(&text, "etcd_server_proposals_applied_total") >= 2.0);
     let put = r#"grpc_server_handled_total{grpc_code="OK",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"}"#;
     assert_eq!(metric(&text, put), 1.0);
+    // Prometheus' process collector, as every Go program (etcd too) exports it.
+    assert!(metric(&text, "process_resident_memory_bytes") > 1e6);
+    assert!(metric(&text, "process_open_fds") > 0.0);
+    assert!(metric(&text, "process_start_time_seconds") > 1.7e9);
     // The leader times its heartbeats to each peer, under etcd's name and label.
     let rtt = text
         .lines()
