@@ -55,14 +55,6 @@ enum SnapshotCommand {
 /// a lone client's requests 5-18% slower, as each wake-up now unparks the other worker (docs/benchmarks.md,
 /// finding 14).
 fn main() -> anyhow::Result<()> {
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    rt.enable_all();
-    #[cfg(tokio_unstable)]
-    rt.disable_lifo_slot();
-    rt.build()?.block_on(run())
-}
-
-async fn run() -> anyhow::Result<()> {
     // Every flag also reads CONCORD_<FLAG>, standing in for etcd's ETCD_<FLAG> (which wins when both are set).
     for (key, value) in std::env::vars() {
         if let Some(flag) = key.strip_prefix("CONCORD_") {
@@ -73,6 +65,24 @@ async fn run() -> anyhow::Result<()> {
         }
     }
     let cli = Cli::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    #[cfg(tokio_unstable)]
+    rt.disable_lifo_slot();
+    if let Some(Command::Bench(args)) = &cli.command {
+        // A load generator's own wake-ups count in every latency it reports. One connection's requests
+        // cannot use a second worker, which would only take each wake-up to the other core: one client's
+        // serializable ranges measured ~6,300/s with two workers and ~8,600/s with one, against the same
+        // server (docs/benchmarks.md, finding 21). TOKIO_WORKER_THREADS still decides when it is set.
+        if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            rt.worker_threads(args.common.conns.clamp(1, cores));
+        }
+    }
+    rt.build()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Bench(args)) => {
             let report = concord::bench::run(&args).await?;
