@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 use common::{wait_serving, Cluster, Etcd};
 use serde_json::Value;
 
-fn post(port: u16, path: &str, body: &str) -> (u16, Value) {
+/// (HTTP status, body) of a POST with curl.
+fn post_raw(port: u16, path: &str, body: &str) -> (u16, String) {
     let out = Command::new("curl")
         .args([
             "-s",
@@ -24,11 +25,13 @@ fn post(port: u16, path: &str, body: &str) -> (u16, Value) {
         .output()
         .expect("curl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (json, code) = text.rsplit_once('\n').expect("status");
-    (
-        code.parse().expect("status"),
-        serde_json::from_str(json).unwrap_or_else(|e| panic!("{path}: {e}: {json}")),
-    )
+    let (body, code) = text.rsplit_once('\n').expect("status");
+    (code.parse().expect("status"), body.to_string())
+}
+
+fn post(port: u16, path: &str, body: &str) -> (u16, Value) {
+    let (code, json) = post_raw(port, path, body);
+    (code, serde_json::from_str(&json).unwrap_or_else(|e| panic!("{path}: {e}: {json}")))
 }
 
 /// What two servers may answer differently: their ids, what each reports about itself, and time.
@@ -101,6 +104,10 @@ async fn curl_gets_the_same_json_from_concord_as_from_etcd() {
         let (code, json) = post(concord, path, body);
         assert_eq!(code, etcd_code, "{path} {body}: {json} against etcd's {etcd_json}");
         assert_eq!(comparable(json), comparable(etcd_json), "{path} {body}");
+    }
+    // A call the gateway does not know gets etcd's plain-text answer, byte for byte.
+    for (path, body) in [("/v3/kv/nope", "{}"), ("/v3beta/nope", "{}")] {
+        assert_eq!(post_raw(concord, path, body), post_raw(etcd.client_port, path, body), "{path}");
     }
 }
 

@@ -96,6 +96,7 @@ async fn metrics_urls_serve_the_http_endpoints_only() {
         .output()
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "404", "the gateway is not on the metrics URL");
+    assert_eq!(get(port, "/elsewhere"), (404, "404 page not found\n".to_string()), "Go's answer, as etcd's");
     let (ok, _, _) =
         common::etcdctl(&format!("127.0.0.1:{port}"), &["get", "k", "--command-timeout=3s"], None);
     assert!(!ok, "gRPC is not on the metrics URL");

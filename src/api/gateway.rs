@@ -100,9 +100,9 @@ fn http_status(code: Code) -> http::StatusCode {
     }
 }
 
-/// etcd's gateway error body.
+/// etcd's gateway error body, its fields in etcd's order.
 pub fn error(code: Code, message: &str) -> http::Response<Body> {
-    let body = serde_json::json!({ "error": message, "message": message, "code": code as i32 });
+    let body = serde_json::json!({ "error": message, "code": code as i32, "message": message });
     response(http_status(code), "application/json", body.to_string())
 }
 

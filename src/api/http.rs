@@ -64,14 +64,12 @@ where
         let path = req.uri().path();
         let endpoint_path = matches!(path, "/health" | "/livez" | "/readyz" | "/version" | "/metrics");
         if self.endpoints_only && !endpoint_path {
-            let path = path.to_string();
-            return Box::pin(async move { Ok(gateway_not_found(&path)) });
+            return Box::pin(async move { Ok(not_found()) });
         }
         if req.method() == http::Method::POST && (path.starts_with("/v3/") || path.starts_with("/v3beta/")) {
             // The JSON gateway: the call goes on to the gRPC services, as gRPC.
             let Some(method) = gateway::method(path) else {
-                let path = path.to_string();
-                return Box::pin(async move { Ok(gateway_not_found(&path)) });
+                return Box::pin(async move { Ok(gateway_not_found()) });
             };
             // The service that was polled ready takes this call; a clone waits for the next (tower's rule).
             let clone = self.inner.clone();
@@ -123,8 +121,14 @@ async fn counted<E>(
     Ok(resp.map(|body| Body::new(Counted { inner: body, method: Some(method) })))
 }
 
-fn gateway_not_found(path: &str) -> http::Response<Body> {
-    response(http::StatusCode::NOT_FOUND, "text/plain", format!("404 page not found: {path}\n"))
+/// Go's `http.NotFound`, as etcd answers a path it does not serve.
+fn not_found() -> http::Response<Body> {
+    response(http::StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "404 page not found\n".to_string())
+}
+
+/// etcd's JSON gateway's answer to a call it does not know.
+fn gateway_not_found() -> http::Response<Body> {
+    response(http::StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "Not Found\n".to_string())
 }
 
 fn gateway_bad_body(e: &str) -> http::Response<Body> {

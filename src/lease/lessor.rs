@@ -57,13 +57,14 @@ impl Lessor {
         ttl
     }
 
-    /// Seconds left on lease `id` of granted TTL `ttl` (rounded down, as etcd reports it).
+    /// Seconds left on lease `id` of granted TTL `ttl`, rounded down as etcd reports it: a lease the
+    /// clock has not seen yet (granted since its last tick) starts now, as the tick would start it, and
+    /// so reports `ttl - 1` right after its grant, as etcd's does.
     pub fn remaining(&self, id: i64, ttl: i64) -> i64 {
-        let inner = self.lock();
-        match inner.deadlines.get(&id) {
-            Some(d) => d.saturating_duration_since(Instant::now()).as_secs() as i64,
-            None => ttl,
-        }
+        let mut inner = self.lock();
+        let start = Instant::now() + secs(ttl);
+        let deadline = if inner.primary { *inner.deadlines.entry(id).or_insert(start) } else { start };
+        deadline.saturating_duration_since(Instant::now()).as_secs() as i64
     }
 
     /// Brings the clock in line with `leases` (new ones start now, revoked ones go) and returns the
@@ -115,6 +116,9 @@ mod tests {
         assert_eq!(l.renew(2, Some(100)), 100);
         assert_eq!(l.renew(3, None), 0);
         assert!((99..=100).contains(&l.remaining(2, 100)));
+        assert_eq!(l.remaining(7, 10), 9, "a lease granted since the last tick starts now");
+        assert!(l.expired(&[(7, 10)]).is_empty());
+        assert_eq!(l.remaining(7, 10), 9, "and keeps the deadline it got");
         l.retry(1);
         assert_eq!(l.expired(&[(1, 0), (2, 100)]), [1]);
         l.promote(&[(1, 5)], Duration::from_secs(1));
