@@ -29,6 +29,24 @@ fn post_raw(port: u16, path: &str, body: &str) -> (u16, String) {
     (code.parse().expect("status"), body.to_string())
 }
 
+/// (HTTP status, the CORS headers, body) of a request with curl.
+fn with_cors_headers(port: u16, method: &str, path: &str) -> (u16, Vec<String>, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-i", "-X", method, "-d", "{}", &format!("http://127.0.0.1:{port}{path}")])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    let (head, body) = text.split_once("\n\n").expect("headers");
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status");
+    let mut cors: Vec<String> = head
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("access-control-"))
+        .map(str::to_ascii_lowercase)
+        .collect();
+    cors.sort();
+    (status, cors, body.to_string())
+}
+
 fn post(port: u16, path: &str, body: &str) -> (u16, Value) {
     let (code, json) = post_raw(port, path, body);
     (code, serde_json::from_str(&json).unwrap_or_else(|e| panic!("{path}: {e}: {json}")))
@@ -104,6 +122,17 @@ async fn curl_gets_the_same_json_from_concord_as_from_etcd() {
         let (code, json) = post(concord, path, body);
         assert_eq!(code, etcd_code, "{path} {body}: {json} against etcd's {etcd_json}");
         assert_eq!(comparable(json), comparable(etcd_json), "{path} {body}");
+    }
+    // CORS as etcd's default allows it: on answers, on a browser's preflight, and a plain-text refusal
+    // of any method but POST.
+    for (method, path) in [("POST", "/v3/kv/range"), ("OPTIONS", "/v3/kv/range"), ("GET", "/v3/kv/range")] {
+        let (status, cors, body) = with_cors_headers(concord, method, path);
+        let (etcd_status, etcd_cors, etcd_body) = with_cors_headers(etcd.client_port, method, path);
+        assert_eq!((status, &cors), (etcd_status, &etcd_cors), "{method} {path}");
+        assert!(!cors.is_empty(), "{method} {path}");
+        if method != "POST" {
+            assert_eq!(body, etcd_body, "{method} {path}");
+        }
     }
     // A call the gateway does not know gets etcd's plain-text answer, byte for byte.
     for (path, body) in [("/v3/kv/nope", "{}"), ("/v3beta/nope", "{}")] {

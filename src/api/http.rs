@@ -66,17 +66,28 @@ where
         if self.endpoints_only && !endpoint_path {
             return Box::pin(async move { Ok(not_found()) });
         }
-        if req.method() == http::Method::POST && (path.starts_with("/v3/") || path.starts_with("/v3beta/")) {
+        let gateway_path = path.starts_with("/v3/") || path.starts_with("/v3beta/");
+        if gateway_path && req.method() != http::Method::POST {
+            // What etcd's gateway answers a browser's preflight and any other method.
+            let resp = if req.method() == http::Method::OPTIONS {
+                http::Response::new(Body::empty())
+            } else {
+                let status = http::StatusCode::METHOD_NOT_ALLOWED;
+                response(status, "text/plain; charset=utf-8", "Method Not Allowed\n".to_string())
+            };
+            return Box::pin(async move { Ok(cors(resp)) });
+        }
+        if gateway_path {
             // The JSON gateway: the call goes on to the gRPC services, as gRPC.
             let Some(method) = gateway::method(path) else {
-                return Box::pin(async move { Ok(gateway_not_found()) });
+                return Box::pin(async move { Ok(cors(gateway_not_found())) });
             };
             // The service that was polled ready takes this call; a clone waits for the next (tower's rule).
             let clone = self.inner.clone();
             let mut inner = std::mem::replace(&mut self.inner, clone);
             let limit = self.max_body;
             let authorization = req.headers().get(http::header::AUTHORIZATION).cloned();
-            return Box::pin(async move {
+            let answer = async move {
                 let body = match http_body_util::Limited::new(req.into_body(), limit).collect().await {
                     Ok(b) => b.to_bytes(),
                     Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -92,12 +103,13 @@ where
                 let counters = metrics::grpc_method(call.request.uri().path());
                 let resp = counted(counters, inner.call(call.request)).await?;
                 Ok(gateway::json_reply(&method, resp, call.keep).await)
-            });
+            };
+            return Box::pin(async move { answer.await.map(cors) });
         }
         if endpoint_path {
             let (node, path) = (self.node.clone(), path.to_string());
             let serializable = req.uri().query().is_some_and(|q| q.contains("serializable=true"));
-            return Box::pin(async move { Ok(endpoint(&node, &path, serializable).await) });
+            return Box::pin(async move { Ok(cors(endpoint(&node, &path, serializable).await)) });
         }
         let counters = metrics::grpc_method(path);
         Box::pin(counted(counters, self.inner.call(req)))
@@ -119,6 +131,23 @@ async fn counted<E>(
         return Ok(resp);
     }
     Ok(resp.map(|body| Body::new(Counted { inner: body, method: Some(method) })))
+}
+
+/// etcd's CORS headers (its `--cors` default, `*`), on every answer of the gateway and the HTTP
+/// endpoints: a browser page may call them from any origin.
+fn cors(mut resp: http::Response<Body>) -> http::Response<Body> {
+    use http::header::{self, HeaderValue};
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("accept, content-type, authorization"),
+    );
+    resp
 }
 
 /// Go's `http.NotFound`, as etcd answers a path it does not serve.
