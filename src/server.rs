@@ -232,6 +232,10 @@ impl Server {
                 }
             }
         };
+        let leader_lost = crate::api::require_leader::monitor(
+            node.clone(),
+            std::time::Duration::from_millis(config.election_timeout),
+        );
         for listener in client_listeners {
             let kv = KvService {
                 node: node.clone(),
@@ -246,7 +250,12 @@ impl Server {
                 .tcp_nodelay(true)
                 // etcd's HTTP endpoints (/health, /metrics, ...) share the client port with gRPC.
                 .accept_http1(true)
-                .layer(HttpLayer { node: node.clone(), max_body: max_recv, endpoints_only: false })
+                .layer(HttpLayer {
+                    node: node.clone(),
+                    max_body: max_recv,
+                    endpoints_only: false,
+                    leader_lost: leader_lost.clone(),
+                })
                 .layer(tower::util::MapResponseLayer::new(grpc_size_error_like_etcd))
                 .layer(LearnerLayer { node: node.clone() })
                 .add_service(
@@ -291,7 +300,8 @@ impl Server {
                 })?;
                 builder = builder.tls_config(tls).map_err(|e| ConfigError::Tls(e.to_string()))?;
             }
-            let layer = HttpLayer { node: node.clone(), max_body: 0, endpoints_only: true };
+            let leader_lost = leader_lost.clone();
+            let layer = HttpLayer { node: node.clone(), max_body: 0, endpoints_only: true, leader_lost };
             let router =
                 builder.accept_http1(true).layer(layer).add_routes(tonic::service::Routes::default());
             let mut rx = stop_rx.clone();

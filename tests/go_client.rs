@@ -57,3 +57,32 @@ async fn the_go_check_passes_against_real_etcd() {
     // clientv3 waits for the server to come up (DialTimeout); no sleep needed.
     run_kvcheck(&[format!("127.0.0.1:{}", etcd.client_port)]);
 }
+
+/// `clientv3.WithRequireLeader`, as Kubernetes watches: a member that has lost its quorum ends such a
+/// watch with "etcdserver: no leader" and refuses such reads, and leaves other watches open. The member
+/// watched is the leader, the harder case: openraft's leader does not step down on its own.
+#[tokio::test]
+async fn require_leader_watches_end_when_the_member_loses_its_quorum() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.leader().await;
+    let mut check = Command::new(common::go_program("leadercheck"))
+        .arg(format!("127.0.0.1:{}", c.members[leader].client_port))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run leadercheck");
+    let mut out = BufReader::new(check.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("read");
+    assert_eq!(line, "watching\n");
+    for i in (0..3).filter(|&i| i != leader) {
+        c.members[i].kill();
+    }
+    writeln!(check.stdin.take().expect("stdin"), "go").expect("write");
+    let mut rest = String::new();
+    out.read_line(&mut rest).expect("read");
+    let status = check.wait().expect("wait");
+    assert!(status.success() && rest == "ok\n", "Go clientv3 leadercheck: {rest}");
+}

@@ -15,6 +15,7 @@ use tonic::Code;
 
 use crate::api::gateway;
 use crate::api::maintenance::ETCD_VERSION;
+use crate::api::require_leader::{self, RequireLeader};
 use crate::metrics::{self, sample, GrpcMethod};
 use crate::raft::RaftNode;
 
@@ -28,13 +29,21 @@ pub struct HttpLayer {
     pub max_body: usize,
     /// A `--listen-metrics-urls` listener: the HTTP endpoints only, 404 for anything else.
     pub endpoints_only: bool,
+    /// Turns true when the member has lost its leader for good (`require_leader::monitor`).
+    pub leader_lost: tokio::sync::watch::Receiver<bool>,
 }
 
 impl<S> tower::Layer<S> for HttpLayer {
     type Service = Http<S>;
 
     fn layer(&self, inner: S) -> Http<S> {
-        Http { inner, node: self.node.clone(), max_body: self.max_body, endpoints_only: self.endpoints_only }
+        Http {
+            inner,
+            node: self.node.clone(),
+            max_body: self.max_body,
+            endpoints_only: self.endpoints_only,
+            leader_lost: self.leader_lost.clone(),
+        }
     }
 }
 
@@ -44,6 +53,7 @@ pub struct Http<S> {
     node: RaftNode,
     max_body: usize,
     endpoints_only: bool,
+    leader_lost: tokio::sync::watch::Receiver<bool>,
 }
 
 impl<S> tower::Service<http::Request<Body>> for Http<S>
@@ -112,6 +122,14 @@ where
             return Box::pin(async move { Ok(cors(endpoint(&node, &path, serializable).await)) });
         }
         let counters = metrics::grpc_method(path);
+        if require_leader::required(req.headers()) {
+            if self.node.leader().is_none() || *self.leader_lost.borrow() {
+                return Box::pin(counted(counters, async { Ok(require_leader::refused()) }));
+            }
+            let (call, lost) = (self.inner.call(req), self.leader_lost.clone());
+            let call = async move { Ok(call.await?.map(|b| Body::new(RequireLeader::new(b, lost)))) };
+            return Box::pin(counted(counters, call));
+        }
         Box::pin(counted(counters, self.inner.call(req)))
     }
 }

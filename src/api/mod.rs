@@ -12,6 +12,7 @@ pub mod learner;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
+pub mod require_leader;
 pub mod validate;
 pub mod watch;
 

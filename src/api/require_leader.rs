@@ -1,0 +1,166 @@
+//! etcd's "require leader" calls (`clientv3.WithRequireLeader`, gRPC metadata `hasleader: true`):
+//! a member without a leader refuses them at once, and ends their streams once it has been without one
+//! for three election timeouts (etcd's `monitorLeader`). Kubernetes watches this way, so that a watch
+//! on a member cut off from its quorum fails over to another member instead of going quiet.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::Frame;
+use tokio::sync::watch;
+use tonic::body::Body;
+
+use crate::raft::RaftNode;
+
+/// etcd's `maxNoLeaderCnt`: checks in a row without a leader before require-leader streams end.
+const MISSES: u32 = 3;
+
+/// Whether the call asks for a leader.
+pub fn required(headers: &http::HeaderMap) -> bool {
+    headers.get("hasleader").is_some_and(|v| v == "true")
+}
+
+/// etcd's `ErrGRPCNoLeader`, as the trailers that end a call.
+pub fn no_leader() -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from(tonic::Code::Unavailable as i32));
+    trailers.insert("grpc-message", http::HeaderValue::from_static("etcdserver: no leader"));
+    trailers
+}
+
+/// A call refused before it starts: a gRPC "trailers-only" response.
+pub fn refused() -> http::Response<Body> {
+    let mut resp = http::Response::new(Body::empty());
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    resp.headers_mut().extend(no_leader());
+    resp
+}
+
+/// Starts checking for a leader every `interval` (the election timeout); the flag it returns turns true
+/// after `MISSES` checks in a row without one, and false again with the next leader. It stops when the
+/// last receiver is gone.
+pub fn monitor(node: RaftNode, interval: Duration) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        let mut misses = 0;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = tx.closed() => return,
+            }
+            misses = if has_leader(&node, interval).await { 0 } else { misses + 1 };
+            let lost = misses >= MISSES;
+            tx.send_if_modified(|was| std::mem::replace(was, lost) != lost);
+        }
+    });
+    rx
+}
+
+/// Whether this member has a leader. openraft 0.9's leader does not step down when it loses its quorum
+/// (etcd's leader does, with raft's CheckQuorum), so a member that takes itself for the leader asks a
+/// quorum to confirm it, as a linearizable read does.
+async fn has_leader(node: &RaftNode, within: Duration) -> bool {
+    match node.leader() {
+        None => false,
+        Some(leader) if leader == node.id => {
+            matches!(tokio::time::timeout(within, node.read_index()).await, Ok(Ok(_)))
+        }
+        Some(_) => true,
+    }
+}
+
+/// A require-leader call's response body: it ends with `no_leader` when the member loses its leader
+/// for good (`monitor`'s flag turns true after the call started).
+pub struct RequireLeader {
+    inner: Body,
+    lost: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl RequireLeader {
+    pub fn new(inner: Body, mut flag: watch::Receiver<bool>) -> Self {
+        // Only a loss after the call started counts: one reported before is already over, or the call
+        // would have been refused.
+        flag.borrow_and_update();
+        let lost = async move {
+            loop {
+                if flag.changed().await.is_err() {
+                    // The monitor stopped (the server is stopping): nothing more to report.
+                    return std::future::pending().await;
+                }
+                if *flag.borrow_and_update() {
+                    return;
+                }
+            }
+        };
+        RequireLeader { inner, lost: Some(Box::pin(lost)) }
+    }
+}
+
+impl http_body::Body for RequireLeader {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let Some(lost) = self.lost.as_mut() else { return Poll::Ready(None) };
+        if lost.as_mut().poll(cx).is_ready() {
+            self.lost = None;
+            return Poll::Ready(Some(Ok(Frame::trailers(no_leader()))));
+        }
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.lost = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.lost.is_none() || self.inner.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A response body that never ends, like a watch stream's.
+    fn endless() -> Body {
+        Body::new(http_body_util::StreamBody::new(futures::stream::pending::<
+            Result<Frame<Bytes>, tonic::Status>,
+        >()))
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_with_no_leader_when_the_flag_turns_after_it_started() {
+        let (tx, rx) = watch::channel(true);
+        let mut body = RequireLeader::new(endless(), rx);
+        // A loss reported before the call started does not end it...
+        let first = tokio::time::timeout(Duration::from_millis(50), body.frame()).await;
+        assert!(first.is_err(), "still open");
+        // ...a new one does, with etcd's status in the trailers.
+        tx.send_replace(false);
+        tx.send_replace(true);
+        let frame = body.frame().await.expect("a frame").expect("no error");
+        let trailers = frame.into_trailers().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "14");
+        assert_eq!(trailers["grpc-message"], "etcdserver: no leader");
+        assert!(body.frame().await.is_none(), "and nothing after");
+    }
+
+    #[test]
+    fn only_hasleader_true_requires_a_leader() {
+        let mut h = http::HeaderMap::new();
+        assert!(!required(&h));
+        h.insert("hasleader", http::HeaderValue::from_static("false"));
+        assert!(!required(&h));
+        h.insert("hasleader", http::HeaderValue::from_static("true"));
+        assert!(required(&h));
+    }
+}
