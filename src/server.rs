@@ -277,7 +277,10 @@ impl Server {
                 )))
                 .add_service(LockServer::new(LockService { client: loopback.clone() }))
                 .add_service(ElectionServer::new(ElectionService { client: loopback.clone() }))
-                .add_service(MaintenanceServer::new(MaintenanceService { node: node.clone() }))
+                .add_service(MaintenanceServer::new(MaintenanceService {
+                    node: node.clone(),
+                    leader_lost: leader_lost.clone(),
+                }))
                 .add_service(ClusterServer::new(ClusterService { node: node.clone() }))
                 .add_service(AuthServer::new(AuthService {
                     node: node.clone(),

@@ -85,4 +85,9 @@ async fn require_leader_watches_end_when_the_member_loses_its_quorum() {
     out.read_line(&mut rest).expect("read");
     let status = check.wait().expect("wait");
     assert!(status.success() && rest == "ok\n", "Go clientv3 leadercheck: {rest}");
+    // etcd's "no leader" alert reads this gauge.
+    let url = format!("http://127.0.0.1:{}/metrics", c.members[leader].client_port);
+    let metrics = Command::new("curl").args(["-s", &url]).output().expect("curl");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(metrics.contains("\netcd_server_has_leader 0\n"), "{metrics}");
 }

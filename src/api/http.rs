@@ -118,12 +118,13 @@ where
         }
         if endpoint_path {
             let (node, path) = (self.node.clone(), path.to_string());
+            let leader = require_leader::known_leader(&node, &self.leader_lost);
             let serializable = req.uri().query().is_some_and(|q| q.contains("serializable=true"));
-            return Box::pin(async move { Ok(cors(endpoint(&node, &path, serializable).await)) });
+            return Box::pin(async move { Ok(cors(endpoint(&node, leader, &path, serializable).await)) });
         }
         let counters = metrics::grpc_method(path);
         if require_leader::required(req.headers()) {
-            if self.node.leader().is_none() || *self.leader_lost.borrow() {
+            if require_leader::known_leader(&self.node, &self.leader_lost).is_none() {
                 return Box::pin(counted(counters, async { Ok(require_leader::refused()) }));
             }
             let (call, lost) = (self.inner.call(req), self.leader_lost.clone());
@@ -233,21 +234,27 @@ pub(super) fn response(status: http::StatusCode, content_type: &str, body: Strin
     resp
 }
 
-async fn endpoint(node: &RaftNode, path: &str, serializable: bool) -> http::Response<Body> {
+/// The HTTP endpoints; `leader` is the leader as etcd would report it (`require_leader::known_leader`).
+async fn endpoint(
+    node: &RaftNode,
+    leader: Option<u64>,
+    path: &str,
+    serializable: bool,
+) -> http::Response<Body> {
     use http::StatusCode;
     match path {
         "/version" => {
             let v = serde_json::json!({ "etcdserver": ETCD_VERSION, "etcdcluster": ETCD_VERSION });
             response(StatusCode::OK, "application/json", v.to_string())
         }
-        "/metrics" => response(StatusCode::OK, "text/plain; version=0.0.4", render(node)),
+        "/metrics" => response(StatusCode::OK, "text/plain; version=0.0.4", render(node, leader)),
         "/livez" => response(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" => match health(node, false).await {
+        "/readyz" => match health(node, leader, false).await {
             Ok(()) => response(StatusCode::OK, "text/plain", "ok\n".into()),
             Err(reason) => response(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{reason}\n")),
         },
         _ => {
-            let (status, health, reason) = match health(node, serializable).await {
+            let (status, health, reason) = match health(node, leader, serializable).await {
                 Ok(()) => (StatusCode::OK, "true", String::new()),
                 Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, "false", reason),
             };
@@ -259,13 +266,13 @@ async fn endpoint(node: &RaftNode, path: &str, serializable: bool) -> http::Resp
 
 /// etcd's health check: a leader is known and a read goes through (linearizable unless `serializable`),
 /// with etcd's reasons when not.
-async fn health(node: &RaftNode, serializable: bool) -> Result<(), String> {
+async fn health(node: &RaftNode, leader: Option<u64>, serializable: bool) -> Result<(), String> {
     if let Some((_, alarm)) = node.sm.alarms().first() {
         let name =
             crate::pb::etcdserverpb::AlarmType::try_from(*alarm).map_or("UNKNOWN", |a| a.as_str_name());
         return Err(format!("ALARM {name}"));
     }
-    if node.leader().is_none() {
+    if leader.is_none() {
         return Err("RAFT NO LEADER".into());
     }
     if !serializable {
@@ -278,14 +285,10 @@ async fn health(node: &RaftNode, serializable: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// The member's gauges, then the process-wide counters and histograms.
-fn render(node: &RaftNode) -> String {
+/// The member's gauges (`leader` as in `endpoint`), then the process-wide counters and histograms.
+fn render(node: &RaftNode, leader: Option<u64>) -> String {
     let mut out = String::new();
-    let (leader, applied) = {
-        let m = node.raft.metrics();
-        let m = m.borrow();
-        (m.current_leader, m.last_applied.map_or(0, |l| l.index))
-    };
+    let applied = node.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
     let o = &mut out;
     sample(

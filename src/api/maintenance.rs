@@ -18,6 +18,8 @@ pub const ETCD_VERSION: &str = "3.5.0";
 
 pub struct MaintenanceService {
     pub node: RaftNode,
+    /// Turns true when the member has lost its leader for good (`require_leader::monitor`).
+    pub leader_lost: tokio::sync::watch::Receiver<bool>,
 }
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
@@ -71,7 +73,7 @@ impl Maintenance for MaintenanceService {
             header: header(&self.node),
             version: ETCD_VERSION.into(),
             db_size: db_size as i64,
-            leader: m.current_leader.unwrap_or(0),
+            leader: super::require_leader::known_leader(&self.node, &self.leader_lost).unwrap_or(0),
             raft_index: m.last_log_index.unwrap_or(0),
             raft_term: m.current_term,
             raft_applied_index: m.last_applied.map_or(0, |l| l.index),

@@ -18,6 +18,18 @@ use crate::raft::RaftNode;
 /// etcd's `maxNoLeaderCnt`: checks in a row without a leader before require-leader streams end.
 const MISSES: u32 = 3;
 
+/// The leader as etcd would report it: none once this member has been without a confirmed leader for
+/// `MISSES` checks (`lost`, from `monitor`). An etcd leader cut off from its quorum steps down; an
+/// openraft one goes on taking itself for the leader, which status, `/health` and `/metrics` must not
+/// repeat.
+pub fn known_leader(node: &RaftNode, lost: &watch::Receiver<bool>) -> Option<u64> {
+    if *lost.borrow() {
+        None
+    } else {
+        node.leader()
+    }
+}
+
 /// Whether the call asks for a leader.
 pub fn required(headers: &http::HeaderMap) -> bool {
     headers.get("hasleader").is_some_and(|v| v == "true")

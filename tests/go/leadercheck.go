@@ -3,7 +3,8 @@
 // prints "watching", and waits for a line on stdin, written once the test has stopped every other
 // member. Then the member has no leader: the require-leader watch must end with etcd's "no leader"
 // error (etcd ends it after three election timeouts), a require-leader read must fail at once with the
-// same error, and the plain watch must stay open. Prints "ok" and exits 0 when all three hold.
+// same error, the member's status must report no leader, and the plain watch must stay open. Prints
+// "ok" and exits 0 when all four hold.
 package main
 
 import (
@@ -79,6 +80,12 @@ func main() {
 	}
 	if _, err := cli.Get(ctx, "rl", clientv3.WithSerializable()); err != nil {
 		fail("a plain serializable read without a leader: %v", err)
+	}
+
+	// Nor does the member report a leader any more (etcd's leader steps down without its quorum).
+	st, err := cli.Status(ctx, os.Args[1])
+	if err != nil || st.Leader != 0 {
+		fail("status without a leader: %v, leader %x", err, st)
 	}
 
 	select {
