@@ -13,6 +13,7 @@ use http_body::Frame;
 use tokio::sync::watch;
 use tonic::body::Body;
 
+use super::errors;
 use crate::raft::RaftNode;
 
 /// etcd's `maxNoLeaderCnt`: checks in a row without a leader before require-leader streams end.
@@ -35,20 +36,17 @@ pub fn required(headers: &http::HeaderMap) -> bool {
     headers.get("hasleader").is_some_and(|v| v == "true")
 }
 
-/// etcd's `ErrGRPCNoLeader`, as the trailers that end a call.
-pub fn no_leader() -> http::HeaderMap {
+/// etcd's `ErrGRPCNoLeader` (`errors::no_leader`), as the trailers that end a call.
+fn no_leader() -> http::HeaderMap {
     let mut trailers = http::HeaderMap::new();
-    trailers.insert("grpc-status", http::HeaderValue::from(tonic::Code::Unavailable as i32));
-    trailers.insert("grpc-message", http::HeaderValue::from_static("etcdserver: no leader"));
+    // A fixed message that is a valid header once encoded: nothing to fail on.
+    let _ = errors::no_leader().add_header(&mut trailers);
     trailers
 }
 
 /// A call refused before it starts: a gRPC "trailers-only" response.
 pub fn refused() -> http::Response<Body> {
-    let mut resp = http::Response::new(Body::empty());
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
-    resp.headers_mut().extend(no_leader());
-    resp
+    errors::no_leader().into_http()
 }
 
 /// Starts checking for a leader every `interval` (the election timeout); the flag it returns turns true
@@ -161,8 +159,8 @@ mod tests {
         tx.send_replace(true);
         let frame = body.frame().await.expect("a frame").expect("no error");
         let trailers = frame.into_trailers().expect("trailers");
-        assert_eq!(trailers["grpc-status"], "14");
-        assert_eq!(trailers["grpc-message"], "etcdserver: no leader");
+        let status = tonic::Status::from_header_map(&trailers).expect("a status");
+        assert_eq!((status.code(), status.message()), (tonic::Code::Unavailable, "etcdserver: no leader"));
         assert!(body.frame().await.is_none(), "and nothing after");
     }
 
