@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::auth::AuthService;
 use crate::api::authority::RepairAuthority;
@@ -89,19 +88,6 @@ pub struct Server {
     tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
-/// Accepted connections with Nagle's algorithm off. tonic's own `tcp_nodelay` applies only to listeners
-/// it binds itself; without this, a response written in two parts waits for a delayed ACK (measured:
-/// 10-20 ms per linearizable read on a follower).
-fn nodelay(listener: TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use futures::StreamExt;
-    TcpListenerStream::new(listener).map(|s| {
-        if let Ok(s) = &s {
-            let _ = s.set_nodelay(true);
-        }
-        s
-    })
-}
-
 async fn bind(urls: &[String]) -> Result<Vec<TcpListener>, ServerError> {
     let mut out = Vec::new();
     for url in urls {
@@ -119,7 +105,7 @@ impl Server {
         let (client_tls, peer_tls) = (config.client_tls()?, config.peer_tls()?);
         let client_tls_server = client_tls.server(&config.listen_client_urls, "")?;
         let peer_tls_server = peer_tls.server(&config.listen_peer_urls, "peer-")?;
-        let peer_tls_client = Some(peer_tls.dialer());
+        let peer_tls_client = Some(peer_tls.dialer()?);
         let Identity { id, cluster_id } =
             crate::bootstrap::identity(&config, &db, peer_tls_client.as_ref()).await?;
 
@@ -224,10 +210,7 @@ impl Server {
                         .first()
                         .and_then(|u| crate::config::url_host(u))
                         .unwrap_or_else(|| "localhost".into());
-                    let tls = match client_tls.dialer() {
-                        crate::tls::Dialer::Verify(c) => crate::tls::Dialer::Verify(c.domain_name(host)),
-                        unverified => unverified,
-                    };
+                    let tls = client_tls.dialer()?.with_server_name(host);
                     crate::api::lock::Loopback::new(format!("https://{addr}"), Some(tls), node.clone())
                 }
             }
@@ -242,12 +225,7 @@ impl Server {
                 max_request_bytes: config.max_request_bytes,
                 max_txn_ops: config.max_txn_ops,
             };
-            let mut builder = tonic::transport::Server::builder();
-            if let Some(tls) = &client_tls_server {
-                builder = builder.tls_config(tls.clone()).map_err(|e| ConfigError::Tls(e.to_string()))?;
-            }
-            let router = builder
-                .tcp_nodelay(true)
+            let router = tonic::transport::Server::builder()
                 // etcd's HTTP endpoints (/health, /metrics, ...) share the client port with gRPC.
                 .accept_http1(true)
                 .layer(HttpLayer {
@@ -288,7 +266,8 @@ impl Server {
                 }));
             let mut rx = stop_rx.clone();
             // etcd 3.4's clients send an `http://` endpoint as the :authority, which h2 refuses.
-            let incoming = futures::TryStreamExt::map_ok(nodelay(listener), RepairAuthority::new);
+            let incoming = crate::tls::incoming(listener, client_tls_server.clone());
+            let incoming = futures::TryStreamExt::map_ok(incoming, RepairAuthority::new);
             tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
                 let _ = rx.wait_for(|s| *s).await;
             })));
@@ -296,19 +275,16 @@ impl Server {
         // etcd's `--listen-metrics-urls`: the HTTP endpoints on listeners of their own (TLS as the
         // client side's for an https:// one).
         for (url, listener) in config.listen_metrics_urls.iter().zip(metrics_listeners) {
-            let mut builder = tonic::transport::Server::builder();
-            if url.starts_with("https://") {
-                let tls = client_tls.server(std::slice::from_ref(url), "")?.ok_or_else(|| {
-                    ConfigError::Tls(format!("{url}: an https metrics URL needs --cert-file or --auto-tls"))
-                })?;
-                builder = builder.tls_config(tls).map_err(|e| ConfigError::Tls(e.to_string()))?;
-            }
+            let tls = client_tls.server(std::slice::from_ref(url), "")?;
             let leader_lost = leader_lost.clone();
             let layer = HttpLayer { node: node.clone(), max_body: 0, endpoints_only: true, leader_lost };
-            let router =
-                builder.accept_http1(true).layer(layer).add_routes(tonic::service::Routes::default());
+            let router = tonic::transport::Server::builder()
+                .accept_http1(true)
+                .layer(layer)
+                .add_routes(tonic::service::Routes::default());
             let mut rx = stop_rx.clone();
-            tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(nodelay(listener), async move {
+            let incoming = crate::tls::incoming(listener, tls);
+            tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
                 let _ = rx.wait_for(|s| *s).await;
             })));
         }
@@ -316,13 +292,10 @@ impl Server {
             let peer = RaftPeerServer::new(PeerService { node: node.clone() })
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX);
-            let mut builder = tonic::transport::Server::builder();
-            if let Some(tls) = &peer_tls_server {
-                builder = builder.tls_config(tls.clone()).map_err(|e| ConfigError::Tls(e.to_string()))?;
-            }
-            let router = builder.tcp_nodelay(true).add_service(peer);
+            let router = tonic::transport::Server::builder().add_service(peer);
             let mut rx = stop_rx.clone();
-            tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(nodelay(listener), async move {
+            let incoming = crate::tls::incoming(listener, peer_tls_server.clone());
+            tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
                 let _ = rx.wait_for(|s| *s).await;
             })));
         }
@@ -500,13 +473,23 @@ async fn publish(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
     loop {
-        if node.sm.attributes().get(&node.id) == Some(&attributes) {
+        let published = node.sm.attributes().get(&node.id) == Some(&attributes) || {
+            let req = crate::raft::Request::Publish { id: node.id, attributes: attributes.clone() };
+            match node.write(req).await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!("publishing client URLs: {e}; will retry");
+                    false
+                }
+            }
+        };
+        if published {
+            // etcd's milestones, word for word: scripts and etcd's own e2e suite wait for these lines.
+            let version = crate::api::maintenance::ETCD_VERSION.rsplit_once('.').map_or("", |v| v.0);
+            tracing::info!(cluster_version = version, "enabled capabilities for version {version}");
+            tracing::info!(name = %attributes.name, client_urls = ?attributes.client_urls, "published local member to cluster through raft");
+            tracing::info!("ready to serve client requests");
             return Ok(());
-        }
-        let req = crate::raft::Request::Publish { id: node.id, attributes: attributes.clone() };
-        match node.write(req).await {
-            Ok(_) => return Ok(()),
-            Err(e) => tracing::warn!("publishing client URLs: {e}; will retry"),
         }
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return Ok(()),

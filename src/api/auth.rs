@@ -77,8 +77,8 @@ fn certificate_user<T>(node: &RaftNode, req: &Request<T>) -> Option<String> {
     if !node.client_cert_auth {
         return None;
     }
-    let certs = req.peer_certs()?;
-    crate::tls::common_name(certs.first()?).filter(|cn| !cn.is_empty())
+    let cert = req.extensions().get::<crate::tls::ConnInfo>()?.client_certificate()?;
+    crate::tls::common_name(cert).filter(|cn| !cn.is_empty())
 }
 
 /// Runs a permission check of a read for `caller`. A caller taken while auth was off here is checked

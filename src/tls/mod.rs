@@ -2,11 +2,19 @@
 //! --trusted-ca-file --client-cert-auth` and their `--peer-*` twins), through rustls. As in etcd, a
 //! listener speaks TLS when its URL is `https://`; with client-cert-auth it also requires a certificate
 //! signed by the trusted CA. The same files make the member a TLS client: of its peers (the peer files)
-//! and of its own client port (the client files, for the lock and election services).
+//! and of its own client port (the client files, for the lock and election services). Certificates are
+//! verified as etcd's Go verifies them (`verify.rs`), so the files that work with etcd work here.
 //!
 //! `--auto-tls` / `--peer-auto-tls` make a self-signed certificate instead (kept in the data dir, as
 //! etcd's `fixtures/`); nobody can verify it, so a member then dials without verifying the server's
 //! certificate (etcd's InsecureSkipVerify): encryption without authentication, as in etcd.
+
+mod accept;
+mod cert;
+mod verify;
+
+pub use accept::{incoming, Conn, ConnInfo};
+pub use cert::common_name;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -15,11 +23,28 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::ConfigError;
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificates of a PEM file's contents (`what` names the file for messages).
+fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::Tls(format!("{what}: {e}")))?;
+    match certs.is_empty() {
+        true => Err(ConfigError::Tls(format!("{what}: no certificate in it"))),
+        false => Ok(certs),
+    }
+}
 
 /// One side's files, read once at start.
 #[derive(Clone, Debug, Default)]
@@ -96,7 +121,11 @@ impl Tls {
 
     /// The server side for listeners on `urls`: `None` for plain http, an error for an https URL
     /// without a certificate (etcd refuses that too).
-    pub fn server(&self, urls: &[String], prefix: &str) -> Result<Option<ServerTlsConfig>, ConfigError> {
+    pub fn server(
+        &self,
+        urls: &[String],
+        prefix: &str,
+    ) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
         if !urls.iter().any(|u| u.starts_with("https://")) {
             return Ok(None);
         }
@@ -106,25 +135,60 @@ impl Tls {
                 urls.join(",")
             )));
         };
-        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-        if let (true, Some(ca)) = (self.client_cert_auth, &self.ca) {
-            config = config.client_ca_root(Certificate::from_pem(ca));
-        }
-        Ok(Some(config))
+        let err = |e: String| ConfigError::Tls(format!("{}: {e}", urls.join(",")));
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| err(e.to_string()))?;
+        let builder = match (self.client_cert_auth, &self.ca) {
+            (true, Some(ca)) => builder.with_client_cert_verifier(Arc::new(
+                verify::Client::new(certificates(ca, &format!("--{prefix}trusted-ca-file"))?, provider())
+                    .map_err(err)?,
+            )),
+            _ => builder.with_no_client_auth(),
+        };
+        let key = PrivateKeyDer::from_pem_slice(key)
+            .map_err(|e| ConfigError::Tls(format!("--{prefix}key-file: {e}")))?;
+        let mut config = builder
+            .with_single_cert(certificates(cert, &format!("--{prefix}cert-file"))?, key)
+            .map_err(|e| err(e.to_string()))?;
+        // gRPC, and HTTP/1.1 for /health, /metrics and the JSON gateway, as etcd serves them.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Some(Arc::new(config)))
     }
 
     /// How this side dials `https://` URLs: verifying against the CA, or, with a self-signed
     /// certificate of `--auto-tls`, not verifying at all.
-    pub fn dialer(&self) -> Dialer {
-        match self.auto {
-            true => Dialer::unverified(),
-            false => Dialer::Verify(self.client()),
+    pub fn dialer(&self) -> Result<Dialer, ConfigError> {
+        if self.auto {
+            return Ok(Dialer::unverified());
         }
+        let Some(ca) = &self.ca else {
+            return Ok(Dialer::Verify(self.client()));
+        };
+        let verifier = verify::Server::new(certificates(ca, "trusted CA file")?, provider())
+            .map_err(|e| ConfigError::Tls(format!("trusted CA file: {e}")))?;
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ConfigError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier));
+        let mut config = match &self.identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let key = PrivateKeyDer::from_pem_slice(key)
+                    .map_err(|e| ConfigError::Tls(format!("key file: {e}")))?;
+                builder
+                    .with_client_auth_cert(certificates(cert, "cert file")?, key)
+                    .map_err(|e| ConfigError::Tls(e.to_string()))?
+            }
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Dialer::Rustls { config: Arc::new(config), server_name: None })
     }
 
-    /// The client side, for dialling `https://` URLs: trusts the CA and presents this member's
-    /// certificate (a server with client-cert-auth asks for it).
-    pub fn client(&self) -> ClientTlsConfig {
+    /// The client side through tonic's TLS, for a side with no CA of its own: trusts the CA and presents
+    /// this member's certificate (a server with client-cert-auth asks for it).
+    fn client(&self) -> ClientTlsConfig {
         let mut config = ClientTlsConfig::new();
         if let Some(ca) = &self.ca {
             config = config.ca_certificate(Certificate::from_pem(ca));
@@ -139,10 +203,12 @@ impl Tls {
 /// How a member (or a client) dials `https://` URLs.
 #[derive(Clone)]
 pub enum Dialer {
-    /// Verifies the server against the configured CA (tonic's own TLS).
+    /// Verifies the server with tonic's own TLS (the client library's `ClientTlsConfig`).
     Verify(ClientTlsConfig),
-    /// Encrypts but does not verify (`--auto-tls`, etcdctl's `--insecure-skip-tls-verify`).
-    Unverified(Arc<rustls::ClientConfig>),
+    /// TLS done by concord's connector: verified as etcd verifies (`verify.rs`), or not at all
+    /// (`--auto-tls`, etcdctl's `--insecure-skip-tls-verify`). `server_name` is the name the
+    /// certificate must have, when it is not the dialled host.
+    Rustls { config: Arc<rustls::ClientConfig>, server_name: Option<String> },
 }
 
 impl From<ClientTlsConfig> for Dialer {
@@ -153,7 +219,7 @@ impl From<ClientTlsConfig> for Dialer {
 
 impl Dialer {
     pub fn unverified() -> Dialer {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = provider();
         let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .expect("ring supports TLS 1.2 and 1.3")
@@ -161,7 +227,15 @@ impl Dialer {
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
             .with_no_client_auth();
         config.alpn_protocols = vec![b"h2".to_vec()];
-        Dialer::Unverified(Arc::new(config))
+        Dialer::Rustls { config: Arc::new(config), server_name: None }
+    }
+
+    /// The same, for a server whose certificate names `host` rather than the address dialled.
+    pub fn with_server_name(self, host: String) -> Dialer {
+        match self {
+            Dialer::Verify(c) => Dialer::Verify(c.domain_name(host)),
+            Dialer::Rustls { config, .. } => Dialer::Rustls { config, server_name: Some(host) },
+        }
     }
 }
 
@@ -205,13 +279,17 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
-/// Dials TCP and does the TLS handshake itself, for `Dialer::Unverified` (tonic's TLS always verifies).
+/// Dials TCP and does the TLS handshake itself, for `Dialer::Rustls` (tonic's TLS verifies with
+/// webpki's rules only).
 #[derive(Clone)]
-struct UnverifiedConnector(Arc<rustls::ClientConfig>);
+struct Connector {
+    config: Arc<rustls::ClientConfig>,
+    server_name: Option<String>,
+}
 
 type TlsIo = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
-impl tower::Service<http::Uri> for UnverifiedConnector {
+impl tower::Service<http::Uri> for Connector {
     type Response = TlsIo;
     type Error = std::io::Error;
     type Future = Pin<Box<dyn Future<Output = std::io::Result<TlsIo>> + Send>>;
@@ -221,40 +299,40 @@ impl tower::Service<http::Uri> for UnverifiedConnector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let config = self.0.clone();
+        let Connector { config, server_name } = self.clone();
         Box::pin(async move {
             let host = uri.host().ok_or_else(|| std::io::Error::other("no host"))?;
             let host = host.trim_matches(['[', ']']).to_string();
             let tcp = tokio::net::TcpStream::connect((host.as_str(), uri.port_u16().unwrap_or(443))).await?;
             tcp.set_nodelay(true)?;
-            let name = ServerName::try_from(host).map_err(std::io::Error::other)?;
+            let name = ServerName::try_from(server_name.unwrap_or(host)).map_err(std::io::Error::other)?;
             let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
             Ok(hyper_util::rt::TokioIo::new(tls))
         })
     }
 }
 
-/// A URL to dial, with what it takes: tonic's endpoint, and for an unverified `https://` URL the
-/// connector that does the TLS (the endpoint itself then says `http://`).
+/// A URL to dial, with what it takes: tonic's endpoint, and for an `https://` URL that concord's
+/// connector dials, that connector (the endpoint itself then says `http://`).
 pub struct Dial {
     endpoint: Endpoint,
-    unverified: Option<UnverifiedConnector>,
+    connector: Option<Connector>,
 }
 
 impl Dial {
     pub fn new(url: &str, dialer: Option<&Dialer>) -> Result<Dial, String> {
         let endpoint = |u: String| Endpoint::from_shared(u).map_err(|e| e.to_string());
         match (url.strip_prefix("https://"), dialer) {
-            (None, _) => Ok(Dial { endpoint: endpoint(url.to_string())?, unverified: None }),
+            (None, _) => Ok(Dial { endpoint: endpoint(url.to_string())?, connector: None }),
             (Some(_), None) => Err(format!("{url}: an https URL, and no TLS configured to dial it")),
             (Some(_), Some(Dialer::Verify(tls))) => {
                 let endpoint =
                     endpoint(url.to_string())?.tls_config(tls.clone()).map_err(|e| e.to_string())?;
-                Ok(Dial { endpoint, unverified: None })
+                Ok(Dial { endpoint, connector: None })
             }
-            (Some(rest), Some(Dialer::Unverified(config))) => Ok(Dial {
+            (Some(rest), Some(Dialer::Rustls { config, server_name })) => Ok(Dial {
                 endpoint: endpoint(format!("http://{rest}"))?,
-                unverified: Some(UnverifiedConnector(config.clone())),
+                connector: Some(Connector { config: config.clone(), server_name: server_name.clone() }),
             }),
         }
     }
@@ -266,87 +344,16 @@ impl Dial {
 
     /// A channel that connects on first use.
     pub fn lazy(self) -> Channel {
-        match self.unverified {
+        match self.connector {
             Some(c) => self.endpoint.connect_with_connector_lazy(c),
             None => self.endpoint.connect_lazy(),
         }
     }
 
     pub async fn connect(self) -> Result<Channel, tonic::transport::Error> {
-        match self.unverified {
+        match self.connector {
             Some(c) => self.endpoint.connect_with_connector(c).await,
             None => self.endpoint.connect().await,
         }
-    }
-}
-
-/// The subject common name of a DER certificate: with `--client-cert-auth` and auth on, a client
-/// certificate's CN names the user, as in etcd. Reads only the path to it (Certificate → TBSCertificate
-/// → subject Name → the CN attribute), as DER lays it out in RFC 5280; anything else gives `None`.
-pub fn common_name(der: &[u8]) -> Option<String> {
-    /// One DER element at the start of `input`: (tag, contents, the rest).
-    fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = input.split_first()?;
-        let (&first, rest) = rest.split_first()?;
-        let (len, rest) = match first {
-            n if n < 0x80 => (n as usize, rest),
-            n => {
-                let bytes = (n & 0x7f) as usize;
-                if bytes == 0 || bytes > 4 || rest.len() < bytes {
-                    return None;
-                }
-                let len = rest[..bytes].iter().fold(0usize, |l, b| (l << 8) | *b as usize);
-                (len, &rest[bytes..])
-            }
-        };
-        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-    }
-    const SEQUENCE: u8 = 0x30;
-    const SET: u8 = 0x31;
-    const VERSION: u8 = 0xa0; // [0] EXPLICIT, present from v2 on
-    const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03]; // 2.5.4.3
-
-    let (SEQUENCE, cert, _) = element(der)? else { return None };
-    let (SEQUENCE, mut tbs, _) = element(cert)? else { return None };
-    if tbs.first() == Some(&VERSION) {
-        tbs = element(tbs)?.2;
-    }
-    // serialNumber, signature, issuer, validity, then the subject.
-    for _ in 0..4 {
-        tbs = element(tbs)?.2;
-    }
-    let (SEQUENCE, mut subject, _) = element(tbs)? else { return None };
-    while !subject.is_empty() {
-        let (SET, mut rdn, rest) = element(subject)? else { return None };
-        subject = rest;
-        while !rdn.is_empty() {
-            let (SEQUENCE, attribute, rest) = element(rdn)? else { return None };
-            rdn = rest;
-            let (_, oid, value) = element(attribute)?;
-            if oid == COMMON_NAME {
-                return String::from_utf8(element(value)?.1.to_vec()).ok();
-            }
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn reads_the_subject_common_name() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
-        params.distinguished_name.push(rcgen::DnType::OrganizationName, "concord");
-        params.distinguished_name.push(rcgen::DnType::CommonName, "alice");
-        let cert = params.self_signed(&key).unwrap();
-        assert_eq!(super::common_name(cert.der()).as_deref(), Some("alice"));
-
-        let no_cn =
-            rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&key).unwrap();
-        let cn = super::common_name(no_cn.der());
-        assert!(cn.is_none() || cn.as_deref() == Some("rcgen self signed cert"), "{cn:?}");
-        assert_eq!(super::common_name(&cert.der()[..40]), None, "a truncated certificate");
-        assert_eq!(super::common_name(b""), None);
     }
 }
