@@ -4,13 +4,14 @@
 //! descriptors, and the answer back into proto3 JSON the way etcd's gateway writes it (the proto field
 //! names, 64-bit integers as strings, bytes in base64, defaults left out). Streaming calls (`/v3/watch`,
 //! `/v3/lease/keepalive`, `/v3/election/observe`, `/v3/maintenance/snapshot`) answer one
-//! `{"result": ...}` line per message, for as long as the client keeps the connection.
+//! `{"result": ...}` line per message. As grpc-gateway does, the request stream is closed after the
+//! body's messages, and each service decides what that means as etcd's does: a keepalive answers and
+//! ends, a watch goes on for as long as the client keeps the connection.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures::StreamExt as _;
 use http_body::Frame;
 use http_body_util::BodyExt;
 use prost::Message;
@@ -143,13 +144,6 @@ fn to_json(output: &MessageDescriptor, msg: &[u8]) -> Result<serde_json::Value, 
     msg.serialize_with_options(serde_json::value::Serializer, &options).map_err(|e| e.to_string())
 }
 
-/// A gateway call as a gRPC call. A streaming call's request stream stays open (as a client's would)
-/// until the response is dropped; `keep` holds it open.
-pub struct GrpcCall {
-    pub request: http::Request<Body>,
-    pub keep: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
 /// The gRPC call for a gateway request's JSON `body`; the gateway's error answer if the JSON is bad.
 ///
 /// The caller's token travels as grpc-gateway sends it: the HTTP `Authorization` header becomes the
@@ -158,23 +152,10 @@ pub fn grpc_request(
     method: &MethodDescriptor,
     body: &[u8],
     authorization: Option<http::HeaderValue>,
-) -> Result<GrpcCall, (Code, String)> {
+) -> Result<http::Request<Body>, (Code, String)> {
     let data = frames(&method.input(), body).map_err(|e| (Code::InvalidArgument, e))?;
-    let (body, keep) = if method.is_client_streaming() {
-        let (keep, closed) = tokio::sync::oneshot::channel::<()>();
-        let stream = futures::stream::once(
-            async move { Ok::<_, std::convert::Infallible>(Frame::data(data)) },
-        )
-        .chain(futures::stream::once(async move {
-            let _ = closed.await;
-            Ok(Frame::data(Bytes::new()))
-        }));
-        (Body::new(http_body_util::StreamBody::new(stream)), Some(keep))
-    } else {
-        (Body::new(http_body_util::Full::new(data)), None)
-    };
     let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
-    let mut req = http::Request::new(body);
+    let mut req = http::Request::new(Body::new(http_body_util::Full::new(data)));
     *req.method_mut() = http::Method::POST;
     *req.uri_mut() = path.parse().map_err(|_| (Code::Internal, "bad method path".to_string()))?;
     *req.version_mut() = http::Version::HTTP_2;
@@ -184,16 +165,12 @@ pub fn grpc_request(
     if let Some(token) = authorization {
         headers.insert(http::header::AUTHORIZATION, token);
     }
-    Ok(GrpcCall { request: req, keep })
+    Ok(req)
 }
 
 /// Turns the gRPC response into the gateway's: one JSON object for a unary call, a line per message for
 /// a streaming one.
-pub async fn json_reply(
-    method: &MethodDescriptor,
-    resp: http::Response<Body>,
-    keep: Option<tokio::sync::oneshot::Sender<()>>,
-) -> http::Response<Body> {
+pub async fn json_reply(method: &MethodDescriptor, resp: http::Response<Body>) -> http::Response<Body> {
     if let Some(status) = tonic::Status::from_header_map(resp.headers()) {
         if status.code() != Code::Ok {
             return error(status.code(), status.message());
@@ -201,7 +178,7 @@ pub async fn json_reply(
     }
     let output = method.output();
     if method.is_server_streaming() {
-        let lines = Lines { inner: resp.into_body(), buf: BytesMut::new(), output, _keep: keep, done: false };
+        let lines = Lines { inner: resp.into_body(), buf: BytesMut::new(), output, done: false };
         let mut out = http::Response::new(Body::new(lines));
         out.headers_mut()
             .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
@@ -230,7 +207,6 @@ struct Lines {
     inner: Body,
     buf: BytesMut,
     output: MessageDescriptor,
-    _keep: Option<tokio::sync::oneshot::Sender<()>>,
     done: bool,
 }
 

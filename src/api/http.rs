@@ -110,9 +110,9 @@ where
                     Ok(call) => call,
                     Err((code, message)) => return Ok(gateway::error(code, &message)),
                 };
-                let counters = metrics::grpc_method(call.request.uri().path());
-                let resp = counted(counters, inner.call(call.request)).await?;
-                Ok(gateway::json_reply(&method, resp, call.keep).await)
+                let counters = metrics::grpc_method(call.uri().path());
+                let resp = counted(counters, inner.call(call)).await?;
+                Ok(gateway::json_reply(&method, resp).await)
             };
             return Box::pin(async move { answer.await.map(cors) });
         }

@@ -48,11 +48,15 @@ impl Watch for WatchService {
 
     async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<ResponseStream>, Status> {
         let permit = self.permit(super::auth::caller(&self.node, &req).await);
-        // A broken inbound stream ends the watch stream, as in etcd.
-        let requests = req
-            .into_inner()
-            .take_while(|r| futures::future::ready(r.is_ok()))
-            .filter_map(|r| async { r.ok() });
+        // As etcd's recvLoop: a broken inbound stream ends the watch stream, a client's half-close does
+        // not (its watchers go on; the gateway half-closes after its request body).
+        let requests = futures::stream::unfold(req.into_inner(), |mut inbound| async move {
+            match inbound.message().await {
+                Ok(Some(request)) => Some((request, inbound)),
+                Ok(None) => std::future::pending().await,
+                Err(_) => None,
+            }
+        });
         let (tx, rx) = tokio::sync::mpsc::channel(OUT_QUEUE);
         let node = self.node.clone();
         let stamp = Arc::new(move |revision| ResponseHeader {

@@ -205,6 +205,8 @@ impl<H: History> WatchStream<H> {
                     None => return,
                 },
                 _ = tick.tick() => self.on_tick().await,
+                // The client is gone (its response stream dropped), with nothing to send it.
+                () = self.out.closed() => return,
                 () = std::future::ready(()), if catching_up => self.catch_up().await,
             };
             if step.is_err() {
