@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::config::{fnv64, member_id, ClusterState, Config, ConfigError};
+use crate::config::{cluster_id, fnv64, member_id, ClusterState, Config, ConfigError};
 use crate::pb::concordraft::raft_peer_client::RaftPeerClient;
 use crate::pb::concordraft::RaftPayload;
 use crate::raft::membership::MemberInfo;
@@ -26,7 +26,7 @@ pub struct Identity {
 pub fn initial_members(config: &Config) -> Result<Vec<(u64, String, Vec<String>)>, ConfigError> {
     let members = config.initial_members()?;
     let token = &config.initial_cluster_token;
-    Ok(members.into_iter().map(|(name, urls)| (member_id(&name, &urls, token), name, urls)).collect())
+    Ok(members.into_iter().map(|(name, urls)| (member_id(&urls, token), name, urls)).collect())
 }
 
 /// The identity stored in `db`, or a new one (then stored).
@@ -42,15 +42,14 @@ pub async fn identity(
     let members = initial_members(config)?;
     let from_flags = || {
         let id = members.iter().find(|(_, n, _)| *n == config.name).map_or(0, |(id, _, _)| *id);
-        let mut sorted: Vec<u64> = members.iter().map(|(id, _, _)| *id).collect();
-        sorted.sort_unstable();
-        let bytes: Vec<u8> = sorted.iter().flat_map(|i| i.to_be_bytes()).collect();
-        Identity { id, cluster_id: fnv64(&[&bytes, config.initial_cluster_token.as_bytes()]) }
+        let ids: Vec<u64> = members.iter().map(|(id, _, _)| *id).collect();
+        Identity { id, cluster_id: cluster_id(&ids) }
     };
     let identity = match (stored(keys::MEMBER_ID)?, stored(keys::CLUSTER_ID)?) {
         (Some(id), Some(cluster_id)) => return Ok(Identity { id, cluster_id }),
-        // A data dir from before member ids were stored: its id came from the flags.
-        (None, Some(cluster_id)) => Identity { id: from_flags().id, cluster_id },
+        // A data dir from before member ids were stored: its id came from the flags, the way concord
+        // derived ids then.
+        (None, Some(cluster_id)) => Identity { id: legacy_member_id(config)?, cluster_id },
         _ if config.initial_cluster_state == ClusterState::New => from_flags(),
         _ => join(config, &members, tls).await?,
     };
@@ -58,6 +57,16 @@ pub async fn identity(
     db.raft.insert(keys::CLUSTER_ID, &identity.cluster_id.to_be_bytes()).map_err(StorageError::from)?;
     db.sync()?;
     Ok(identity)
+}
+
+/// This member's id as concord derived ids before it took etcd's way (`config::member_id`).
+fn legacy_member_id(config: &Config) -> Result<u64, ConfigError> {
+    let members = config.initial_members()?;
+    let Some((name, urls)) = members.iter().find(|(n, _)| *n == config.name) else { return Ok(0) };
+    let mut urls = urls.clone();
+    urls.sort();
+    let token = config.initial_cluster_token.as_bytes();
+    Ok(fnv64(&[name.as_bytes(), urls.join(",").as_bytes(), token]).max(1))
 }
 
 /// Finds this member in an existing cluster: the member whose peer URLs are ours.

@@ -412,12 +412,25 @@ pub fn fnv64(parts: &[&[u8]]) -> u64 {
     h
 }
 
-/// A member's ID, derived from what every member knows about it at bootstrap.
-pub fn member_id(name: &str, peer_urls: &[String], token: &str) -> u64 {
+/// A member's id as etcd derives it from what every member knows at bootstrap (`membership.NewMember`):
+/// the first 8 bytes, big-endian, of the SHA-1 of its sorted peer URLs and the cluster token. A cluster
+/// started with etcd's flags so has etcd's ids (the default member is 8e9e05c52164694d, as in etcd's
+/// docs), and tools that name members by id see the same ones.
+pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    use sha1::Digest;
     let mut urls = peer_urls.to_vec();
     urls.sort();
-    let joined = urls.join(",");
-    fnv64(&[name.as_bytes(), joined.as_bytes(), token.as_bytes()]).max(1)
+    let digest = sha1::Sha1::new().chain_update(urls.concat()).chain_update(token).finalize();
+    u64::from_be_bytes(digest[..8].try_into().unwrap_or_default()).max(1)
+}
+
+/// The cluster's id as etcd derives it (`RaftCluster.genID`): the SHA-1 of its members' sorted ids.
+pub fn cluster_id(member_ids: &[u64]) -> u64 {
+    use sha1::Digest;
+    let mut ids = member_ids.to_vec();
+    ids.sort_unstable();
+    let digest = ids.iter().fold(sha1::Sha1::new(), |h, id| h.chain_update(id.to_be_bytes())).finalize();
+    u64::from_be_bytes(digest[..8].try_into().unwrap_or_default()).max(1)
 }
 
 #[cfg(test)]
@@ -512,9 +525,15 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_stable() {
-        let a = member_id("n1", &["http://127.0.0.1:2380".into()], "tok");
-        assert_eq!(a, member_id("n1", &["http://127.0.0.1:2380".into()], "tok"));
-        assert_ne!(a, member_id("n1", &["http://127.0.0.1:2380".into()], "other"));
+    fn ids_are_etcds() {
+        // etcd's well-known default member and cluster, and those it gave other flags (etcd 3.5.1 run
+        // with the same --initial-advertise-peer-urls and --initial-cluster-token).
+        let default = member_id(&["http://localhost:2380".into()], "etcd-cluster");
+        assert_eq!((default, cluster_id(&[default])), (0x8e9e05c52164694d, 0xcdf818194e3a8c32));
+        let m = member_id(&["http://127.0.0.1:26380".into()], "etcd-cluster");
+        assert_eq!((m, cluster_id(&[m])), (0x8876210cd96651c6, 0x7e1de051b63089b8));
+        assert_ne!(m, member_id(&["http://127.0.0.1:26380".into()], "other"));
+        let urls = ["http://b:2380".to_string(), "http://a:2380".to_string()];
+        assert_eq!(member_id(&urls, "t"), member_id(&[urls[1].clone(), urls[0].clone()], "t"));
     }
 }

@@ -17,8 +17,7 @@
 //!   `TestReleaseUpgrade*`, `TestEtcdExampleConfig`);
 //! - flags concord does not take yet: `--client-crl-file`, `--cipher-suites`, `--max-concurrent-streams`,
 //!   `--peer-cert-allowed-cn/-hostname` (`TestCtlV3GetRevokedCRL`, `TestV3CurlCipherSuites*`,
-//!   `TestV3Curl_MaxStreams_*`, `TestEtcdPeerCNAuth`, `TestEtcdPeerNameAuth`);
-//! - `TestCtlV3GetFormat`: member and cluster ids differ from etcd's.
+//!   `TestV3Curl_MaxStreams_*`, `TestEtcdPeerCNAuth`, `TestEtcdPeerNameAuth`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -82,6 +81,7 @@ const PASSING: &[&str] = &[
     "TestCtlV3GetQuorum",
     "TestCtlV3GetRev",
     "TestCtlV3GetKeysOnly",
+    "TestCtlV3GetFormat",
     "TestCtlV3Del",
     "TestCtlV3DelNoTLS",
     "TestCtlV3DelClientTLS",
