@@ -10,8 +10,15 @@ pub enum ClusterState {
     Existing,
 }
 
+/// etcd's flags. As with Go's flag package, a flag given twice takes its last value (etcd's own e2e
+/// suite passes `--client-cert-auth` twice).
 #[derive(Clone, Debug, Parser)]
-#[command(name = "concord", version, about = "An etcd-compatible coordination server")]
+#[command(
+    name = "concord",
+    version,
+    about = "An etcd-compatible coordination server",
+    args_override_self = true
+)]
 pub struct Config {
     /// Human-readable name for this member.
     #[arg(long, env = "ETCD_NAME", default_value = "default")]
@@ -100,6 +107,9 @@ pub struct Config {
     #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", default_value_t = false, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set)]
     pub client_cert_auth: bool,
+    /// Path to the client certificate revocation list file.
+    #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]
+    pub client_crl_file: Option<PathBuf>,
     /// Path to the peer server TLS cert file.
     #[arg(long, env = "ETCD_PEER_CERT_FILE")]
     pub peer_cert_file: Option<PathBuf>,
@@ -113,6 +123,22 @@ pub struct Config {
     #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", default_value_t = false, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set)]
     pub peer_client_cert_auth: bool,
+    /// Path to the peer certificate revocation list file.
+    #[arg(long, env = "ETCD_PEER_CRL_FILE")]
+    pub peer_crl_file: Option<PathBuf>,
+    /// Allowed CN for inter peer authentication.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN")]
+    pub peer_cert_allowed_cn: Option<String>,
+    /// Allowed TLS hostname for inter peer authentication.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_HOSTNAME")]
+    pub peer_cert_allowed_hostname: Option<String>,
+    /// Comma-separated list of supported TLS cipher suites between client/server and peers (empty will
+    /// be auto-populated by Go).
+    #[arg(long, env = "ETCD_CIPHER_SUITES", default_value = "")]
+    pub cipher_suites: String,
+    /// Maximum concurrent streams that each client can open at a time.
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
+    pub max_concurrent_streams: u32,
     /// Client TLS using generated certificates (when --cert-file is not given).
     #[arg(long, env = "ETCD_AUTO_TLS", default_value_t = false, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set)]
@@ -279,15 +305,25 @@ impl Config {
                 &dir,
                 &url_hosts(&self.listen_client_urls),
                 self.self_signed_cert_validity,
-            );
+            )?
+            .with_cipher_suites(&self.cipher_suites());
         }
-        crate::tls::Tls::load(
-            "",
-            &self.cert_file,
-            &self.key_file,
-            &self.trusted_ca_file,
-            self.client_cert_auth,
-        )
+        crate::tls::Tls::load(crate::tls::Flags {
+            prefix: "",
+            cert: self.cert_file.clone(),
+            key: self.key_file.clone(),
+            ca: self.trusted_ca_file.clone(),
+            crl: self.client_crl_file.clone(),
+            client_cert_auth: self.client_cert_auth,
+            allowed_cn: None,
+            allowed_hostname: None,
+        })?
+        .with_cipher_suites(&self.cipher_suites())
+    }
+
+    /// `--cipher-suites`, one name per entry.
+    fn cipher_suites(&self) -> Vec<String> {
+        self.cipher_suites.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
     }
 
     /// The peer side's TLS files (`--peer-cert-file`, ...), or with `--peer-auto-tls` a self-signed one.
@@ -298,15 +334,20 @@ impl Config {
                 &dir,
                 &url_hosts(&self.listen_peer_urls),
                 self.self_signed_cert_validity,
-            );
+            )?
+            .with_cipher_suites(&self.cipher_suites());
         }
-        crate::tls::Tls::load(
-            "peer-",
-            &self.peer_cert_file,
-            &self.peer_key_file,
-            &self.peer_trusted_ca_file,
-            self.peer_client_cert_auth,
-        )
+        crate::tls::Tls::load(crate::tls::Flags {
+            prefix: "peer-",
+            cert: self.peer_cert_file.clone(),
+            key: self.peer_key_file.clone(),
+            ca: self.peer_trusted_ca_file.clone(),
+            crl: self.peer_crl_file.clone(),
+            client_cert_auth: self.peer_client_cert_auth,
+            allowed_cn: self.peer_cert_allowed_cn.clone(),
+            allowed_hostname: self.peer_cert_allowed_hostname.clone(),
+        })?
+        .with_cipher_suites(&self.cipher_suites())
     }
 
     /// The JWT provider `--auth-token jwt,...` describes; `None` for simple tokens.
@@ -522,6 +563,15 @@ mod tests {
         assert!(c.initial_members().is_err());
         let c = Config::try_parse_from(["concord", "--initial-cluster", "default=nope"]).unwrap();
         assert!(c.initial_members().is_err());
+    }
+
+    #[test]
+    fn a_flag_given_twice_takes_its_last_value_as_in_go() {
+        let c =
+            Config::try_parse_from(["concord", "--client-cert-auth", "--name", "a", "--client-cert-auth"]);
+        assert!(c.expect("a repeated flag").client_cert_auth);
+        let c = Config::try_parse_from(["concord", "--name", "a", "--name", "b"]).expect("a repeated flag");
+        assert_eq!(c.name, "b");
     }
 
     #[test]

@@ -226,6 +226,7 @@ impl Server {
                 max_txn_ops: config.max_txn_ops,
             };
             let router = tonic::transport::Server::builder()
+                .max_concurrent_streams(config.max_concurrent_streams)
                 // etcd's HTTP endpoints (/health, /metrics, ...) share the client port with gRPC.
                 .accept_http1(true)
                 .layer(HttpLayer {

@@ -11,6 +11,7 @@
 
 mod accept;
 mod cert;
+mod suites;
 mod verify;
 
 pub use accept::{incoming, Conn, ConnInfo};
@@ -25,7 +26,7 @@ use std::task::{Context, Poll};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -33,6 +34,22 @@ use crate::config::ConfigError;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificate revocation lists of a file's contents: PEM, or one list in DER (Go's
+/// `x509.ParseCRL`, which etcd uses, takes both).
+fn revocation_lists(
+    data: &[u8],
+    what: &str,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, ConfigError> {
+    let pem = CertificateRevocationListDer::pem_slice_iter(data)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::Tls(format!("{what}: {e}")))?;
+    match (pem.is_empty(), data.first()) {
+        (false, _) => Ok(pem),
+        (true, Some(0x30)) => Ok(vec![CertificateRevocationListDer::from(data.to_vec())]),
+        (true, _) => Err(ConfigError::Tls(format!("{what}: no certificate revocation list in it"))),
+    }
 }
 
 /// The certificates of a PEM file's contents (`what` names the file for messages).
@@ -46,14 +63,48 @@ fn certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, 
     }
 }
 
-/// One side's files, read once at start.
+/// One side's TLS flags, as etcd names them (`--cert-file`, ... or `--peer-cert-file`, ...).
 #[derive(Clone, Debug, Default)]
+pub struct Flags {
+    /// "" or "peer-", for messages.
+    pub prefix: &'static str,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    /// `--client-crl-file` / `--peer-crl-file`: client certificates revoked.
+    pub crl: Option<PathBuf>,
+    pub client_cert_auth: bool,
+    /// `--peer-cert-allowed-cn` / `--peer-cert-allowed-hostname`: what a peer's certificate must name.
+    pub allowed_cn: Option<String>,
+    pub allowed_hostname: Option<String>,
+}
+
+/// One side's files, read once at start.
+#[derive(Clone, Debug)]
 pub struct Tls {
     identity: Option<(Vec<u8>, Vec<u8>)>,
     ca: Option<Vec<u8>>,
+    crl: Option<Vec<u8>>,
     client_cert_auth: bool,
+    allowed: verify::Allowed,
     /// A self-signed certificate of `--auto-tls`: dial without verifying.
     auto: bool,
+    /// rustls' algorithms, narrowed by `--cipher-suites`.
+    provider: Arc<CryptoProvider>,
+}
+
+impl Default for Tls {
+    fn default() -> Tls {
+        Tls {
+            identity: None,
+            ca: None,
+            crl: None,
+            client_cert_auth: false,
+            allowed: verify::Allowed::default(),
+            auto: false,
+            provider: provider(),
+        }
+    }
 }
 
 fn read(path: &Option<PathBuf>, flag: &str) -> Result<Option<Vec<u8>>, ConfigError> {
@@ -63,17 +114,12 @@ fn read(path: &Option<PathBuf>, flag: &str) -> Result<Option<Vec<u8>>, ConfigErr
 }
 
 impl Tls {
-    /// Reads the files named by one side's flags (`prefix` is "" or "peer-", for messages).
-    pub fn load(
-        prefix: &str,
-        cert: &Option<PathBuf>,
-        key: &Option<PathBuf>,
-        ca: &Option<PathBuf>,
-        client_cert_auth: bool,
-    ) -> Result<Tls, ConfigError> {
+    /// Reads the files named by one side's flags.
+    pub fn load(flags: Flags) -> Result<Tls, ConfigError> {
+        let prefix = flags.prefix;
         let identity = match (
-            read(cert, &format!("--{prefix}cert-file"))?,
-            read(key, &format!("--{prefix}key-file"))?,
+            read(&flags.cert, &format!("--{prefix}cert-file"))?,
+            read(&flags.key, &format!("--{prefix}key-file"))?,
         ) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -83,13 +129,32 @@ impl Tls {
                 )))
             }
         };
-        let ca = read(ca, &format!("--{prefix}trusted-ca-file"))?;
-        if client_cert_auth && ca.is_none() {
+        let ca = read(&flags.ca, &format!("--{prefix}trusted-ca-file"))?;
+        if flags.client_cert_auth && ca.is_none() {
             return Err(ConfigError::Tls(format!(
                 "--{prefix}client-cert-auth needs --{prefix}trusted-ca-file"
             )));
         }
-        Ok(Tls { identity, ca, client_cert_auth, auto: false })
+        let crl_flag = if prefix.is_empty() { "--client-crl-file" } else { "--peer-crl-file" };
+        let crl = read(&flags.crl, crl_flag)?;
+        if let Some(pem) = &crl {
+            revocation_lists(pem, crl_flag)?;
+        }
+        Ok(Tls {
+            identity,
+            ca,
+            crl,
+            client_cert_auth: flags.client_cert_auth,
+            allowed: verify::Allowed { common_name: flags.allowed_cn, hostname: flags.allowed_hostname },
+            auto: false,
+            provider: provider(),
+        })
+    }
+
+    /// The same, speaking only the TLS 1.2 cipher suites `--cipher-suites` names (all if none).
+    pub fn with_cipher_suites(self, names: &[String]) -> Result<Tls, ConfigError> {
+        let provider = suites::restrict(rustls::crypto::ring::default_provider(), names)?;
+        Ok(Tls { provider: Arc::new(provider), ..self })
     }
 
     /// etcd's `--auto-tls`: the self-signed certificate in `dir` for `hosts`, made (valid for
@@ -111,12 +176,7 @@ impl Tls {
             std::fs::write(&key_path, key.serialize_pem()).map_err(|e| err(e.to_string()))?;
         }
         let read = |p: &Path| std::fs::read(p).map_err(|e| err(format!("{}: {e}", p.display())));
-        Ok(Tls {
-            identity: Some((read(&cert_path)?, read(&key_path)?)),
-            ca: None,
-            client_cert_auth: false,
-            auto: true,
-        })
+        Ok(Tls { identity: Some((read(&cert_path)?, read(&key_path)?)), auto: true, ..Tls::default() })
     }
 
     /// The server side for listeners on `urls`: `None` for plain http, an error for an https URL
@@ -136,14 +196,19 @@ impl Tls {
             )));
         };
         let err = |e: String| ConfigError::Tls(format!("{}: {e}", urls.join(",")));
-        let builder = rustls::ServerConfig::builder_with_provider(provider())
+        let builder = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| err(e.to_string()))?;
         let builder = match (self.client_cert_auth, &self.ca) {
-            (true, Some(ca)) => builder.with_client_cert_verifier(Arc::new(
-                verify::Client::new(certificates(ca, &format!("--{prefix}trusted-ca-file"))?, provider())
-                    .map_err(err)?,
-            )),
+            (true, Some(ca)) => {
+                let roots = certificates(ca, &format!("--{prefix}trusted-ca-file"))?;
+                let crls = match &self.crl {
+                    Some(pem) => revocation_lists(pem, "certificate revocation list")?,
+                    None => Vec::new(),
+                };
+                let verifier = verify::Client::new(roots, crls, self.allowed.clone(), self.provider.clone());
+                builder.with_client_cert_verifier(Arc::new(verifier.map_err(err)?))
+            }
             _ => builder.with_no_client_auth(),
         };
         let key = PrivateKeyDer::from_pem_slice(key)
@@ -165,9 +230,9 @@ impl Tls {
         let Some(ca) = &self.ca else {
             return Ok(Dialer::Verify(self.client()));
         };
-        let verifier = verify::Server::new(certificates(ca, "trusted CA file")?, provider())
+        let verifier = verify::Server::new(certificates(ca, "trusted CA file")?, self.provider.clone())
             .map_err(|e| ConfigError::Tls(format!("trusted CA file: {e}")))?;
-        let builder = rustls::ClientConfig::builder_with_provider(provider())
+        let builder = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| ConfigError::Tls(e.to_string()))?
             .dangerous()

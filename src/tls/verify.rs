@@ -14,7 +14,7 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
@@ -102,19 +102,63 @@ impl ServerCertVerifier for Server {
     }
 }
 
-/// Verifies client certificates (`--client-cert-auth`, `--peer-client-cert-auth`): one is required.
+/// What a peer's certificate must name besides being trusted (`--peer-cert-allowed-cn`,
+/// `--peer-cert-allowed-hostname`), checked as etcd's listener does after the handshake's own checks.
+#[derive(Clone, Debug, Default)]
+pub struct Allowed {
+    pub common_name: Option<String>,
+    pub hostname: Option<String>,
+}
+
+impl Allowed {
+    /// A refusal goes to the peer as etcd's does, a bad_certificate alert.
+    fn check(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        let refuse = |what: String| {
+            let error: Box<dyn std::error::Error + Send + Sync> = what.into();
+            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(error.into())))
+        };
+        if let Some(cn) = &self.common_name {
+            if super::cert::common_name(cert).as_ref() != Some(cn) {
+                return Err(refuse(format!("CommonName authentication failed (allowed {cn:?})")));
+            }
+        }
+        if let Some(host) = &self.hostname {
+            let valid = ServerName::try_from(host.as_str()).ok().is_some_and(|name| {
+                ParsedCertificate::try_from(cert)
+                    .is_ok_and(|c| rustls::client::verify_server_name(&c, &name).is_ok())
+            });
+            if !valid {
+                return Err(refuse(format!("hostname authentication failed (allowed {host:?})")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Verifies client certificates (`--client-cert-auth`, `--peer-client-cert-auth`): one is required,
+/// not revoked by the CRL given (`--client-crl-file`, `--peer-crl-file`), naming what is `allowed`.
 #[derive(Debug)]
 pub struct Client {
     webpki: Arc<dyn ClientCertVerifier>,
     roots: Roots,
+    allowed: Allowed,
 }
 
 impl Client {
-    pub fn new(roots: Vec<CertificateDer<'static>>, provider: Arc<CryptoProvider>) -> Result<Client, String> {
+    pub fn new(
+        roots: Vec<CertificateDer<'static>>,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+        allowed: Allowed,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Client, String> {
+        // etcd checks a certificate's serial against the list and nothing else: a certificate whose
+        // issuer has no list here is not revoked.
         let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(&roots)), provider)
+            .with_crls(crls)
+            .allow_unknown_revocation_status()
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(Client { webpki, roots: Roots(roots) })
+        Ok(Client { webpki, roots: Roots(roots), allowed })
     }
 }
 
@@ -129,10 +173,13 @@ impl ClientCertVerifier for Client {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        match self.webpki.verify_client_cert(end_entity, intermediates, now) {
-            Err(e) if self.roots.trusted_as_is(&e, end_entity, now) => Ok(ClientCertVerified::assertion()),
-            verified => verified,
+        if let Err(e) = self.webpki.verify_client_cert(end_entity, intermediates, now) {
+            if !self.roots.trusted_as_is(&e, end_entity, now) {
+                return Err(e);
+            }
         }
+        self.allowed.check(end_entity)?;
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -184,7 +231,8 @@ mod tests {
     fn a_trusted_ca_certificate_is_accepted_as_the_peers_own_as_go_accepts_it() {
         let ca = self_signed_ca("root");
         let provider = super::super::provider();
-        let client = super::Client::new(vec![ca.clone()], provider.clone()).unwrap();
+        let client =
+            super::Client::new(vec![ca.clone()], vec![], Default::default(), provider.clone()).unwrap();
         let server = super::Server::new(vec![ca.clone()], provider).unwrap();
         let localhost = ServerName::try_from("localhost").unwrap();
 
@@ -214,10 +262,37 @@ mod tests {
             vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
         let leaf = params.signed_by(&rcgen::KeyPair::generate().unwrap(), &ca, &key).unwrap();
         let provider = super::super::provider();
-        let client = super::Client::new(vec![ca.der().clone()], provider.clone()).unwrap();
+        let client =
+            super::Client::new(vec![ca.der().clone()], vec![], Default::default(), provider.clone()).unwrap();
         let server = super::Server::new(vec![ca.der().clone()], provider).unwrap();
         let localhost = ServerName::try_from("localhost").unwrap();
         assert!(client.verify_client_cert(leaf.der(), &[], UnixTime::now()).is_ok());
         assert!(server.verify_server_cert(leaf.der(), &[], &localhost, &[], UnixTime::now()).is_ok());
+    }
+
+    #[test]
+    fn a_peer_must_name_the_allowed_common_name_or_host() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["peer.example.com".to_string()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "example.com");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let leaf = params.signed_by(&rcgen::KeyPair::generate().unwrap(), &ca, &key).unwrap();
+        let verify = |common_name: Option<&str>, hostname: Option<&str>| {
+            let allowed = super::Allowed {
+                common_name: common_name.map(Into::into),
+                hostname: hostname.map(Into::into),
+            };
+            let provider = super::super::provider();
+            let client = super::Client::new(vec![ca.der().clone()], vec![], allowed, provider).unwrap();
+            client.verify_client_cert(leaf.der(), &[], UnixTime::now()).is_ok()
+        };
+        assert!(verify(None, None));
+        assert!(verify(Some("example.com"), None));
+        assert!(!verify(Some("example2.com"), None));
+        assert!(verify(None, Some("peer.example.com")));
+        assert!(!verify(None, Some("other.example.com")));
     }
 }
