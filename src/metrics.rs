@@ -95,6 +95,20 @@ pub fn peer_rtt(to: u64) -> Arc<PeerRtt> {
 /// Leaders this member has seen elected.
 pub static LEADER_CHANGES: AtomicU64 = AtomicU64::new(0);
 
+/// The operations this member's MVCC store has seen (`etcd_mvcc_*_total`), counted as etcd's
+/// `metricsTxnWrite` counts them: each range, put and delete-range, on its own or in a transaction, and
+/// each transaction of more than one operation. Writes are counted where they are applied, so on every
+/// member; reads where they are served.
+pub static MVCC_RANGES: AtomicU64 = AtomicU64::new(0);
+pub static MVCC_PUTS: AtomicU64 = AtomicU64::new(0);
+pub static MVCC_DELETES: AtomicU64 = AtomicU64::new(0);
+pub static MVCC_TXNS: AtomicU64 = AtomicU64::new(0);
+
+/// Adds one to a counter.
+pub fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
 /// One gRPC method's counters. They exist for every method of concord's protos from the first call
 /// on, so counting a call takes no lock and no allocation.
 pub struct GrpcMethod {
@@ -177,8 +191,22 @@ pub fn sample(out: &mut String, name: &str, kind: &str, help: &str, value: f64) 
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
 }
 
+/// A gauge of value 1 whose one label carries the information (etcd's `etcd_server_version`, ...).
+pub fn info(out: &mut String, name: &str, help: &str, label: &str, value: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{label}=\"{value}\"}} 1");
+}
+
 /// Everything kept here, in the text format.
 pub fn render_process(out: &mut String) {
+    for (name, what, counter) in [
+        ("etcd_mvcc_range_total", "ranges", &MVCC_RANGES),
+        ("etcd_mvcc_put_total", "puts", &MVCC_PUTS),
+        ("etcd_mvcc_delete_total", "deletes", &MVCC_DELETES),
+        ("etcd_mvcc_txn_total", "txns", &MVCC_TXNS),
+    ] {
+        let help = format!("Total number of {what} seen by this member.");
+        sample(out, name, "counter", &help, counter.load(Ordering::Relaxed) as f64);
+    }
     WAL_FSYNC.render(
         "etcd_disk_wal_fsync_duration_seconds",
         "The latency distributions of fsync called by WAL.",

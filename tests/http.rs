@@ -62,6 +62,27 @@ async fn health_version_and_metrics_answer_like_etcd() {
         .find(|l| l.starts_with("etcd_network_peer_round_trip_time_seconds_count{To=\""))
         .unwrap_or_else(|| panic!("no peer round trip in {text}"));
     assert!(rtt.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap() >= 1.0, "{rtt}");
+    // etcd's identity gauges, and its MVCC counters, counted as etcd counts them: a txn of two
+    // operations is one txn, one put and one range.
+    assert_eq!(metric(&text, r#"etcd_server_version{server_version="3.5.0"}"#), 1.0);
+    assert_eq!(metric(&text, r#"etcd_cluster_version{cluster_version="3.5"}"#), 1.0);
+    let status = client.status().await.expect("status");
+    let member = status.header().expect("header").member_id();
+    let id = format!(r#"etcd_server_id{{server_id="{member:x}"}}"#);
+    assert_eq!(metric(&text, &id), 1.0);
+    assert_eq!(metric(&text, "etcd_server_quota_backend_bytes"), 2147483648.0);
+    assert_eq!(metric(&text, "etcd_mvcc_put_total "), 1.0);
+    let ranges = metric(&text, "etcd_mvcc_range_total ");
+    client.delete("k", None).await.expect("delete");
+    let txn = etcd_client::Txn::new()
+        .and_then([etcd_client::TxnOp::put("t", "v", None), etcd_client::TxnOp::get("t", None)]);
+    client.txn(txn).await.expect("txn");
+    let text = get(port, "/metrics").1;
+    assert_eq!(metric(&text, "etcd_mvcc_put_total "), 2.0);
+    assert_eq!(metric(&text, "etcd_mvcc_delete_total "), 1.0);
+    assert_eq!(metric(&text, "etcd_mvcc_txn_total "), 1.0);
+    assert_eq!(metric(&text, "etcd_mvcc_range_total "), ranges + 1.0);
+
     let empty_key = client.put("", "v", None).await;
     assert!(empty_key.is_err());
     let text = get(port, "/metrics").1;

@@ -358,6 +358,21 @@ fn render(node: &RaftNode, leader: Option<u64>) -> String {
         compacted as f64,
     );
     sample(o, "etcd_debugging_mvcc_keys_total", "gauge", "Total number of keys.", keys as f64);
+    sample(
+        o,
+        "etcd_server_quota_backend_bytes",
+        "gauge",
+        "Current backend storage quota size in bytes.",
+        node.quota_bytes as f64,
+    );
+    let version = crate::api::maintenance::ETCD_VERSION;
+    let help = "Which version is running. 1 for 'server_version' label with current version.";
+    metrics::info(o, "etcd_server_version", help, "server_version", version);
+    let cluster_version = version.rsplit_once('.').map_or(version, |v| v.0);
+    let help = "Which version is running. 1 for 'cluster_version' label with current cluster version";
+    metrics::info(o, "etcd_cluster_version", help, "cluster_version", cluster_version);
+    let help = "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.";
+    metrics::info(o, "etcd_server_id", help, "server_id", &format!("{:x}", node.id));
     metrics::render_process(o);
     out
 }

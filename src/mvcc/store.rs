@@ -138,6 +138,7 @@ impl<B: Backend> Store<B> {
 
     /// A Range as seen by a transaction whose view is at revision `now`.
     pub(super) fn range_as_of(&self, req: &RangeRequest, now: i64) -> Result<RangeResponse, MvccError> {
+        crate::metrics::count(&crate::metrics::MVCC_RANGES);
         let rev = self.read_revision(req.revision, now)?;
         let mut hits: Vec<(&[u8], &KeyRev)> =
             self.index.range(&req.key, RangeEnd::from_request(&req.range_end), rev).collect();

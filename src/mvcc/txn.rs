@@ -69,6 +69,7 @@ impl<'a, B: Backend> WriteTxn<'a, B> {
     }
 
     fn put(&mut self, req: &PutRequest) -> Result<PutResponse, MvccError> {
+        crate::metrics::count(&crate::metrics::MVCC_PUTS);
         let view = self.view();
         let prev = self.store.index.get(&req.key).and_then(|h| h.at(view)).copied();
         let prev_kv = match (&prev, req.prev_kv || req.ignore_value) {
@@ -108,6 +109,7 @@ impl<'a, B: Backend> WriteTxn<'a, B> {
     }
 
     fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, MvccError> {
+        crate::metrics::count(&crate::metrics::MVCC_DELETES);
         let view = self.view();
         let victims: Vec<(Vec<u8>, KeyRev)> = self
             .store
@@ -174,6 +176,7 @@ impl<B: Backend> Store<B> {
         self.check_path(req, &path, now, Some(leases))?;
         let mut txn = WriteTxn::new(self);
         let mut response = exec_txn(&mut txn, req, &mut path.iter().copied())?;
+        count_txn(&response);
         let events = txn.end();
         response.header = Some(ResponseHeader { revision: self.current, ..Default::default() });
         Ok(Applied { response, events })
@@ -186,6 +189,7 @@ impl<B: Backend> Store<B> {
         self.check_path(req, &path, now, None)?;
         let mut view = ReadView { store: self, now };
         let mut response = exec_txn(&mut view, req, &mut path.iter().copied())?;
+        count_txn(&response);
         response.header = Some(ResponseHeader { revision: now, ..Default::default() });
         Ok(response)
     }
@@ -394,6 +398,21 @@ fn exec_txn(
         responses.push(ResponseOp { response });
     }
     Ok(TxnResponse { header: Some(ResponseHeader::default()), succeeded, responses })
+}
+
+/// etcd counts a transaction (`etcd_mvcc_txn_total`) when it ran more than one operation.
+fn count_txn(response: &TxnResponse) {
+    fn operations(response: &TxnResponse) -> usize {
+        let nested = |op: &ResponseOp| match &op.response {
+            Some(OpResponse::ResponseTxn(t)) => operations(t),
+            Some(_) => 1,
+            None => 0,
+        };
+        response.responses.iter().map(nested).sum()
+    }
+    if operations(response) > 1 {
+        crate::metrics::count(&crate::metrics::MVCC_TXNS);
+    }
 }
 
 /// Whether a Txn only reads, by etcd's rule (`isTxnReadonly`): every op on both branches is a Range. A
