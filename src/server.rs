@@ -486,7 +486,7 @@ async fn publish(
         };
         if published {
             // etcd's milestones, word for word: scripts and etcd's own e2e suite wait for these lines.
-            let version = crate::api::maintenance::ETCD_VERSION.rsplit_once('.').map_or("", |v| v.0);
+            let version = crate::api::maintenance::cluster_version();
             tracing::info!(cluster_version = version, "enabled capabilities for version {version}");
             tracing::info!(name = %attributes.name, client_urls = ?attributes.client_urls, "published local member to cluster through raft");
             tracing::info!("ready to serve client requests");

@@ -368,8 +368,8 @@ fn render(node: &RaftNode, leader: Option<u64>) -> String {
     let version = crate::api::maintenance::ETCD_VERSION;
     let help = "Which version is running. 1 for 'server_version' label with current version.";
     metrics::info(o, "etcd_server_version", help, "server_version", version);
-    let cluster_version = version.rsplit_once('.').map_or(version, |v| v.0);
     let help = "Which version is running. 1 for 'cluster_version' label with current cluster version";
+    let cluster_version = crate::api::maintenance::cluster_version();
     metrics::info(o, "etcd_cluster_version", help, "cluster_version", cluster_version);
     let help = "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.";
     metrics::info(o, "etcd_server_id", help, "server_id", &format!("{:x}", node.id));

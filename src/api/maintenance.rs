@@ -16,6 +16,11 @@ use crate::raft::RaftNode;
 /// The etcd API level concord speaks; clients read it from Status.
 pub const ETCD_VERSION: &str = "3.5.0";
 
+/// The cluster version etcd names capabilities and metrics by: the API level's major.minor.
+pub fn cluster_version() -> &'static str {
+    ETCD_VERSION.rsplit_once('.').map_or(ETCD_VERSION, |(major_minor, _)| major_minor)
+}
+
 pub struct MaintenanceService {
     pub node: RaftNode,
     /// Turns true when the member has lost its leader for good (`require_leader::monitor`).

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::CryptoProvider;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
@@ -45,19 +45,77 @@ fn root_store(roots: &[CertificateDer<'static>]) -> RootCertStore {
     store
 }
 
+/// The handshake's own signature checks, the same for every verifier here: the signature is made with
+/// the key of the certificate shown, by one of the provider's algorithms (what webpki's verifiers do).
+macro_rules! handshake_signatures {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.algorithms.supported_schemes()
+        }
+    };
+}
+
+/// Accepts whatever certificate the server shows (`--auto-tls`, etcd's InsecureSkipVerify); its
+/// handshake signatures are still checked, so the server holds the key of the certificate it showed.
+#[derive(Debug)]
+pub struct Any {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl Any {
+    pub fn new(provider: &CryptoProvider) -> Any {
+        Any { algorithms: provider.signature_verification_algorithms }
+    }
+}
+
+impl ServerCertVerifier for Any {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    handshake_signatures!();
+}
+
 /// Verifies the servers a member dials (its peers, its own client port).
 #[derive(Debug)]
 pub struct Server {
     webpki: Arc<WebPkiServerVerifier>,
     roots: Roots,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl Server {
     pub fn new(roots: Vec<CertificateDer<'static>>, provider: Arc<CryptoProvider>) -> Result<Server, String> {
+        let algorithms = provider.signature_verification_algorithms;
         let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(root_store(&roots)), provider)
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(Server { webpki, roots: Roots(roots) })
+        Ok(Server { webpki, roots: Roots(roots), algorithms })
     }
 }
 
@@ -79,27 +137,7 @@ impl ServerCertVerifier for Server {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
-    }
+    handshake_signatures!();
 }
 
 /// What a peer's certificate must name besides being trusted (`--peer-cert-allowed-cn`,
@@ -142,6 +180,7 @@ pub struct Client {
     webpki: Arc<dyn ClientCertVerifier>,
     roots: Roots,
     allowed: Allowed,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl Client {
@@ -153,12 +192,13 @@ impl Client {
     ) -> Result<Client, String> {
         // etcd checks a certificate's serial against the list and nothing else: a certificate whose
         // issuer has no list here is not revoked.
+        let algorithms = provider.signature_verification_algorithms;
         let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(&roots)), provider)
             .with_crls(crls)
             .allow_unknown_revocation_status()
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(Client { webpki, roots: Roots(roots), allowed })
+        Ok(Client { webpki, roots: Roots(roots), allowed, algorithms })
     }
 }
 
@@ -182,27 +222,7 @@ impl ClientCertVerifier for Client {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
-    }
+    handshake_signatures!();
 }
 
 #[cfg(test)]
