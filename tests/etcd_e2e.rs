@@ -22,6 +22,8 @@
 //!   HTTP/2 connection, so `--max-concurrent-streams` also caps its curl calls together; concord's
 //!   gateway calls the services in process.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -212,14 +214,11 @@ const PASSING: &[&str] = &[
 /// etcd's e2e test binary, built once into the target dir with Debian's Go.
 fn e2e_binary() -> PathBuf {
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("etcd-e2e.test");
-    let status = Command::new("go")
+    let status = common::go()
         .args(["test", "-c", "-o"])
         .arg(&out)
         .arg(".")
         .current_dir(E2E)
-        .env("GO111MODULE", "off")
-        .env("GOPATH", "/usr/share/gocode")
-        .env("GOCACHE", PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gocache"))
         .status()
         .expect("go (install golang-go and golang-etcd-server-dev; scripts/test does)");
     assert!(status.success(), "building etcd's e2e tests failed");

@@ -82,7 +82,8 @@ pub struct Flags {
 pub struct Tls {
     identity: Option<(Vec<u8>, Vec<u8>)>,
     ca: Option<Vec<u8>>,
-    crl: Option<Vec<u8>>,
+    /// The revocation lists `--client-crl-file` / `--peer-crl-file` hold, parsed at load.
+    crls: Vec<CertificateRevocationListDer<'static>>,
     client_cert_auth: bool,
     allowed: verify::Allowed,
     /// A self-signed certificate of `--auto-tls`: dial without verifying.
@@ -96,7 +97,7 @@ impl Default for Tls {
         Tls {
             identity: None,
             ca: None,
-            crl: None,
+            crls: Vec::new(),
             client_cert_auth: false,
             allowed: verify::Allowed::default(),
             auto: false,
@@ -134,14 +135,14 @@ impl Tls {
             )));
         }
         let crl_flag = if prefix.is_empty() { "--client-crl-file" } else { "--peer-crl-file" };
-        let crl = read(&flags.crl, crl_flag)?;
-        if let Some(pem) = &crl {
-            revocation_lists(pem, crl_flag)?;
-        }
+        let crls = match read(&flags.crl, crl_flag)? {
+            Some(data) => revocation_lists(&data, crl_flag)?,
+            None => Vec::new(),
+        };
         Ok(Tls {
             identity,
             ca,
-            crl,
+            crls,
             client_cert_auth: flags.client_cert_auth,
             allowed: verify::Allowed { common_name: flags.allowed_cn, hostname: flags.allowed_hostname },
             auto: false,
@@ -200,10 +201,7 @@ impl Tls {
         let builder = match (self.client_cert_auth, &self.ca) {
             (true, Some(ca)) => {
                 let roots = certificates(ca, &format!("--{prefix}trusted-ca-file"))?;
-                let crls = match &self.crl {
-                    Some(pem) => revocation_lists(pem, "certificate revocation list")?,
-                    None => Vec::new(),
-                };
+                let crls = self.crls.clone();
                 let verifier = verify::Client::new(roots, crls, self.allowed.clone(), self.provider.clone());
                 builder.with_client_cert_verifier(Arc::new(verifier.map_err(err)?))
             }

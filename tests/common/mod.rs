@@ -318,6 +318,16 @@ pub fn status(e: etcd_client::Error) -> tonic::Status {
     }
 }
 
+/// Debian's Go, set to build against Debian's etcd 3.4 source (GOPATH mode), with a build cache in the
+/// target dir.
+pub fn go() -> Command {
+    let mut go = Command::new("go");
+    go.env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gocache"));
+    go
+}
+
 /// Builds tests/go/`name`.go (once per test binary) with Debian's Go and etcd 3.4 client source.
 pub fn go_program(name: &str) -> PathBuf {
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
@@ -325,13 +335,10 @@ pub fn go_program(name: &str) -> PathBuf {
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     if !built.iter().any(|b| b == name) {
         let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/go/{name}.go"));
-        let status = Command::new("go")
+        let status = go()
             .args(["build", "-o"])
             .arg(&out)
             .arg(&src)
-            .env("GO111MODULE", "off")
-            .env("GOPATH", "/usr/share/gocode")
-            .env("GOCACHE", PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gocache"))
             .status()
             .expect("go (install golang-go and golang-etcd-server-dev; scripts/test does)");
         assert!(status.success(), "building tests/go/{name}.go failed");
