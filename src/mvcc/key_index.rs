@@ -44,6 +44,11 @@ impl KeyHistory {
         self.revs.last().filter(|r| !r.is_tombstone())
     }
 
+    /// Whether the change at `rev` is still in the history (compaction has not dropped it).
+    pub fn holds(&self, rev: Revision) -> bool {
+        self.revs.binary_search_by(|r| r.mod_rev.cmp(&rev)).is_ok()
+    }
+
     fn push(&mut self, kr: KeyRev) {
         debug_assert!(self.revs.last().is_none_or(|l| l.mod_rev < kr.mod_rev));
         self.revs.push(kr);

@@ -4,6 +4,7 @@
 //! same revisions, responses and records. Replication and durability are the caller's business.
 
 pub mod backend;
+pub mod etcd_record;
 pub mod key_index;
 pub mod revision;
 pub mod store;

@@ -1,8 +1,9 @@
 //! The store: the key index, the current and compacted revisions, and reads at any revision.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use super::backend::{Backend, Changes};
+use super::etcd_record;
 use super::key_index::{KeyIndex, KeyRev, RangeEnd};
 use super::revision::Revision;
 use super::MvccError;
@@ -230,10 +231,10 @@ impl<B: Backend> Store<B> {
             .collect()
     }
 
-    /// etcd's `HashKV`: a checksum of every retained record up to `rev` (0: now), with the current and
-    /// the compacted revision. Equal on every member at the same revision; a mismatch means corruption.
+    /// etcd's `HashKV`: a checksum of the records up to `rev` (0: now), with the current and the compacted
+    /// revision. Equal on every member, concord's or etcd's, with the same history; a mismatch means
+    /// corruption.
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), MvccError> {
-        use prost::Message;
         if rev > 0 && rev <= self.compacted {
             return Err(MvccError::Compacted);
         }
@@ -241,17 +242,34 @@ impl<B: Backend> Store<B> {
             return Err(MvccError::FutureRev);
         }
         let rev = if rev <= 0 { self.current } else { rev };
-        let mut h = crc32fast::Hasher::new();
-        h.update(b"key");
+        // etcd's HashByRev: crc32c of the key bucket's name, then of each record's key and value as etcd
+        // stores them, up to `rev`. Of the records at or below the compacted revision it hashes only those
+        // a read at `rev` sees (`kvindex.Keep(rev)`), or every one compaction kept when that is none.
+        let keep: HashSet<Revision> = self
+            .index
+            .range(b"", RangeEnd::Unbounded, rev)
+            .map(|(_, kr)| kr.mod_rev)
+            .filter(|r| r.main <= self.compacted)
+            .collect();
+        let any_live = self.index.range(b"", RangeEnd::Unbounded, rev).next().is_some();
+        let mut h = crc32c::crc32c(b"key");
         let mut buf = Vec::new();
         self.backend.for_each_between(1, rev, &mut |r, kv| {
-            h.update(&r.to_bytes());
-            buf.clear();
-            kv.encode(&mut buf).ok();
-            h.update(&buf);
+            let hashed = r.main > self.compacted
+                || if any_live {
+                    keep.contains(&r)
+                } else {
+                    self.index.get(&kv.key).is_some_and(|k| k.holds(r))
+                };
+            if hashed {
+                buf.clear();
+                etcd_record::key(r, &kv, &mut buf);
+                etcd_record::value(&kv, &mut buf);
+                h = crc32c::crc32c_append(h, &buf);
+            }
             true
         })?;
-        Ok((h.finalize(), self.current, self.compacted))
+        Ok((h, self.current, self.compacted))
     }
 
     /// The events of revisions `from..=to` in order (a watch's history), appended to `out`: at least
