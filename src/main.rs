@@ -40,8 +40,12 @@ enum SnapshotCommand {
     /// Builds a new member's data dir (`--data-dir`, default ${name}.concord) from a backup, like
     /// `etcdutl snapshot restore`; then start the member with the new cluster's `--initial-cluster`.
     Restore {
-        /// The file `etcdctl snapshot save` wrote.
+        /// The file `etcdctl snapshot save` wrote (from concord or etcd), or an etcd member's
+        /// `member/snap/db` with `--skip-hash-check`.
         file: std::path::PathBuf,
+        /// Accept a file without the sha256 a saved snapshot ends with (etcdutl's flag).
+        #[arg(long)]
+        skip_hash_check: bool,
         #[command(flatten)]
         config: Box<Config>,
     },
@@ -104,11 +108,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{summary}");
             Ok(())
         }
-        Some(Command::Snapshot(SnapshotCommand::Restore { file, config })) => {
+        Some(Command::Snapshot(SnapshotCommand::Restore { file, skip_hash_check, config })) => {
             // etcdutl's check: the member being restored must be one of the new cluster's.
             config.initial_members()?;
             let dir = config.data_dir();
-            concord::backup::restore(&file, &dir)?;
+            concord::backup::restore(&file, &dir, skip_hash_check)?;
             println!("restored {} into {}", file.display(), dir.display());
             Ok(())
         }

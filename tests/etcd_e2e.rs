@@ -4,8 +4,9 @@
 //! The tests below are those concord passes. Left out, and why:
 //!
 //! - the v2 API (`TestCtlV2*`, `TestV2Curl*`, `TestCtlV3Migrate`): concord serves v3 only, as etcd 3.6;
-//! - etcd's bbolt file (`TestCtlV3Snapshot*`, `TestCtlV3AuthSnapshot*`, `TestIssue6361`,
-//!   `TestEtcdCorruptHash`): `etcdctl snapshot status/restore` and the test itself open it;
+//! - etcd's data dir (`TestIssue6361`, `TestEtcdCorruptHash`): the first starts a member on a data dir
+//!   `etcdctl snapshot restore` made, the second damages the running member's bbolt file; concord's
+//!   data dir is its own (its backups are etcd's bbolt files, and pass `TestCtlV3Snapshot*`);
 //! - etcd 3.4's answers where concord gives 3.5's: `/health`'s `reason` (`TestCtlV3Alarm`), the field
 //!   order of gateway errors (`TestV3Curl*MissiongLeaderKey*`), the server version in `/metrics`
 //!   (`TestV3Metrics*`);
@@ -155,7 +156,11 @@ const PASSING: &[&str] = &[
     "TestCtlV3RoleAddPeerTLS",
     "TestCtlV3RoleAddTimeout",
     "TestCtlV3RoleGrant",
+    "TestCtlV3Snapshot",
     "TestCtlV3SnapshotCorrupt",
+    "TestCtlV3SnapshotStatusBeforeRestore",
+    "TestCtlV3AuthSnapshot",
+    "TestCtlV3AuthSnapshotJWT",
     "TestCtlV3Version",
     "TestCtlV3DialWithHTTPScheme",
     "TestCtlV3TxnInteractiveSuccess",

@@ -4,7 +4,6 @@ use std::pin::Pin;
 
 use futures::Stream;
 use sha2::{Digest, Sha256};
-use std::io::Read as _;
 use tonic::{Request, Response, Status};
 
 use super::auth::require_admin;
@@ -121,7 +120,7 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = SnapshotStream;
 
-    /// A point-in-time copy of the whole state, framed as `backup` describes, in 32 KiB messages (etcd's
+    /// A point-in-time copy of the whole state as etcd's backend file (see `backup`), in 32 KiB messages (etcd's
     /// `snapshotSendBufferSize`) and ending with its sha256, as etcd sends it.
     async fn snapshot(
         &self,
@@ -134,13 +133,10 @@ impl Maintenance for MaintenanceService {
             .await
             .map_err(|e| internal(e.to_string()))?
             .map_err(internal)?;
-        let len = file.metadata().map_err(|e| internal(e.to_string()))?.len();
-        let (head, padding) = crate::backup::frame(len);
-        let mut body = std::io::Read::chain(
-            std::io::Cursor::new(head).chain(file),
-            std::io::repeat(0).take(padding as u64),
-        );
-        let total = head.len() as u64 + len + padding as u64;
+        // A bbolt file is whole pages, so already the multiple of 512 bytes etcd's tools expect
+        // before the sha256.
+        let total = file.metadata().map_err(|e| internal(e.to_string()))?.len();
+        let mut body = file;
         let header = header(&self.node);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {

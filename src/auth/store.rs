@@ -38,6 +38,18 @@ impl Default for AuthStore {
     }
 }
 
+impl AuthStore {
+    /// The auth state a backup carries (etcd's auth buckets).
+    pub fn from_parts(
+        enabled: bool,
+        revision: u64,
+        users: BTreeMap<String, User>,
+        roles: BTreeMap<String, Vec<Permission>>,
+    ) -> AuthStore {
+        AuthStore { enabled, revision, users, roles }
+    }
+}
+
 /// A change to the auth state, as proposed through the log. Passwords arrive hashed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum AuthOp {

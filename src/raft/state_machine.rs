@@ -23,6 +23,7 @@ use super::types::{
 use super::wait::Wait;
 use super::{decode, encode};
 use crate::auth::{AuthError, AuthStore, Caller, TokenEffect, Tokens};
+use crate::backup::etcd::BackupState;
 use crate::lease::LeaseTable;
 use crate::mvcc::{MvccError, Store};
 use crate::pb::etcdserverpb::RangeRequest;
@@ -487,7 +488,9 @@ impl StateMachine {
 
     /// Replaces the state with a snapshot's, read from `file` (blocking), and makes it durable.
     fn install(&self, file: std::fs::File, snapshot_id: &str) -> Result<(), StorageError> {
-        let durable = self.replace_state(std::io::BufReader::with_capacity(1 << 20, file), |d| d)?;
+        let mut r = std::io::BufReader::with_capacity(1 << 20, file);
+        let durable = read_dump_head(&mut r)?;
+        self.replace_state(durable.clone(), &mut r)?;
         if let Some(l) = durable.last_applied {
             self.applied_tx.send_replace(l.index);
         }
@@ -496,51 +499,64 @@ impl StateMachine {
         Ok(())
     }
 
-    /// A consistent copy of the whole state (blocking; applies go on meanwhile), for etcd's
-    /// Maintenance.Snapshot: the same dump a lagging member receives, in a file already unlinked, so
-    /// that nothing is left behind however the reader ends.
+    /// A consistent copy of the whole state (blocking; applies go on meanwhile) as etcd's backend file,
+    /// for etcd's Maintenance.Snapshot, in a file already unlinked, so that nothing is left behind
+    /// however the reader ends.
     pub fn backup(&self) -> Result<std::fs::File, StorageError> {
         static BACKUPS: AtomicU64 = AtomicU64::new(0);
         let path = self.snapshot_dir.join(format!("backup-{}.tmp", BACKUPS.fetch_add(1, Ordering::Relaxed)));
-        let written = dump(self, &path)
-            .and_then(|_| std::fs::File::open(&path).map_err(|e| snap_err(ErrorVerb::Read, e)));
+        let (state, view) = {
+            let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+            let d = self.meta().durable(&store);
+            let state = BackupState {
+                current: d.current,
+                compacted: d.compacted,
+                consistent_index: d.last_applied.map_or(0, |l| l.index),
+                leases: d.leases,
+                auth: d.auth,
+            };
+            (state, store.backend().view())
+        };
+        let written = std::fs::File::create(&path)
+            .and_then(|f| crate::backup::etcd::write(f, &state, |f| view.for_each(f)))
+            .and_then(|f| f.sync_all().map(|()| f))
+            .and_then(|_| std::fs::File::open(&path))
+            .map_err(|e| snap_err(ErrorVerb::Write, e));
         let _ = std::fs::remove_file(&path);
         written
     }
 
-    /// Fills this (new, empty) state machine from a dump `backup` wrote, as the first state of a new
-    /// cluster (etcd's `snapshot restore`): the data, revisions and leases are kept; the applied log
-    /// position and the membership are not, since the restored cluster starts its own log.
-    pub fn restore(&self, dump: impl Read) -> Result<(), StorageError> {
-        let fresh = |d: Durable| Durable {
-            last_applied: None,
-            membership: StoredMembership::default(),
-            attributes: BTreeMap::new(),
-            alarms: BTreeSet::new(),
-            ..d
-        };
-        self.replace_state(dump, fresh).map(|_| ())
+    /// Fills this (new, empty) state machine from a backup, as the first state of a new cluster
+    /// (etcd's `snapshot restore`): `records` in the record log's format, in revision order. The data,
+    /// revisions, leases and auth are kept; the log position and the membership are not, since the
+    /// restored cluster starts its own log.
+    pub fn restore(&self, state: BackupState, records: &mut impl Read) -> Result<(), StorageError> {
+        let BackupState { current, compacted, leases, auth, consistent_index: _ } = state;
+        self.replace_state(Durable { current, compacted, leases, auth, ..Durable::default() }, records)
     }
 
-    /// Replaces the state with the dump read from `r`, its checkpoint passed through `adapt`, and makes
-    /// it durable.
-    fn replace_state(
-        &self,
-        mut r: impl Read,
-        adapt: impl FnOnce(Durable) -> Durable,
-    ) -> Result<Durable, StorageError> {
-        let re = |e: std::io::Error| snap_err(ErrorVerb::Read, e);
-        read_part(&mut r).map_err(re)?; // the SnapshotMeta (openraft has read it already)
-        let durable: Durable = adapt(
-            Durable::decode(&read_part(&mut r).map_err(re)?).map_err(|e| snap_err(ErrorVerb::Read, e))?,
-        );
+    /// The same from a dump as `dump` writes it (concord's backups before they were etcd's files).
+    pub fn restore_dump(&self, mut dump: impl Read) -> Result<(), StorageError> {
+        let d = read_dump_head(&mut dump)?;
+        let state = BackupState {
+            current: d.current,
+            compacted: d.compacted,
+            consistent_index: 0,
+            leases: d.leases,
+            auth: d.auth,
+        };
+        self.restore(state, &mut dump)
+    }
+
+    /// Replaces the state with `durable` and the records read from `records`, and makes it durable.
+    fn replace_state(&self, durable: Durable, records: &mut impl Read) -> Result<(), StorageError> {
         let bytes = encode(&durable).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let _one = self.checkpoint_lock.lock().unwrap_or_else(|p| p.into_inner());
         let point = {
             let mut store = self.store_mut();
             // Half-replaced records are of no use to anyone: a failure here stops this member.
             let replaced =
-                store.backend_mut().replace(&mut r).map_err(|e| snap_err(ErrorVerb::Read, e)).and_then(
+                store.backend_mut().replace(records).map_err(|e| snap_err(ErrorVerb::Read, e)).and_then(
                     |()| {
                         store
                             .rebuild(durable.current, durable.compacted)
@@ -564,7 +580,7 @@ impl StateMachine {
             return Err(snap_err(ErrorVerb::Write, e));
         }
         self.store_mut().backend_mut().synced(&point);
-        Ok(durable)
+        Ok(())
     }
 
     fn snapshot_path(&self, id: &str) -> PathBuf {
@@ -781,6 +797,14 @@ fn dump(sm: &StateMachine, tmp: &Path) -> Result<SnapshotMeta, StorageError> {
     let file = w.into_inner().map_err(|e| we(e.into_error()))?;
     file.sync_all().map_err(we)?;
     Ok(meta)
+}
+
+/// Reads the head of a dump (its SnapshotMeta, which openraft has read already, and its checkpoint),
+/// leaving `r` at the records.
+fn read_dump_head(r: &mut impl Read) -> Result<Durable, StorageError> {
+    let re = |e: std::io::Error| snap_err(ErrorVerb::Read, e);
+    read_part(r).map_err(re)?;
+    Durable::decode(&read_part(r).map_err(re)?).map_err(|e| snap_err(ErrorVerb::Read, e))
 }
 
 fn read_part(r: &mut impl Read) -> std::io::Result<Vec<u8>> {

@@ -95,7 +95,7 @@ fn backend_err(e: impl std::fmt::Display) -> MvccError {
     MvccError::Backend(e.to_string())
 }
 
-fn encode_record(rev: Revision, kv: &KeyValue, out: &mut Vec<u8>) {
+pub fn encode_record(rev: Revision, kv: &KeyValue, out: &mut Vec<u8>) {
     let start = out.len();
     let body_len = REV + kv.encoded_len();
     out.extend_from_slice(&(body_len as u32).to_le_bytes());
@@ -644,6 +644,27 @@ pub struct RecordsView {
 impl RecordsView {
     /// Writes every record, in revision order and in the segment format, to `w`.
     pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
+        self.for_each_run(&mut |run| w.write_all(run))
+    }
+
+    /// Passes every record, in revision order, to `f`.
+    pub fn for_each(&self, f: &mut dyn FnMut(Revision, KeyValue) -> io::Result<()>) -> io::Result<()> {
+        self.for_each_run(&mut |mut run| {
+            while !run.is_empty() {
+                let len = HEADER + le_u32(run) as usize;
+                let rec = run.get(..len).ok_or_else(|| io::Error::other(corrupt("truncated record")))?;
+                let rev = check_record(rec)
+                    .ok_or_else(|| io::Error::other(corrupt("record with a bad checksum")))?;
+                let kv = KeyValue::decode(&rec[HEADER + REV..]).map_err(io::Error::other)?;
+                f(rev, kv)?;
+                run = &run[len..];
+            }
+            Ok(())
+        })
+    }
+
+    /// Reads the records in runs of whole records, each passed to `f`.
+    fn for_each_run(&self, f: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
         let mut buf = Vec::new();
         let mut i = 0;
         while i < self.locs.len() {
@@ -663,7 +684,7 @@ impl RecordsView {
                 self.files.get(&start.seg).ok_or_else(|| io::Error::other("segment missing from view"))?;
             buf.resize((end - start.off) as usize, 0);
             file.read_exact_at(&mut buf, start.off)?;
-            w.write_all(&buf)?;
+            f(&buf)?;
             i = j;
         }
         Ok(())

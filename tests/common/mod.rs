@@ -285,8 +285,37 @@ impl Etcd {
     }
 
     pub fn start_bin(bin: &str, extra: &[&str]) -> Etcd {
+        Etcd::spawn(bin, tempfile::tempdir().expect("tempdir"), (free_port(), free_port()), extra)
+    }
+
+    /// A real etcd (`bin`) on the data dir that `<restore_bin> snapshot restore` (etcdctl 3.4 or etcdutl
+    /// 3.5) builds from `backup`.
+    pub fn restored(bin: &str, restore_bin: &str, backup: &Path) -> Etcd {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (client_port, peer_port) = (free_port(), free_port());
+        let ports = (free_port(), free_port());
+        let peer = format!("http://127.0.0.1:{}", ports.1);
+        let out = Command::new(restore_bin)
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore"])
+            .arg(backup)
+            .args(["--name", "ref", "--data-dir", dir.path().join("d").to_str().unwrap()])
+            .args(["--initial-cluster", &format!("ref={peer}"), "--initial-advertise-peer-urls", &peer])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {restore_bin}: {e}"));
+        assert!(
+            out.status.success(),
+            "{restore_bin} snapshot restore: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Etcd::spawn(bin, dir, ports, &[])
+    }
+
+    fn spawn(
+        bin: &str,
+        dir: tempfile::TempDir,
+        (client_port, peer_port): (u16, u16),
+        extra: &[&str],
+    ) -> Etcd {
         let client = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
         let child = Command::new(bin)

@@ -2,13 +2,19 @@
 //! Maintenance.Snapshot, and `concord snapshot restore` builds a new member's data dir from it (etcdutl's
 //! `snapshot restore`).
 //!
-//! The file is the state machine's snapshot dump (the one a lagging member receives) framed the way
-//! etcdctl checks a snapshot: a 16-byte header (magic, dump length), the dump, zeros up to a multiple of
-//! 512 bytes, then the sha256 of everything before it, which the server sends as the stream's last
-//! message. A truncated or altered file fails the checksum and is refused.
+//! A backup is etcd's backend file: a bbolt file ([`bolt`]) with etcd's buckets ([`etcd`]), followed,
+//! as the server streams it, by the sha256 of everything before it. So etcd's tools read concord's
+//! backups (`etcdctl snapshot status`, `etcdutl snapshot restore` into a real etcd), and concord
+//! restores etcd's: a backup is also the way from etcd to concord and back.
+//!
+//! Backups from concord before it wrote etcd's files (a `concord1` header, the state machine's dump,
+//! zeros up to a multiple of 512 bytes, the sha256) still restore.
+
+pub mod bolt;
+pub mod etcd;
 
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -18,7 +24,7 @@ use crate::storage::StorageError;
 
 const MAGIC: &[u8; 8] = b"concord1";
 const HEADER: u64 = 16;
-/// etcdctl's `hasChecksum`: the data is a whole number of 512-byte pages, then a sha256.
+/// etcd's `hasChecksum`: the data is a whole number of 512-byte pages, then a sha256.
 const PAGE: u64 = 512;
 const SHA_LEN: u64 = 32;
 
@@ -26,12 +32,14 @@ const SHA_LEN: u64 = 32;
 pub enum BackupError {
     #[error("data-dir {0:?} exists")]
     DataDirExists(PathBuf),
-    #[error("{0}: not a concord snapshot (sha256 checksum not found)")]
+    #[error("{0}: snapshot missing hash but --skip-hash-check=false")]
     NoChecksum(PathBuf),
     #[error("{path}: snapshot file integrity check failed: expected sha256 {expected}, got {actual}")]
     Checksum { path: PathBuf, expected: String, actual: String },
     #[error("{0}: not a concord snapshot")]
     NotConcord(PathBuf),
+    #[error("{0}: {1}")]
+    Invalid(PathBuf, std::io::Error),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("{0}")]
@@ -46,8 +54,9 @@ impl From<crate::raft::types::StorageError> for BackupError {
     }
 }
 
-/// The header of a backup whose dump is `len` bytes, and the zeros that follow the dump.
-pub fn frame(len: u64) -> ([u8; HEADER as usize], usize) {
+/// The header of a `concord1` backup whose dump is `len` bytes, and the zeros that follow the dump.
+#[cfg(test)]
+fn frame(len: u64) -> ([u8; HEADER as usize], usize) {
     let mut header = [0u8; HEADER as usize];
     header[..8].copy_from_slice(MAGIC);
     header[8..].copy_from_slice(&len.to_be_bytes());
@@ -55,12 +64,13 @@ pub fn frame(len: u64) -> ([u8; HEADER as usize], usize) {
     (header, padding as usize)
 }
 
-/// Checks a backup's checksum and header; returns the file positioned at the dump, and its length.
-fn open_checked(path: &Path) -> Result<(BufReader<File>, u64), BackupError> {
+/// Checks a backup's sha256 (etcd's `hasChecksum`: a whole number of 512-byte pages, then the sha256),
+/// unless `skip_hash_check` and it has none; returns the file and the length of its data.
+fn open_checked(path: &Path, skip_hash_check: bool) -> Result<(File, u64), BackupError> {
     let mut file = File::open(path)?;
     let size = file.metadata()?.len();
-    if size < HEADER + SHA_LEN || !(size - SHA_LEN).is_multiple_of(PAGE) {
-        return Err(BackupError::NoChecksum(path.into()));
+    if size < SHA_LEN || !(size - SHA_LEN).is_multiple_of(PAGE) {
+        return if skip_hash_check { Ok((file, size)) } else { Err(BackupError::NoChecksum(path.into())) };
     }
     let mut hasher = Sha256::new();
     std::io::copy(&mut (&mut file).take(size - SHA_LEN), &mut hasher)?;
@@ -76,27 +86,45 @@ fn open_checked(path: &Path) -> Result<(BufReader<File>, u64), BackupError> {
         });
     }
     file.seek(SeekFrom::Start(0))?;
-    let mut header = [0u8; HEADER as usize];
-    file.read_exact(&mut header)?;
-    let len = u64::from_be_bytes(header[8..].try_into().unwrap_or_default());
-    if &header[..8] != MAGIC || HEADER + len > size - SHA_LEN {
-        return Err(BackupError::NotConcord(path.into()));
-    }
-    Ok((BufReader::with_capacity(1 << 20, file), len))
+    Ok((file, size - SHA_LEN))
 }
 
-/// Builds the data dir of a new cluster's member from a backup. The member is then started with
-/// `--initial-cluster-state new` and the new cluster's `--initial-cluster`, like a member etcdutl restored.
-pub fn restore(backup: &Path, data_dir: &Path) -> Result<(), BackupError> {
+/// Builds the data dir of a new cluster's member from a backup, etcd's or concord's. The member is then
+/// started with `--initial-cluster-state new` and the new cluster's `--initial-cluster`, like a member
+/// etcdutl restored.
+pub fn restore(backup: &Path, data_dir: &Path, skip_hash_check: bool) -> Result<(), BackupError> {
     if data_dir.exists() {
         return Err(BackupError::DataDirExists(data_dir.into()));
     }
-    let (dump, len) = open_checked(backup)?;
+    let (mut file, len) = open_checked(backup, skip_hash_check)?;
+    let mut magic = [0u8; HEADER as usize];
+    let concord1 = file.read_exact(&mut magic).is_ok() && &magic[..8] == MAGIC;
     // Built aside and renamed: a failed restore leaves no half-made data dir behind.
     let building = data_dir.with_extension("restoring");
     let _ = std::fs::remove_dir_all(&building);
     let sm = StateMachine::open(&building.join("records"), building.join("snap"), u64::MAX)?;
-    sm.restore(dump.take(len))?;
+    if concord1 {
+        let dump_len = u64::from_be_bytes(magic[8..].try_into().unwrap_or_default());
+        if HEADER + dump_len > len {
+            return Err(BackupError::NotConcord(backup.into()));
+        }
+        sm.restore_dump(BufReader::with_capacity(1 << 20, file).take(dump_len))?;
+    } else {
+        // etcd's records, converted to concord's in a file beside the new data dir.
+        let converted = building.join("records.restoring");
+        let mut w = BufWriter::with_capacity(1 << 20, File::create(&converted)?);
+        let mut buf = Vec::new();
+        let state = etcd::read(file, &mut |rev, kv| {
+            buf.clear();
+            crate::storage::records::encode_record(rev, &kv, &mut buf);
+            w.write_all(&buf)
+        })
+        .map_err(|e| BackupError::Invalid(backup.into(), e))?;
+        w.flush()?;
+        drop(w);
+        sm.restore(state, &mut BufReader::with_capacity(1 << 20, File::open(&converted)?))?;
+        std::fs::remove_file(&converted)?;
+    }
     drop(sm);
     std::fs::rename(&building, data_dir)?;
     Ok(())
@@ -126,14 +154,15 @@ mod tests {
         let good = [body.clone(), sha.to_vec()].concat();
         let path = dir.path().join("b");
         std::fs::write(&path, &good).unwrap();
-        assert_eq!(open_checked(&path).unwrap().1, 3);
+        assert_eq!(open_checked(&path, false).unwrap().1, good.len() as u64 - SHA_LEN);
 
         std::fs::write(&path, &good[..good.len() - 1]).unwrap();
-        assert!(matches!(open_checked(&path), Err(BackupError::NoChecksum(_))));
+        assert!(matches!(open_checked(&path, false), Err(BackupError::NoChecksum(_))));
+        assert!(open_checked(&path, true).is_ok());
         let mut altered = good.clone();
         altered[17] ^= 1;
         std::fs::write(&path, &altered).unwrap();
-        assert!(matches!(open_checked(&path), Err(BackupError::Checksum { .. })));
-        assert!(matches!(restore(&path, dir.path()), Err(BackupError::DataDirExists(_))));
+        assert!(matches!(open_checked(&path, true), Err(BackupError::Checksum { .. })));
+        assert!(matches!(restore(&path, dir.path(), false), Err(BackupError::DataDirExists(_))));
     }
 }
