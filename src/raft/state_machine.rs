@@ -519,7 +519,6 @@ impl StateMachine {
         };
         let written = std::fs::File::create(&path)
             .and_then(|f| crate::backup::etcd::write(f, &state, |f| view.for_each(f)))
-            .and_then(|f| f.sync_all().map(|()| f))
             .and_then(|_| std::fs::File::open(&path))
             .map_err(|e| snap_err(ErrorVerb::Write, e));
         let _ = std::fs::remove_file(&path);
