@@ -345,14 +345,20 @@ impl Reader {
         if id < 2 || id >= self.pages {
             return Err(corrupt(format!("page {id} out of range")));
         }
+        // Every number here comes from the file: checked, so that no product wraps past a bound.
+        let start =
+            id.checked_mul(self.page_size).ok_or_else(|| corrupt(format!("page {id} out of range")))?;
         let mut head = [0u8; PAGE_HEADER];
-        self.file.read_exact_at(&mut head, id * self.page_size)?;
+        self.file.read_exact_at(&mut head, start)?;
         let pages = u64::from(u32_at(&head, 12)) + 1;
-        if id + pages > self.pages || (id + pages) * self.page_size > self.len {
-            return Err(corrupt(format!("page {id} overflows the file")));
-        }
-        let mut page = vec![0u8; (pages * self.page_size) as usize];
-        self.file.read_exact_at(&mut page, id * self.page_size)?;
+        let end = id
+            .checked_add(pages)
+            .filter(|end| *end <= self.pages)
+            .and_then(|end| end.checked_mul(self.page_size))
+            .filter(|end| *end <= self.len)
+            .ok_or_else(|| corrupt(format!("page {id} overflows the file")))?;
+        let mut page = vec![0u8; (end - start) as usize];
+        self.file.read_exact_at(&mut page, start)?;
         Ok(page)
     }
 }
@@ -407,7 +413,7 @@ fn meta(page: &[u8]) -> Option<Meta> {
         && u32_at(m, 4) == VERSION
         && fnv64a(&m[..56]) == u64_at(m, 56);
     let page_size = u64::from(u32_at(m, 8));
-    (valid && page_size >= 512).then(|| Meta {
+    (valid && (512..=1 << 20).contains(&page_size)).then(|| Meta {
         page_size,
         root: u64_at(m, 16),
         pages: u64_at(m, 40),

@@ -120,7 +120,8 @@ pub fn write(
 
     let mut b = w.bucket(b"meta")?;
     b.put(CONSISTENT_INDEX, &state.consistent_index.to_be_bytes())?;
-    if state.compacted > 0 {
+    // etcd records a compaction at revision 0 too; -1 is none.
+    if state.compacted >= 0 {
         b.put(FINISHED_COMPACT, &rev_bytes(state.compacted))?;
         b.put(SCHEDULED_COMPACT, &rev_bytes(state.compacted))?;
     }

@@ -69,8 +69,13 @@ fn frame(len: u64) -> ([u8; HEADER as usize], usize) {
 fn open_checked(path: &Path, skip_hash_check: bool) -> Result<(File, u64), BackupError> {
     let mut file = File::open(path)?;
     let size = file.metadata()?.len();
-    if size < SHA_LEN || !(size - SHA_LEN).is_multiple_of(PAGE) {
-        return if skip_hash_check { Ok((file, size)) } else { Err(BackupError::NoChecksum(path.into())) };
+    let has_hash = size >= SHA_LEN && (size - SHA_LEN).is_multiple_of(PAGE);
+    if skip_hash_check {
+        // As etcdutl: not checked, whatever the file ends with.
+        return Ok((file, if has_hash { size - SHA_LEN } else { size }));
+    }
+    if !has_hash {
+        return Err(BackupError::NoChecksum(path.into()));
     }
     let mut hasher = Sha256::new();
     std::io::copy(&mut (&mut file).take(size - SHA_LEN), &mut hasher)?;
@@ -101,7 +106,7 @@ pub fn restore(backup: &Path, data_dir: &Path, skip_hash_check: bool) -> Result<
     let concord1 = file.read_exact(&mut magic).is_ok() && &magic[..8] == MAGIC;
     let dump_len = concord1.then(|| u64::from_be_bytes(magic[8..].try_into().unwrap_or_default()));
     // Built aside and renamed: a failed restore leaves no half-made data dir behind.
-    let building = data_dir.with_extension("restoring");
+    let building = aside(data_dir);
     let _ = std::fs::remove_dir_all(&building);
     let built = build(backup, &building, file, len, dump_len);
     if built.is_err() {
@@ -112,12 +117,19 @@ pub fn restore(backup: &Path, data_dir: &Path, skip_hash_check: bool) -> Result<
     Ok(())
 }
 
+/// `<data_dir>.restoring`, where a restore builds the data dir.
+fn aside(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.as_os_str().to_owned();
+    name.push(".restoring");
+    name.into()
+}
+
 /// Fills a new state machine in `dir` from the backup `file` (`len` bytes of data besides the sha256):
 /// a `concord1` dump of `dump_len` bytes after its header, or else etcd's backend file.
 fn build(backup: &Path, dir: &Path, file: File, len: u64, dump_len: Option<u64>) -> Result<(), BackupError> {
     let sm = StateMachine::open(&dir.join("records"), dir.join("snap"), u64::MAX)?;
     if let Some(dump_len) = dump_len {
-        if HEADER + dump_len > len {
+        if HEADER.checked_add(dump_len).is_none_or(|end| end > len) {
             return Err(BackupError::NotConcord(backup.into()));
         }
         sm.restore_dump(BufReader::with_capacity(1 << 20, file).take(dump_len))?;
@@ -168,11 +180,12 @@ mod tests {
 
         std::fs::write(&path, &good[..good.len() - 1]).unwrap();
         assert!(matches!(open_checked(&path, false), Err(BackupError::NoChecksum(_))));
-        assert!(open_checked(&path, true).is_ok());
+        assert_eq!(open_checked(&path, true).unwrap().1, good.len() as u64 - 1);
         let mut altered = good.clone();
         altered[17] ^= 1;
         std::fs::write(&path, &altered).unwrap();
-        assert!(matches!(open_checked(&path, true), Err(BackupError::Checksum { .. })));
+        assert!(matches!(open_checked(&path, false), Err(BackupError::Checksum { .. })));
+        assert_eq!(open_checked(&path, true).unwrap().1, good.len() as u64 - SHA_LEN, "not checked");
         assert!(matches!(restore(&path, dir.path(), false), Err(BackupError::DataDirExists(_))));
     }
 
@@ -187,6 +200,6 @@ mod tests {
         assert!(matches!(err, BackupError::Invalid(..)), "{err}");
         assert!(err.to_string().contains("not a valid bbolt file"), "{err}");
         assert!(!data_dir.exists());
-        assert!(!data_dir.with_extension("restoring").exists());
+        assert!(!aside(&data_dir).exists());
     }
 }

@@ -60,6 +60,12 @@ impl<B: Backend> Store<B> {
         Ok(())
     }
 
+    /// Records compaction dropped that the backend still holds until the next commit (after a rebuild):
+    /// a copy of the backend's records must leave them out.
+    pub fn dropped_records(&self) -> &[Revision] {
+        &self.pending_deletes
+    }
+
     pub fn current_revision(&self) -> i64 {
         self.current
     }

@@ -447,6 +447,20 @@ mod tests {
         s
     }
 
+    #[test]
+    fn a_rebuild_reports_the_records_compaction_dropped_until_they_are_committed() {
+        let mut s = Store::open(MemBackend::default(), 1, -1).unwrap();
+        put(&mut s, "a", "1");
+        let last = put(&mut s, "a", "2");
+        let mut s = flushed(s);
+        // As after a restart whose checkpoint predates the compaction's commit.
+        s.rebuild(last, last).unwrap();
+        assert_eq!(s.dropped_records(), [Revision::new(2, 0)]);
+        let s = flushed(s);
+        assert!(s.dropped_records().is_empty());
+        assert_eq!(get(&s, "a", 0).unwrap().unwrap().value, "2");
+    }
+
     fn cmp(key: &str, target: CompareTarget, result: CompareResult, t: TargetUnion) -> Compare {
         Compare {
             key: key.into(),

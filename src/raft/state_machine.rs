@@ -505,7 +505,7 @@ impl StateMachine {
     pub fn backup(&self) -> Result<std::fs::File, StorageError> {
         static BACKUPS: AtomicU64 = AtomicU64::new(0);
         let path = self.snapshot_dir.join(format!("backup-{}.tmp", BACKUPS.fetch_add(1, Ordering::Relaxed)));
-        let (state, view) = {
+        let (state, view, dropped) = {
             let store = self.store.read().unwrap_or_else(|p| p.into_inner());
             let d = self.meta().durable(&store);
             let state = BackupState {
@@ -515,10 +515,14 @@ impl StateMachine {
                 leases: d.leases,
                 auth: d.auth,
             };
-            (state, store.backend().view())
+            let dropped: std::collections::HashSet<_> = store.dropped_records().iter().copied().collect();
+            (state, store.backend().view(), dropped)
+        };
+        let live = |f: &mut dyn FnMut(_, _) -> std::io::Result<()>| {
+            view.for_each(&mut |rev, kv| if dropped.contains(&rev) { Ok(()) } else { f(rev, kv) })
         };
         let written = std::fs::File::create(&path)
-            .and_then(|f| crate::backup::etcd::write(f, &state, |f| view.for_each(f)))
+            .and_then(|f| crate::backup::etcd::write(f, &state, live))
             .and_then(|_| std::fs::File::open(&path))
             .map_err(|e| snap_err(ErrorVerb::Write, e));
         let _ = std::fs::remove_file(&path);
