@@ -49,7 +49,7 @@ async fn peers(node: &RaftNode, rev: i64) -> Vec<(u64, HashKv)> {
 
 /// The members whose data differs from this member's at its current revision.
 pub async fn mismatched(node: &RaftNode) -> Result<Vec<u64>, MvccError> {
-    let (hash, rev, compacted) = node.sm.read(|s| s.hash_kv(0))?;
+    let (hash, rev, compacted) = node.sm.hash_kv(0).await?;
     Ok(peers(node, rev)
         .await
         .into_iter()

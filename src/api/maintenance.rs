@@ -105,14 +105,14 @@ impl Maintenance for MaintenanceService {
     /// revision), which is what a comparison between members needs.
     async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         require_admin(&self.node, &req).await?;
-        let (hash, _, _) = self.node.sm.read(|s| s.hash_kv(0)).map_err(mvcc_status)?;
+        let (hash, _, _) = self.node.sm.hash_kv(0).await.map_err(mvcc_status)?;
         Ok(Response::new(HashResponse { header: header(&self.node), hash }))
     }
 
     async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         require_admin(&self.node, &req).await?;
         let rev = req.into_inner().revision;
-        let (hash, current, compact_revision) = self.node.sm.read(|s| s.hash_kv(rev)).map_err(mvcc_status)?;
+        let (hash, current, compact_revision) = self.node.sm.hash_kv(rev).await.map_err(mvcc_status)?;
         let mut h = Some(ResponseHeader { revision: current, ..Default::default() });
         super::fill_header(&self.node, &mut h);
         Ok(Response::new(HashKvResponse { header: h, hash, compact_revision }))

@@ -44,11 +44,6 @@ impl KeyHistory {
         self.revs.last().filter(|r| !r.is_tombstone())
     }
 
-    /// Whether the change at `rev` is still in the history (compaction has not dropped it).
-    pub fn holds(&self, rev: Revision) -> bool {
-        self.revs.binary_search_by(|r| r.mod_rev.cmp(&rev)).is_ok()
-    }
-
     fn push(&mut self, kr: KeyRev) {
         debug_assert!(self.revs.last().is_none_or(|l| l.mod_rev < kr.mod_rev));
         self.revs.push(kr);
@@ -114,6 +109,11 @@ impl KeyIndex {
         self.keys.retain(|_, h| !h.compact(rev, &mut dropped));
         dropped.sort_unstable();
         dropped
+    }
+
+    /// Every revision the index holds, key by key.
+    pub fn revisions(&self) -> impl Iterator<Item = Revision> + '_ {
+        self.keys.values().flat_map(|h| h.revs.iter().map(|r| r.mod_rev))
     }
 
     pub fn len(&self) -> usize {

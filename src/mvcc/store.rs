@@ -241,6 +241,17 @@ impl<B: Backend> Store<B> {
     /// revision. Equal on every member, concord's or etcd's, with the same history; a mismatch means
     /// corruption.
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), MvccError> {
+        let mut h = self.hasher(rev)?;
+        self.backend.for_each_between(1, h.rev, &mut |r, kv| {
+            h.add(r, &kv);
+            true
+        })?;
+        Ok(h.finish())
+    }
+
+    /// A [`KvHasher`] for `rev` (0: now), fixing which records it hashes. It needs the store only for
+    /// this: the records can then be fed from a copy of the backend, without holding up writes.
+    pub fn hasher(&self, rev: i64) -> Result<KvHasher, MvccError> {
         if rev > 0 && rev <= self.compacted {
             return Err(MvccError::Compacted);
         }
@@ -248,34 +259,25 @@ impl<B: Backend> Store<B> {
             return Err(MvccError::FutureRev);
         }
         let rev = if rev <= 0 { self.current } else { rev };
-        // etcd's HashByRev: crc32c of the key bucket's name, then of each record's key and value as etcd
-        // stores them, up to `rev`. Of the records at or below the compacted revision it hashes only those
-        // a read at `rev` sees (`kvindex.Keep(rev)`), or every one compaction kept when that is none.
-        let keep: HashSet<Revision> = self
+        // Of the records at or below the compacted revision etcd hashes only those a read at `rev` sees
+        // (`kvindex.Keep(rev)`), or, when that is none, every one compaction kept.
+        let mut below: HashSet<Revision> = self
             .index
             .range(b"", RangeEnd::Unbounded, rev)
             .map(|(_, kr)| kr.mod_rev)
             .filter(|r| r.main <= self.compacted)
             .collect();
-        let any_live = self.index.range(b"", RangeEnd::Unbounded, rev).next().is_some();
-        let mut h = crc32c::crc32c(b"key");
-        let mut buf = Vec::new();
-        self.backend.for_each_between(1, rev, &mut |r, kv| {
-            let hashed = r.main > self.compacted
-                || if any_live {
-                    keep.contains(&r)
-                } else {
-                    self.index.get(&kv.key).is_some_and(|k| k.holds(r))
-                };
-            if hashed {
-                buf.clear();
-                etcd_record::key(r, &kv, &mut buf);
-                etcd_record::value(&kv, &mut buf);
-                h = crc32c::crc32c_append(h, &buf);
-            }
-            true
-        })?;
-        Ok((h, self.current, self.compacted))
+        if self.index.range(b"", RangeEnd::Unbounded, rev).next().is_none() {
+            below = self.index.revisions().filter(|r| r.main <= self.compacted).collect();
+        }
+        Ok(KvHasher {
+            rev,
+            current: self.current,
+            compacted: self.compacted,
+            below,
+            crc: crc32c::crc32c(b"key"),
+            buf: Vec::new(),
+        })
     }
 
     /// The events of revisions `from..=to` in order (a watch's history), appended to `out`: at least
@@ -320,5 +322,36 @@ impl<B: Backend> Store<B> {
         self.pending_deletes.extend(dropped);
         self.compacted = rev;
         Ok(())
+    }
+}
+
+/// etcd's HashByRev: crc32c of the key bucket's name, then of each hashed record's key and value as etcd
+/// stores them, in revision order.
+pub struct KvHasher {
+    /// Records above it are not hashed.
+    pub rev: i64,
+    current: i64,
+    compacted: i64,
+    /// The records at or below the compacted revision that are hashed.
+    below: HashSet<Revision>,
+    crc: u32,
+    buf: Vec<u8>,
+}
+
+impl KvHasher {
+    /// Takes the next record (in revision order); ignores those the hash leaves out.
+    pub fn add(&mut self, r: Revision, kv: &KeyValue) {
+        if r.main > self.rev || (r.main <= self.compacted && !self.below.contains(&r)) {
+            return;
+        }
+        self.buf.clear();
+        etcd_record::key(r, kv, &mut self.buf);
+        etcd_record::value(kv, &mut self.buf);
+        self.crc = crc32c::crc32c_append(self.crc, &self.buf);
+    }
+
+    /// The hash, the current revision and the compacted one, as HashKV answers.
+    pub fn finish(self) -> (u32, i64, i64) {
+        (self.crc, self.current, self.compacted)
     }
 }

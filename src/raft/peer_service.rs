@@ -93,7 +93,7 @@ impl RaftPeer for PeerService {
 
     async fn hash_kv(&self, req: GrpcRequest<RaftPayload>) -> Result<GrpcResponse<RaftPayload>, Status> {
         let rev: i64 = parse(req)?;
-        let answer: crate::corrupt::HashKv = self.node.sm.read(|s| s.hash_kv(rev));
+        let answer: crate::corrupt::HashKv = self.node.sm.hash_kv(rev).await;
         payload(&answer)
     }
 
