@@ -56,7 +56,7 @@ impl Kv for KvService {
             self.node.read_barrier().await.map_err(node_status)?;
         }
         check(&self.node, &caller, |auth, c| auth.check_range(c, &req))?;
-        let mut resp = self.node.sm.read(|s| s.range(&req)).map_err(mvcc_status)?;
+        let mut resp = self.node.sm.range(&req).map_err(mvcc_status)?;
         still_current(&self.node, &caller)?;
         fill_header(&self.node, &mut resp.header);
         Ok(Response::new(resp))

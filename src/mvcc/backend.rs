@@ -12,8 +12,18 @@ use super::MvccError;
 use crate::pb::mvccpb::KeyValue;
 
 pub trait Backend {
+    /// Where a record is, to be read without the store: see [`Store::range_later`](super::Store::range_later).
+    type Ref: Send + 'static;
+
     /// The record written at `rev`, if it has not been compacted away.
     fn get(&self, rev: Revision) -> Result<Option<KeyValue>, MvccError>;
+
+    /// Where the record written at `rev` is, if it has not been compacted away. The record stays readable
+    /// through the reference whatever the backend does next.
+    fn locate(&self, rev: Revision) -> Result<Option<Self::Ref>, MvccError>;
+
+    /// Reads a record [`Backend::locate`] found.
+    fn load(r: Self::Ref) -> Result<KeyValue, MvccError>;
 
     /// Every record in revision order; used to rebuild the key index on open.
     fn for_each(&self, f: &mut dyn FnMut(Revision, KeyValue)) -> Result<(), MvccError>;
@@ -61,8 +71,18 @@ impl MemBackend {
 }
 
 impl Backend for MemBackend {
+    type Ref = KeyValue;
+
     fn get(&self, rev: Revision) -> Result<Option<KeyValue>, MvccError> {
         Ok(self.records.get(&rev).cloned())
+    }
+
+    fn locate(&self, rev: Revision) -> Result<Option<KeyValue>, MvccError> {
+        self.get(rev)
+    }
+
+    fn load(kv: KeyValue) -> Result<KeyValue, MvccError> {
+        Ok(kv)
     }
 
     fn for_each(&self, f: &mut dyn FnMut(Revision, KeyValue)) -> Result<(), MvccError> {

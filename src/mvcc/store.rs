@@ -140,11 +140,38 @@ impl<B: Backend> Store<B> {
 
     /// A Range request, served at `req.revision` (or the current revision).
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
-        self.range_as_of(req, self.current)
+        self.range_as_of(req, self.current, None)
     }
 
-    /// A Range as seen by a transaction whose view is at revision `now`.
-    pub(super) fn range_as_of(&self, req: &RangeRequest, now: i64) -> Result<RangeResponse, MvccError> {
+    /// The same Range, but its values are left to read without the store (and whatever lock guards it):
+    /// the response has them empty, and the list says where each is. [`Store::fill`] reads them. A range
+    /// over many keys then does not hold writes up while it reads their values, as etcd's concurrent
+    /// read transactions do not.
+    pub fn range_later(&self, req: &RangeRequest) -> Result<(RangeResponse, Later<B::Ref>), MvccError> {
+        let mut later = Vec::new();
+        let resp = self.range_as_of(req, self.current, Some(&mut later))?;
+        Ok((resp, later))
+    }
+
+    /// Reads the values [`Store::range_later`] left out.
+    pub fn fill(resp: &mut RangeResponse, later: Later<B::Ref>) -> Result<(), MvccError> {
+        for (i, r) in later {
+            let value = B::load(r)?.value;
+            if let Some(kv) = resp.kvs.get_mut(i) {
+                kv.value = value;
+            }
+        }
+        Ok(())
+    }
+
+    /// A Range as seen by a transaction whose view is at revision `now`; with `later`, values are located,
+    /// not read (see [`Store::range_later`]).
+    pub(super) fn range_as_of(
+        &self,
+        req: &RangeRequest,
+        now: i64,
+        later: Option<&mut Later<B::Ref>>,
+    ) -> Result<RangeResponse, MvccError> {
         crate::metrics::count(&crate::metrics::MVCC_RANGES);
         let rev = self.read_revision(req.revision, now)?;
         let mut hits: Vec<(&[u8], &KeyRev)> =
@@ -221,8 +248,26 @@ impl<B: Backend> Store<B> {
                 hits.truncate(limit);
                 more = true;
             }
-            for (k, kr) in &hits {
-                kvs.push(self.key_value(k, kr, !req.keys_only)?);
+            match later {
+                Some(later) if !req.keys_only => {
+                    for (k, kr) in &hits {
+                        let mut kv = self.key_value(k, kr, false)?;
+                        if let Some(v) = self.pending.get(&kr.mod_rev) {
+                            kv.value = v.value.clone();
+                        } else {
+                            let r = self.backend.locate(kr.mod_rev)?.ok_or_else(|| {
+                                MvccError::Backend(format!("record {} missing from the backend", kr.mod_rev))
+                            })?;
+                            later.push((kvs.len(), r));
+                        }
+                        kvs.push(kv);
+                    }
+                }
+                _ => {
+                    for (k, kr) in &hits {
+                        kvs.push(self.key_value(k, kr, !req.keys_only)?);
+                    }
+                }
             }
         }
         Ok(RangeResponse { header, kvs, more, count })
@@ -324,6 +369,9 @@ impl<B: Backend> Store<B> {
         Ok(())
     }
 }
+
+/// The values a [`Store::range_later`] response leaves out: the index of each in `kvs`, and where it is.
+pub type Later<R> = Vec<(usize, R)>;
 
 /// etcd's HashByRev: crc32c of the key bucket's name, then of each hashed record's key and value as etcd
 /// stores them, in revision order.

@@ -65,7 +65,7 @@ impl<'a, B: Backend> WriteTxn<'a, B> {
     }
 
     fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
-        self.store.range_as_of(req, self.view())
+        self.store.range_as_of(req, self.view(), None)
     }
 
     fn put(&mut self, req: &PutRequest) -> Result<PutResponse, MvccError> {
@@ -369,7 +369,7 @@ struct ReadView<'a, B> {
 
 impl<B: Backend> TxnOps for ReadView<'_, B> {
     fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
-        self.store.range_as_of(req, self.now)
+        self.store.range_as_of(req, self.now, None)
     }
     fn put(&mut self, _: &PutRequest) -> Result<PutResponse, MvccError> {
         Err(MvccError::Backend("write in a read-only transaction".into()))
@@ -445,6 +445,37 @@ mod tests {
     fn flushed(mut s: Store<MemBackend>) -> Store<MemBackend> {
         s.commit().unwrap();
         s
+    }
+
+    #[test]
+    fn a_range_with_its_values_read_later_answers_the_same() {
+        let mut s = Store::open(MemBackend::default(), 1, -1).unwrap();
+        for (k, v) in [("a", "3"), ("b", "1"), ("c", "2"), ("a", "4")] {
+            put(&mut s, k, v);
+        }
+        let mut s = flushed(s);
+        put(&mut s, "d", "0"); // not yet committed: served from memory
+        let all = RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
+        for req in [
+            all.clone(),
+            RangeRequest { limit: 2, ..all.clone() },
+            RangeRequest { keys_only: true, ..all.clone() },
+            RangeRequest { revision: 3, ..all.clone() },
+            RangeRequest {
+                sort_target: SortTarget::Value as i32,
+                sort_order: SortOrder::Descend as i32,
+                ..all.clone()
+            },
+            RangeRequest {
+                sort_target: SortTarget::Mod as i32,
+                sort_order: SortOrder::Ascend as i32,
+                ..all.clone()
+            },
+        ] {
+            let (mut later, refs) = s.range_later(&req).unwrap();
+            Store::<MemBackend>::fill(&mut later, refs).unwrap();
+            assert_eq!(later, s.range(&req).unwrap(), "{req:?}");
+        }
     }
 
     /// The hashes real etcd (3.4.23 and 3.5.1 alike) answers for the same history.

@@ -26,7 +26,7 @@ use crate::auth::{AuthError, AuthStore, Caller, TokenEffect, Tokens};
 use crate::backup::etcd::BackupState;
 use crate::lease::LeaseTable;
 use crate::mvcc::{MvccError, Store};
-use crate::pb::etcdserverpb::RangeRequest;
+use crate::pb::etcdserverpb::{RangeRequest, RangeResponse};
 use crate::pb::mvccpb::{Event, KeyValue};
 use crate::storage::records::RecordLog;
 use crate::watch::{History, Hub};
@@ -322,6 +322,14 @@ impl StateMachine {
         })
         .await
         .map_err(|e| backend(&e))?
+    }
+
+    /// A Range. The store's lock is held to find the keys, not to read their values: a range over many
+    /// keys (a Kubernetes list) would otherwise hold every write up while it reads them.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        let (mut resp, later) = self.read(|s| s.range_later(req))?;
+        Store::<RecordLog>::fill(&mut resp, later)?;
+        Ok(resp)
     }
 
     pub fn last_applied(&self) -> Option<LogId> {

@@ -528,18 +528,46 @@ impl RecordLog {
     /// Reads and checks the record of `rev` at `loc`.
     fn record(&self, rev: Revision, loc: Loc) -> Result<KeyValue, MvccError> {
         let rec = self.read_raw(loc).map_err(backend_err)?;
-        if check_record(&rec) != Some(rev) {
-            return Err(backend_err(format!("record {rev} is damaged")));
-        }
-        // Decoding from `Bytes` makes the key and value slices of the one buffer read, not copies.
-        KeyValue::decode(bytes::Bytes::from(rec).slice(HEADER + REV..)).map_err(backend_err)
+        decode_checked(rec, rev)
     }
 }
 
+fn decode_checked(rec: Vec<u8>, rev: Revision) -> Result<KeyValue, MvccError> {
+    if check_record(&rec) != Some(rev) {
+        return Err(backend_err(format!("record {rev} is damaged")));
+    }
+    // Decoding from `Bytes` makes the key and value slices of the one buffer read, not copies.
+    KeyValue::decode(bytes::Bytes::from(rec).slice(HEADER + REV..)).map_err(backend_err)
+}
+
+/// A record's place, with its segment file held open: segments are append-only and a reclaimed one is
+/// only unlinked, so the record can be read after the store's lock is released.
+pub struct RecordRef {
+    file: Arc<File>,
+    rev: Revision,
+    loc: Loc,
+}
+
 impl Backend for RecordLog {
+    type Ref = RecordRef;
+
     fn get(&self, rev: Revision) -> Result<Option<KeyValue>, MvccError> {
         let Ok(i) = self.position(rev) else { return Ok(None) };
         self.record(rev, self.locs[i].1).map(Some)
+    }
+
+    fn locate(&self, rev: Revision) -> Result<Option<RecordRef>, MvccError> {
+        let Ok(i) = self.position(rev) else { return Ok(None) };
+        let loc = self.locs[i].1;
+        let seg =
+            self.segments.get(&loc.seg).ok_or_else(|| backend_err(format!("segment {:x} gone", loc.seg)))?;
+        Ok(Some(RecordRef { file: seg.file.clone(), rev, loc }))
+    }
+
+    fn load(r: RecordRef) -> Result<KeyValue, MvccError> {
+        let mut rec = vec![0; r.loc.len as usize];
+        r.file.read_exact_at(&mut rec, r.loc.off).map_err(backend_err)?;
+        decode_checked(rec, r.rev)
     }
 
     fn for_each(&self, f: &mut dyn FnMut(Revision, KeyValue)) -> Result<(), MvccError> {
