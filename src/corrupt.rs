@@ -22,7 +22,8 @@ pub type HashKv = Result<(u32, i64, i64), MvccError>;
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Every other member's HashKV at `rev`; members that cannot be asked are left out.
+/// Every other member's HashKV at `rev`; members that cannot be asked are left out (among them members
+/// of a concord version whose hash differs, which do not know the RPC).
 async fn peers(node: &RaftNode, rev: i64) -> Vec<(u64, HashKv)> {
     let mut out = Vec::new();
     let members = node
@@ -37,7 +38,7 @@ async fn peers(node: &RaftNode, rev: i64) -> Vec<(u64, HashKv)> {
     for (id, member) in members.into_iter().filter(|(id, _)| *id != node.id) {
         let Ok(mut client) = node.network.client(id, &member) else { continue };
         let Ok(data) = encode(&rev) else { continue };
-        let asked = tokio::time::timeout(ASK_TIMEOUT, client.hash_kv(RaftPayload { data })).await;
+        let asked = tokio::time::timeout(ASK_TIMEOUT, client.etcd_hash_kv(RaftPayload { data })).await;
         if let Ok(Ok(reply)) = asked {
             if let Ok(answer) = decode::<HashKv>(&reply.into_inner().data) {
                 out.push((id, answer));

@@ -91,7 +91,13 @@ impl RaftPeer for PeerService {
         payload(&self.node.change_as_leader(&change, deadline).await)
     }
 
-    async fn hash_kv(&self, req: GrpcRequest<RaftPayload>) -> Result<GrpcResponse<RaftPayload>, Status> {
+    /// A member from before HashKV was etcd's asks: its hash could not match ours, so it gets none and
+    /// leaves this member out of its check, as this member leaves it out of ours.
+    async fn hash_kv(&self, _: GrpcRequest<RaftPayload>) -> Result<GrpcResponse<RaftPayload>, Status> {
+        Err(Status::unimplemented("HashKV is etcd's now: ask EtcdHashKv"))
+    }
+
+    async fn etcd_hash_kv(&self, req: GrpcRequest<RaftPayload>) -> Result<GrpcResponse<RaftPayload>, Status> {
         let rev: i64 = parse(req)?;
         let answer: crate::corrupt::HashKv = self.node.sm.hash_kv(rev).await;
         payload(&answer)
