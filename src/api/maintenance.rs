@@ -120,8 +120,8 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = SnapshotStream;
 
-    /// A point-in-time copy of the whole state as etcd's backend file (see `backup`), in 32 KiB messages (etcd's
-    /// `snapshotSendBufferSize`) and ending with its sha256, as etcd sends it.
+    /// A point-in-time copy of the whole state as etcd's backend file (see `backup`), in 32 KiB messages
+    /// (etcd's `snapshotSendBufferSize`) and ending with its sha256, as etcd sends it.
     async fn snapshot(
         &self,
         req: Request<SnapshotRequest>,

@@ -304,8 +304,8 @@ impl StateMachine {
 
     /// etcd's HashKV at `rev` (0: now): hash, current and compacted revision. The store's lock is held
     /// only to fix what is hashed; the records are read from a view of them, on a blocking thread, while
-    /// applies go on, as etcd hashes from a read transaction (with a million records, hashing under the lock held writes
-    /// up for a second).
+    /// applies go on, as etcd hashes from a read transaction (with a million records, hashing under the
+    /// lock held writes up for a second).
     pub async fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), MvccError> {
         let (mut hasher, view) = {
             let store = self.store.read().unwrap_or_else(|p| p.into_inner());
