@@ -836,6 +836,26 @@ mod tests {
     }
 
     #[test]
+    fn a_located_record_stays_readable_after_its_segment_is_reclaimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = RecordLog::open(dir.path()).unwrap();
+        let big = "x".repeat(64 << 10);
+        let n = (3 * SEGMENT_BYTES / (64 << 10)) as i64;
+        for r in 2..n {
+            put(&mut log, r..r + 1, &big);
+        }
+        // A range found the record under the store's lock; compaction and reclaiming run before it reads.
+        let found = log.locate(Revision::new(2, 0)).unwrap().expect("record 2");
+        let dropped: Vec<Revision> = (2..n).map(|r| Revision::new(r, 0)).collect();
+        log.commit(Changes { puts: vec![], deletes: dropped }).unwrap();
+        while log.reclaim_step(16).unwrap() {}
+        checkpoint(&mut log, b"reclaimed");
+        assert!(!segment_path(dir.path(), 1).exists(), "the record's segment is gone");
+        assert_eq!(log.get(Revision::new(2, 0)).unwrap(), None);
+        assert_eq!(RecordLog::load(found).unwrap(), kv("k2", 2, &big));
+    }
+
+    #[test]
     fn a_crash_before_deleting_a_reclaimed_segment_keeps_one_copy() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = RecordLog::open(dir.path()).unwrap();
