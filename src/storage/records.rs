@@ -803,16 +803,23 @@ mod tests {
         assert!(matches!(RecordLog::open(dir.path()), Err(StorageError::Corrupt(_))));
     }
 
+    /// Writes three segments' worth of 64 KiB records from revision 2; returns the value and the first
+    /// revision not written.
+    fn three_segments(log: &mut RecordLog) -> (String, i64) {
+        let big = "x".repeat(64 << 10);
+        let n = (3 * SEGMENT_BYTES / (64 << 10)) as i64;
+        for r in 2..n {
+            put(log, r..r + 1, &big);
+        }
+        (big, n)
+    }
+
     #[test]
     fn compaction_and_reclaiming_give_space_back_and_keep_live_records() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = RecordLog::open(dir.path()).unwrap();
-        let big = "x".repeat(64 << 10);
         // Three segments' worth of records, then all but every hundredth dropped.
-        let n = (3 * SEGMENT_BYTES / (64 << 10)) as i64;
-        for r in 2..n {
-            put(&mut log, r..r + 1, &big);
-        }
+        let (big, n) = three_segments(&mut log);
         let dropped: Vec<Revision> = (2..n).filter(|r| r % 100 != 0).map(|r| Revision::new(r, 0)).collect();
         log.commit(Changes { puts: vec![], deletes: dropped }).unwrap();
         let before = log.size().0;
@@ -839,11 +846,7 @@ mod tests {
     fn a_located_record_stays_readable_after_its_segment_is_reclaimed() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = RecordLog::open(dir.path()).unwrap();
-        let big = "x".repeat(64 << 10);
-        let n = (3 * SEGMENT_BYTES / (64 << 10)) as i64;
-        for r in 2..n {
-            put(&mut log, r..r + 1, &big);
-        }
+        let (big, n) = three_segments(&mut log);
         // A range found the record under the store's lock; compaction and reclaiming run before it reads.
         let found = log.locate(Revision::new(2, 0)).unwrap().expect("record 2");
         let dropped: Vec<Revision> = (2..n).map(|r| Revision::new(r, 0)).collect();
