@@ -47,6 +47,15 @@ struct Loc {
     off: u64,
 }
 
+impl Loc {
+    /// The record's bytes, from `file` (its segment's).
+    fn read(&self, file: &File) -> io::Result<Vec<u8>> {
+        let mut rec = vec![0; self.len as usize];
+        file.read_exact_at(&mut rec, self.off)?;
+        Ok(rec)
+    }
+}
+
 struct Segment {
     file: Arc<File>,
     len: u64,
@@ -315,14 +324,15 @@ impl RecordLog {
         self.locs.binary_search_by_key(&rev, |(r, _)| *r)
     }
 
+    fn segment_file(&self, seg: u32) -> io::Result<&Arc<File>> {
+        self.segments
+            .get(&seg)
+            .map(|s| &s.file)
+            .ok_or_else(|| io::Error::other(format!("segment {seg:x} gone")))
+    }
+
     fn read_raw(&self, loc: Loc) -> io::Result<Vec<u8>> {
-        let seg = self
-            .segments
-            .get(&loc.seg)
-            .ok_or_else(|| io::Error::other(format!("segment {:x} gone", loc.seg)))?;
-        let mut rec = vec![0; loc.len as usize];
-        seg.file.read_exact_at(&mut rec, loc.off)?;
-        Ok(rec)
+        loc.read(self.segment_file(loc.seg)?)
     }
 
     /// Forgets `revs` (sorted), which compaction dropped: one pass over the locations.
@@ -559,15 +569,12 @@ impl Backend for RecordLog {
     fn locate(&self, rev: Revision) -> Result<Option<RecordRef>, MvccError> {
         let Ok(i) = self.position(rev) else { return Ok(None) };
         let loc = self.locs[i].1;
-        let seg =
-            self.segments.get(&loc.seg).ok_or_else(|| backend_err(format!("segment {:x} gone", loc.seg)))?;
-        Ok(Some(RecordRef { file: seg.file.clone(), rev, loc }))
+        let file = self.segment_file(loc.seg).map_err(backend_err)?.clone();
+        Ok(Some(RecordRef { file, rev, loc }))
     }
 
     fn load(r: RecordRef) -> Result<KeyValue, MvccError> {
-        let mut rec = vec![0; r.loc.len as usize];
-        r.file.read_exact_at(&mut rec, r.loc.off).map_err(backend_err)?;
-        decode_checked(rec, r.rev)
+        decode_checked(r.loc.read(&r.file).map_err(backend_err)?, r.rev)
     }
 
     fn for_each(&self, f: &mut dyn FnMut(Revision, KeyValue)) -> Result<(), MvccError> {
