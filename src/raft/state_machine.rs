@@ -1035,4 +1035,42 @@ mod tests {
         let now = Durable { auth: AuthStore::default(), ..Durable::default() };
         assert_eq!(Durable::decode(&encode(&now).unwrap()).unwrap().current, 1);
     }
+
+    /// concord's backups before they were etcd's files carry the snapshot dump; one still restores.
+    #[test]
+    fn a_dump_restores_into_a_new_state_machine() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str| {
+            let at = dir.path().join(name);
+            StateMachine::open(&at.join("records"), at.join("snap"), u64::MAX).unwrap()
+        };
+        let kv = KeyValue {
+            key: "k".into(),
+            value: "v".into(),
+            create_revision: 5,
+            mod_revision: 5,
+            version: 1,
+            lease: 7,
+        };
+        let mut records = Vec::new();
+        crate::storage::records::encode_record(crate::mvcc::Revision::new(5, 0), &kv, &mut records);
+        let state = BackupState {
+            current: 5,
+            compacted: -1,
+            consistent_index: 0,
+            leases: vec![(7, 60)],
+            auth: AuthStore::default(),
+        };
+        let source = open("a");
+        source.restore(state, &mut records.as_slice()).unwrap();
+        let file = dir.path().join("dump");
+        dump(&source, &file).unwrap();
+
+        let target = open("b");
+        target.restore_dump(std::io::BufReader::new(std::fs::File::open(&file).unwrap())).unwrap();
+        let got = target.range(&RangeRequest { key: "k".into(), ..Default::default() }).unwrap();
+        assert_eq!(got.kvs, vec![kv]);
+        assert_eq!(got.header.map(|h| h.revision), Some(5));
+        assert_eq!(target.meta().leases.leases(), vec![(7, 60)]);
+    }
 }
