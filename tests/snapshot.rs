@@ -18,6 +18,16 @@ fn restore(file: &std::path::Path, m: &common::Member) -> std::process::Output {
         .expect("concord snapshot restore")
 }
 
+/// A new one-member cluster, restored from `file` with `concord snapshot restore` and started.
+async fn restored_member(file: &std::path::Path) -> Cluster {
+    let mut restored = Cluster::new(1, &[]);
+    let out = restore(file, &restored.members[0]);
+    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    restored.members[0].start();
+    restored.members[0].client().await;
+    restored
+}
+
 #[tokio::test]
 async fn a_snapshot_saved_with_etcdctl_restores_into_a_new_cluster_with_the_same_data() {
     let source = Cluster::start(3, &["--snapshot-count", "100"]);
@@ -128,11 +138,7 @@ async fn a_restored_cluster_keeps_its_users_and_roles() {
     assert!(!ok && err.contains("etcdserver: user name is empty"), "a backup without a user: {err}");
     drop(source);
 
-    let mut restored = Cluster::new(1, &[]);
-    let out = restore(&file, &restored.members[0]);
-    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
-    restored.members[0].start();
-    restored.members[0].client().await;
+    let restored = restored_member(&file).await;
     let ep = restored.members[0].endpoint();
     let (ok, out, err) = etcdctl_with(&bin, &ep, &["--user", "alice:apw", "get", "app/x"], None);
     assert!(ok && out == "app/x\n1\n", "{out}{err}");
@@ -229,11 +235,7 @@ async fn backups_move_between_concord_and_real_etcd() {
         assert!(ok, "{ctl} snapshot save from etcd: {out}{err}");
         drop(etcd);
 
-        let mut restored = Cluster::new(1, &[]);
-        let out = restore(&from_etcd, &restored.members[0]);
-        assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
-        restored.members[0].start();
-        restored.members[0].client().await;
+        let restored = restored_member(&from_etcd).await;
         let (ok, _, err) = etcdctl_with(&ctl, &restored.members[0].endpoint(), &["get", "k"], None);
         assert!(!ok && err.contains("etcdserver: user name is empty"), "auth is still on: {err}");
         let root = etcd_client::ConnectOptions::new().with_user("root", "rootpw");
