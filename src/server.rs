@@ -59,6 +59,8 @@ pub enum ServerError {
     Join(String),
     #[error("etcdserver: {0}")]
     Corrupt(String),
+    #[error(transparent)]
+    Adopt(#[from] crate::backup::BackupError),
 }
 
 /// tonic refuses an oversized message with OutOfRange; grpc-go, and so etcd, with ResourceExhausted.
@@ -101,6 +103,20 @@ impl Server {
     pub async fn start(config: Config) -> Result<Server, ServerError> {
         let data_dir = config.data_dir();
         std::fs::create_dir_all(&data_dir)?;
+        let adopt = crate::backup::etcd_dir::Options {
+            bcrypt_cost: config.bcrypt_cost,
+            min_lease_ttl: crate::lease::min_ttl(config.heartbeat_interval, config.election_timeout),
+        };
+        if let Some(a) = crate::backup::etcd_dir::adopt(&data_dir, &adopt)? {
+            tracing::info!(
+                data_dir = %data_dir.display(),
+                revision = a.revision,
+                "took over an etcd member's data dir: its backend file and {} requests from its WAL ({} of \
+                 them already in the file, or refused as etcd refused them); member/ is left as it was",
+                a.replayed,
+                a.unchanged
+            );
+        }
         let db = Arc::new(Db::open(&data_dir, CACHE_BYTES)?);
         let (client_tls, peer_tls) = (config.client_tls()?, config.peer_tls()?);
         let client_tls_server = client_tls.server(&config.listen_client_urls, "")?;
@@ -302,6 +318,9 @@ impl Server {
         }
 
         tasks.push(tokio::spawn(snapshots(node.clone(), stop_rx.clone())));
+        if node.sm.restored_unlogged() {
+            tasks.push(tokio::spawn(snapshot_restored(node.clone(), stop_rx.clone())));
+        }
         tasks.push(tokio::spawn(count_leader_changes(node.clone(), stop_rx.clone())));
         if !config.experimental_corrupt_check_time.is_zero() {
             let every = config.experimental_corrupt_check_time;
@@ -394,6 +413,37 @@ async fn snapshots(node: RaftNode, mut stop: watch::Receiver<bool>) -> Result<()
             }
         }
     }
+}
+
+/// Makes a restored member's state reach members added later. A restored (or taken over) state comes
+/// from no log entry: openraft would bring a new member up to date from the log alone, since nothing of
+/// it is purged, and the new member would lack everything restored (etcd's restored member has its
+/// state in a snapshot at the log's start for the same reason). So, once the first entry is applied,
+/// this takes a snapshot and purges the log up to it: from then on a new member is sent the snapshot.
+async fn snapshot_restored(
+    node: RaftNode,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
+    let settled = async {
+        node.sm.wait_applied(1).await;
+        node.raft.trigger().snapshot().await.ok()?;
+        let mut metrics = node.raft.metrics();
+        let at = metrics.wait_for(|m| m.snapshot.is_some()).await.ok()?.snapshot?.index;
+        node.raft.trigger().purge_log(at).await.ok()?;
+        metrics.wait_for(|m| m.purged.is_some_and(|p| p.index >= at)).await.ok()?;
+        Some(())
+    };
+    tokio::select! {
+        _ = stop.changed() => {}
+        done = settled => {
+            if done.is_some() {
+                if let Err(e) = node.sm.restored_logged() {
+                    tracing::warn!(error = %e, "removing the restored state's marker");
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs the lease clock while this member leads: starts every lease afresh on promotion (plus

@@ -147,6 +147,66 @@ async fn a_restored_cluster_keeps_its_users_and_roles() {
 }
 
 /// Every key with everything etcd reports about it, and the store's HashKV (hash, compacted revision).
+/// The disaster-recovery path etcd documents and tests (`TestIssue6361`): restore one member, then grow
+/// the cluster with `etcdctl member add`. The restored state is in no log entry, so the new member must
+/// be sent a snapshot of it; and `member add` on a one-member cluster answers at once, before the new
+/// member starts, as etcd's does.
+#[tokio::test]
+async fn a_member_added_to_a_restored_member_is_sent_the_restored_data() {
+    let source = Cluster::start(1, &[]);
+    let mut client = source.members[0].client().await;
+    for i in 0..50 {
+        client.put(format!("k{i:02}"), format!("v{i}"), None).await.expect("put");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("backup.db");
+    let endpoint = format!("127.0.0.1:{}", source.members[0].client_port);
+    let (ok, out, err) = etcdctl(&endpoint, &["snapshot", "save", file.to_str().unwrap()], None);
+    assert!(ok, "snapshot save: {out}{err}");
+    drop(source);
+
+    let mut restored = restored_member(&file).await;
+    let port0 = restored.members[0].client_port;
+    let mut client = connect(port0).await;
+    client.put("after", "restore", None).await.expect("put");
+    let new = restored.prepare_member("m1");
+    let peer = format!("http://127.0.0.1:{}", new.peer_port);
+    // Refused as "unhealthy" only in the moment before the restored state is in a snapshot.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let out = loop {
+        let (ok, out, err) = etcdctl(
+            &format!("127.0.0.1:{port0}"),
+            &["member", "add", "m1", &format!("--peer-urls={peer}")],
+            None,
+        );
+        if ok {
+            break out;
+        }
+        assert!(
+            err.contains("unhealthy cluster") && std::time::Instant::now() < deadline,
+            "member add: {err}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(out.contains("added to cluster"), "{out}");
+    let initial_cluster = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
+        .map(|v| v.trim_end_matches('"').to_string())
+        .expect("ETCD_INITIAL_CLUSTER");
+    new.initial_cluster = initial_cluster;
+    new.extra = vec!["--initial-cluster-state".into(), "existing".into()];
+    new.start();
+
+    // A linearizable read through the new member: everything restored, and the write after it.
+    let mut joined = connect(restored.members[1].client_port).await;
+    let got = joined.get("k", Some(GetOptions::new().with_prefix())).await.expect("get");
+    assert_eq!(got.count(), 50);
+    let after = joined.get("after", None).await.expect("get");
+    assert_eq!(after.kvs().first().map(|kv| kv.value()), Some(&b"restore"[..]));
+    assert_eq!(contents(&mut joined).await, contents(&mut client).await);
+}
+
 async fn contents(c: &mut Client) -> (Vec<(Vec<u8>, Vec<u8>, i64, i64, i64, i64)>, u32, i64) {
     let all = c.get("", Some(GetOptions::new().with_from_key())).await.expect("get");
     let kvs = all

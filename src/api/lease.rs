@@ -16,22 +16,24 @@ use crate::raft::{self, RaftNode};
 
 pub struct LeaseService {
     pub node: RaftNode,
-    /// etcd's minimum TTL: 1.5 election timeouts, in whole seconds (rounded up).
+    /// etcd's minimum TTL (`lease::min_ttl`).
     pub min_ttl: i64,
     ids: AtomicU64,
 }
 
 impl LeaseService {
     pub fn new(node: RaftNode, heartbeat_ms: u64, election_ms: u64) -> Self {
-        let ticks = (election_ms / heartbeat_ms.max(1)).max(1);
-        let min_ttl_ms = (3 * ticks / 2) * heartbeat_ms;
         // Like etcd's request id generator: the member id's low 16 bits, then a clock-seeded counter, so
         // members never hand out the same id.
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let seed = ((node.id & 0xffff) << 48) | ((now_ms & 0xff_ffff_ffff) << 8);
-        LeaseService { node, min_ttl: min_ttl_ms.div_ceil(1000) as i64, ids: AtomicU64::new(seed) }
+        LeaseService {
+            node,
+            min_ttl: crate::lease::min_ttl(heartbeat_ms, election_ms),
+            ids: AtomicU64::new(seed),
+        }
     }
 }
 

@@ -11,8 +11,9 @@
 //! | `lease`     | big-endian lease id                   | `leasepb.Lease`                          |
 //! | `meta`      | `consistent_index`, `*CompactRev`     | big-endian u64; a revision's 17 bytes    |
 //!
-//! etcd also keeps its membership and alarms in the file; a restore starts a new cluster, whose
-//! members come from its flags, so concord writes none and reads none.
+//! etcd also keeps its membership (`members`, by member id) and alarms in the file; a restore starts a
+//! new cluster, whose members come from its flags, so concord writes none, and reads only how many
+//! members there were ([`members`]) when it takes over a member's data dir.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -127,6 +128,20 @@ pub fn write(
     }
     b.finish()?;
     w.finish()
+}
+
+/// How many members the `members` bucket of an etcd backend file lists (a member removed is deleted
+/// from it); 0 when it has none.
+pub fn members(file: File) -> io::Result<usize> {
+    let r = Reader::open(file)?;
+    let mut n = 0;
+    if let Some(b) = r.bucket(b"members")? {
+        r.for_each(&b, &mut |_, _| {
+            n += 1;
+            Ok(())
+        })?;
+    }
+    Ok(n)
 }
 
 fn bad(what: impl std::fmt::Display) -> io::Error {

@@ -12,6 +12,8 @@
 
 pub mod bolt;
 pub mod etcd;
+pub mod etcd_dir;
+pub mod etcd_wal;
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -36,6 +38,11 @@ pub enum BackupError {
     NoChecksum(PathBuf),
     #[error("{path}: snapshot file integrity check failed: expected sha256 {expected}, got {actual}")]
     Checksum { path: PathBuf, expected: String, actual: String },
+    #[error(
+        "{0:?} holds a member of a {1}-member etcd cluster; concord takes over a single member's data dir \
+         only: restore each member from `etcdctl snapshot save` with `concord snapshot restore`"
+    )]
+    ClusterMember(PathBuf, usize),
     #[error("{0}: not a concord snapshot")]
     NotConcord(PathBuf),
     #[error("{0}: {1}")]

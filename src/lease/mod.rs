@@ -21,6 +21,12 @@ use crate::pb::mvccpb::{event::EventType, Event};
 /// etcd's largest TTL (`lease.MaxLeaseTTL`).
 pub const MAX_TTL: i64 = 9_000_000_000;
 
+/// etcd's smallest TTL: 1.5 election timeouts, in whole seconds (rounded up); shorter grants get it.
+pub fn min_ttl(heartbeat_ms: u64, election_ms: u64) -> i64 {
+    let ticks = (election_ms / heartbeat_ms.max(1)).max(1);
+    ((3 * ticks / 2) * heartbeat_ms).div_ceil(1000) as i64
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct LeaseTable {
     leases: BTreeMap<i64, Lease>,

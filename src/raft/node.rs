@@ -268,6 +268,11 @@ impl RaftNode {
     ) -> Result<(u64, Vec<MemberInfo>), MemberError> {
         use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
         let _one_at_a_time = self.reconfig.lock().await;
+        if matches!(change, MemberChange::Add { .. }) && self.sm.restored_unlogged() {
+            // A new member would be sent the log without the restored state: wait until a snapshot
+            // carries it (moments after the first start; `server::snapshot_restored`).
+            return Err(MemberError::Unhealthy);
+        }
         loop {
             let (members, progress) = {
                 let m = self.raft.metrics();
@@ -296,7 +301,12 @@ impl RaftNode {
             };
             let connectivity = self.strict_reconfig.then(|| self.network.connectivity(self.id));
             let plan = membership::plan(change, &members, &progress, connectivity.as_ref(), id)?;
-            match self.raft.change_membership(plan.changes, plan.retain).await {
+            let voters = members.iter().filter(|m| !m.learner).count();
+            let result = match change {
+                MemberChange::Add { learner: false, .. } if voters == 1 => self.grow_from_one(plan, id).await,
+                _ => self.raft.change_membership(plan.changes, plan.retain).await.map(|_| ()),
+            };
+            match result {
                 Ok(_) => {
                     if let Some(gone) = removed {
                         self.network.tell_removed(self.id, self.cluster_id, gone);
@@ -319,6 +329,44 @@ impl RaftNode {
                     ChangeMembershipError::LearnerNotFound(_),
                 ))) => return Err(MemberError::NotFound),
                 Err(e) => return Err(NodeError::Internal(e.to_string()).into()),
+            }
+        }
+    }
+
+    /// A voter added to a one-member cluster, answered as etcd answers it: once the change is in the
+    /// log, before the new member has started. etcd's single-step change commits under the old
+    /// configuration (a quorum of one); openraft's joint configuration needs a quorum of the new one
+    /// too, which cannot form until the new member runs, and the new member is started only after
+    /// `member add` returns. The joint configuration already takes effect when appended, and the log
+    /// store syncs an append before openraft's core goes on (and reports its metrics): once the metrics
+    /// show the member, the change is durable on the only voter, no other member can be elected
+    /// without it, and from then on every commit needs both members, as in etcd's two-member cluster.
+    /// The change completes in the background when the new member catches up.
+    async fn grow_from_one(
+        &self,
+        plan: membership::Plan,
+        id: u64,
+    ) -> Result<(), openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, Member>>> {
+        use openraft::error::{Fatal, RaftError};
+        let raft = self.raft.clone();
+        let mut change = tokio::spawn(async move { raft.change_membership(plan.changes, plan.retain).await });
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow().membership_config.membership().get_node(&id).is_some() {
+                return Ok(());
+            }
+            tokio::select! {
+                done = &mut change => {
+                    return match done {
+                        Ok(result) => result.map(|_| ()),
+                        Err(_) => Err(RaftError::Fatal(Fatal::Panicked)),
+                    };
+                }
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        return Err(RaftError::Fatal(Fatal::Stopped));
+                    }
+                }
             }
         }
     }

@@ -42,6 +42,9 @@ fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
 /// Live records moved per step when a segment is reclaimed; one step holds the store's write lock.
 const RECLAIM_BUDGET: usize = 1024;
 
+/// The marker file of [`StateMachine::restored_unlogged`], in the snapshot dir.
+const UNLOGGED: &str = "restored-unlogged";
+
 /// The applied state, shared by the Raft core (which applies) and the API (which reads).
 pub struct StateMachine {
     store: RwLock<Store<RecordLog>>,
@@ -565,7 +568,44 @@ impl StateMachine {
     /// restored cluster starts its own log.
     pub fn restore(&self, state: BackupState, records: &mut impl Read) -> Result<(), StorageError> {
         let BackupState { current, compacted, leases, auth, consistent_index: _ } = state;
-        self.replace_state(Durable { current, compacted, leases, auth, ..Durable::default() }, records)
+        self.replace_state(Durable { current, compacted, leases, auth, ..Durable::default() }, records)?;
+        let we = |e| snap_err(ErrorVerb::Write, e);
+        std::fs::write(self.snapshot_dir.join(UNLOGGED), b"").map_err(we)?;
+        crate::storage::sync_dir(&self.snapshot_dir).map_err(we)
+    }
+
+    /// Whether this state was restored (or taken over from etcd) and no snapshot carries it yet. Until
+    /// one does, the log starts from nothing while the state does not: a member added to the cluster
+    /// would be sent the log alone, without what was restored. See `server::snapshot_restored`.
+    pub fn restored_unlogged(&self) -> bool {
+        self.snapshot_dir.join(UNLOGGED).exists()
+    }
+
+    /// Records that a snapshot now carries the restored state, and the log before it is purged.
+    pub fn restored_logged(&self) -> std::io::Result<()> {
+        std::fs::remove_file(self.snapshot_dir.join(UNLOGGED))?;
+        crate::storage::sync_dir(&self.snapshot_dir)
+    }
+
+    /// Applies requests that come from outside this cluster's log (the tail of an etcd member's WAL
+    /// when concord takes over its data dir) on top of a restored state, and makes the result durable.
+    /// Like a restore, it leaves the log position alone. Returns how many requests changed nothing
+    /// (refused, or already in the state: etcd replays such a tail too and counts on the same).
+    pub fn replay(&self, requests: Vec<Request>) -> Result<usize, StorageError> {
+        let mut refused = 0;
+        {
+            let mut store = self.store_mut();
+            let mut meta = self.meta();
+            let mut events = Vec::new();
+            for request in requests {
+                let response = apply_request(&mut store, &mut meta, &self.tokens, request, &mut events);
+                refused += usize::from(matches!(response, Response::Error(_) | Response::Denied(_)));
+            }
+            store.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            self.publish_auth(&meta.auth);
+        }
+        self.checkpoint()?;
+        Ok(refused)
     }
 
     /// The same from a dump as `dump` writes it (concord's backups before they were etcd's files).

@@ -92,10 +92,6 @@ fn segment_path(dir: &Path, id: u32) -> PathBuf {
     dir.join(format!("{id:08x}.rec"))
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 fn corrupt(what: impl std::fmt::Display) -> StorageError {
     StorageError::Corrupt(what.to_string())
 }
@@ -652,14 +648,14 @@ impl SyncPoint {
             f.sync_data()?;
         }
         if self.new_files {
-            sync_dir(&self.dir)?;
+            super::sync_dir(&self.dir)?;
         }
         let tmp = self.dir.join("checkpoint.tmp");
         let mut f = File::create(&tmp)?;
         f.write_all(&self.checkpoint)?;
         f.sync_all()?;
         std::fs::rename(&tmp, self.dir.join(CHECKPOINT))?;
-        sync_dir(&self.dir)?;
+        super::sync_dir(&self.dir)?;
         for id in &self.drained {
             match std::fs::remove_file(segment_path(&self.dir, *id)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),

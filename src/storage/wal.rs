@@ -101,10 +101,6 @@ fn encode_record(kind: u8, index: u64, payload: &[u8], out: &mut Vec<u8>) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 impl Wal {
     /// Opens (or creates) the log in `dir`, replaying it. Entries at or below `purged` are dropped.
     pub fn open(dir: &Path, purged: Option<u64>) -> Result<Wal, WalError> {
@@ -187,7 +183,7 @@ impl Wal {
         let cap = SEGMENT_BYTES.max(min_len);
         file.set_len(cap)?;
         file.sync_all()?;
-        sync_dir(&self.dir)?;
+        super::sync_dir(&self.dir)?;
         inner.segments.insert(seq, Segment { file: Arc::new(file), path, cap });
         inner.active = seq;
         inner.write_off = 0;
@@ -302,7 +298,7 @@ impl Wal {
             std::fs::remove_file(path)?;
         }
         if !doomed.is_empty() {
-            sync_dir(&self.dir)?;
+            super::sync_dir(&self.dir)?;
         }
         Ok(())
     }

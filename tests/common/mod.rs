@@ -310,6 +310,20 @@ impl Etcd {
         Etcd::spawn(bin, dir, ports, &[])
     }
 
+    /// A real etcd (`bin`) on a copy of another member's data dir (as `crash` leaves it).
+    pub fn on_copy_of(bin: &str, data_dir: &Path, extra: &[&str]) -> Etcd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_dir(data_dir, &dir.path().join("d"));
+        Etcd::spawn(bin, dir, (free_port(), free_port()), extra)
+    }
+
+    /// SIGKILL, as a crash: the data dir (`<dir>/d`) stays, with whatever etcd had not committed.
+    pub fn crash(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self._dir, tempfile::tempdir().expect("tempdir"))
+    }
+
     fn spawn(
         bin: &str,
         dir: tempfile::TempDir,
@@ -337,6 +351,12 @@ impl Drop for Etcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `cp -a`: a data dir copied whole, for two servers to start on the same state.
+pub fn copy_dir(from: &Path, to: &Path) {
+    let out = Command::new("cp").arg("-a").arg(from).arg(to).output().expect("cp");
+    assert!(out.status.success(), "cp -a {from:?} {to:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The gRPC status inside an etcd-client error.
