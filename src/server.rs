@@ -61,6 +61,11 @@ pub enum ServerError {
     Corrupt(String),
     #[error(transparent)]
     Adopt(#[from] crate::backup::BackupError),
+    #[error(
+        "{0:?} holds a restored state (or one taken over from etcd), which starts a new cluster: start it \
+         with --initial-cluster-state new, or give a member that joins an existing cluster an empty data dir"
+    )]
+    RestoredJoin(std::path::PathBuf),
 }
 
 /// tonic refuses an oversized message with OutOfRange; grpc-go, and so etcd, with ResourceExhausted.
@@ -116,6 +121,14 @@ impl Server {
                 a.replayed,
                 a.unchanged
             );
+        }
+        // A restored state starts a new cluster: joining one, it would be applied under the cluster's log.
+        let first_start = !data_dir.join("db").exists();
+        if first_start
+            && config.initial_cluster_state == ClusterState::Existing
+            && StateMachine::restored_unlogged_in(&data_dir.join("snap"))
+        {
+            return Err(ServerError::RestoredJoin(data_dir));
         }
         let db = Arc::new(Db::open(&data_dir, CACHE_BYTES)?);
         let (client_tls, peer_tls) = (config.client_tls()?, config.peer_tls()?);

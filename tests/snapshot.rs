@@ -165,6 +165,16 @@ async fn a_member_added_to_a_restored_member_is_sent_the_restored_data() {
     assert!(ok, "snapshot save: {out}{err}");
     drop(source);
 
+    // A restored data dir starts a new cluster: joining an existing one, its state would be applied
+    // under that cluster's log, so it is refused.
+    let mut joining = Cluster::new(1, &["--initial-cluster-state", "existing"]);
+    let out = restore(&file, &joining.members[0]);
+    assert!(out.status.success(), "restore: {}", String::from_utf8_lossy(&out.stderr));
+    joining.members[0].start();
+    let status = joining.members[0].exited(std::time::Duration::from_secs(20)).await.expect("refused");
+    assert!(!status.success());
+    assert!(joining.members[0].log().contains("holds a restored state"), "{}", joining.members[0].log());
+
     let mut restored = restored_member(&file).await;
     let port0 = restored.members[0].client_port;
     let mut client = connect(port0).await;

@@ -578,7 +578,12 @@ impl StateMachine {
     /// one does, the log starts from nothing while the state does not: a member added to the cluster
     /// would be sent the log alone, without what was restored. See `server::snapshot_restored`.
     pub fn restored_unlogged(&self) -> bool {
-        self.snapshot_dir.join(UNLOGGED).exists()
+        Self::restored_unlogged_in(&self.snapshot_dir)
+    }
+
+    /// The same, for the state machine whose snapshot dir is `snapshot_dir`, before it is opened.
+    pub fn restored_unlogged_in(snapshot_dir: &Path) -> bool {
+        snapshot_dir.join(UNLOGGED).exists()
     }
 
     /// Records that a snapshot now carries the restored state, and the log before it is purged.
