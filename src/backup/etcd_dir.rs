@@ -15,12 +15,11 @@
 //! data dir is taken over; a member of a larger etcd cluster moves through a backup instead.
 
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
 
 use prost::Message;
 
-use super::etcd_wal::{self, ENTRY_NORMAL};
+use super::etcd_wal::{self, Wal, ENTRY_NORMAL};
 use super::{etcd, BackupError};
 use crate::auth::{AuthOp, Caller};
 use crate::pb::etcdserverpb::{
@@ -152,54 +151,47 @@ pub fn adopt(data_dir: &Path, options: &Options) -> Result<Option<Adopted>, Back
             fs::remove_dir_all(dir)?;
         }
     }
-    let sm = StateMachine::open(&building.join("records"), building.join("snap"), u64::MAX)?;
-    let converted = building.join("records.adopting");
-    let mut w = BufWriter::with_capacity(1 << 20, File::create(&converted)?);
-    let mut buf = Vec::new();
-    let state = etcd::read(File::open(&backend)?, &mut |rev, kv| {
-        buf.clear();
-        crate::storage::records::encode_record(rev, &kv, &mut buf);
-        w.write_all(&buf)
-    })
-    .map_err(invalid(&backend))?;
-    w.flush()?;
-    drop(w);
-    let applied = state.consistent_index;
-    sm.restore(state, &mut BufReader::with_capacity(1 << 20, File::open(&converted)?))?;
-    fs::remove_file(&converted)?;
+    let built = build(&building, &backend, &member.join("wal"), wal, options);
+    if built.is_err() {
+        let _ = fs::remove_dir_all(&building);
+    }
+    let adopted = built?;
+    // Until concord's `db` exists (it is made at start), the next start does all of this again.
+    fs::rename(building.join("snap"), data_dir.join("snap"))?;
+    fs::rename(building.join("records"), data_dir.join("records"))?;
+    fs::remove_dir_all(&building)?;
+    crate::storage::sync_dir(data_dir)?;
+    Ok(Some(adopted))
+}
 
+/// Builds concord's state in `dir` from the backend file at `backend` and the entries of the WAL (read
+/// from `wal_dir`) that follow the file's consistent index.
+fn build(
+    dir: &Path,
+    backend: &Path,
+    wal_dir: &Path,
+    wal: Wal,
+    options: &Options,
+) -> Result<Adopted, BackupError> {
+    let bad = |what: String| BackupError::Invalid(wal_dir.into(), std::io::Error::other(what));
+    let sm = StateMachine::open(&dir.join("records"), dir.join("snap"), u64::MAX)?;
+    let applied = super::load_etcd(&sm, dir, backend, File::open(backend)?)?;
     let tail: Vec<_> = wal.entries.iter().filter(|e| e.index > applied && e.index <= wal.commit).collect();
-    if tail.first().is_some_and(|e| e.index != applied + 1) {
-        return Err(BackupError::Invalid(
-            member.join("wal"),
-            std::io::Error::other(format!(
-                "the log starts at index {} but {} holds up to {applied} only",
-                tail[0].index,
-                backend.display()
-            )),
-        ));
+    if let Some(first) = tail.first().filter(|e| e.index != applied + 1) {
+        let (index, file) = (first.index, backend.display());
+        return Err(bad(format!("the log starts at index {index} but {file} holds up to {applied} only")));
     }
     let mut requests = Vec::new();
     for entry in tail.into_iter().filter(|e| e.kind == ENTRY_NORMAL && !e.data.is_empty()) {
-        if let Some(request) = translate(&entry.data, options).map_err(|what| {
-            BackupError::Invalid(
-                member.join("wal"),
-                std::io::Error::other(format!("entry {}: {what}", entry.index)),
-            )
-        })? {
+        if let Some(request) =
+            translate(&entry.data, options).map_err(|e| bad(format!("entry {}: {e}", entry.index)))?
+        {
             requests.push(request);
         }
     }
     let replayed = requests.len();
     let unchanged = sm.replay(requests)?;
-    let revision = sm.read(|s| s.current_revision());
-    drop(sm);
-    fs::rename(building.join("snap"), data_dir.join("snap"))?;
-    // Last: `records` is what makes the data dir concord's (with `db`, made at start).
-    fs::rename(building.join("records"), data_dir.join("records"))?;
-    fs::remove_dir_all(&building)?;
-    crate::storage::sync_dir(data_dir)?;
-    Ok(Some(Adopted { revision, replayed, unchanged }))
+    Ok(Adopted { revision: sm.read(|s| s.current_revision()), replayed, unchanged })
 }
 
 /// The request an entry of etcd's log holds, as concord applies it; `None` for one that changes no

@@ -142,7 +142,13 @@ fn build(backup: &Path, dir: &Path, file: File, len: u64, dump_len: Option<u64>)
         sm.restore_dump(BufReader::with_capacity(1 << 20, file).take(dump_len))?;
         return Ok(());
     }
-    // etcd's records, converted to concord's in a file beside the new state.
+    load_etcd(&sm, dir, backup, file).map(|_| ())
+}
+
+/// Fills the new state machine `sm` (in `dir`) from etcd's backend file `file` (read from `path`):
+/// etcd's records are converted to concord's in a file beside the new state, then loaded. Returns the
+/// file's consistent index (the last log index etcd applied to it).
+fn load_etcd(sm: &StateMachine, dir: &Path, path: &Path, file: File) -> Result<u64, BackupError> {
     let converted = dir.join("records.restoring");
     let mut w = BufWriter::with_capacity(1 << 20, File::create(&converted)?);
     let mut buf = Vec::new();
@@ -151,12 +157,13 @@ fn build(backup: &Path, dir: &Path, file: File, len: u64, dump_len: Option<u64>)
         crate::storage::records::encode_record(rev, &kv, &mut buf);
         w.write_all(&buf)
     })
-    .map_err(|e| BackupError::Invalid(backup.into(), e))?;
+    .map_err(|e| BackupError::Invalid(path.into(), e))?;
     w.flush()?;
     drop(w);
+    let applied = state.consistent_index;
     sm.restore(state, &mut BufReader::with_capacity(1 << 20, File::open(&converted)?))?;
     std::fs::remove_file(&converted)?;
-    Ok(())
+    Ok(applied)
 }
 
 #[cfg(test)]
