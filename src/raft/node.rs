@@ -337,10 +337,11 @@ impl RaftNode {
     /// log, before the new member has started. etcd's single-step change commits under the old
     /// configuration (a quorum of one); openraft's joint configuration needs a quorum of the new one
     /// too, which cannot form until the new member runs, and the new member is started only after
-    /// `member add` returns. The joint configuration already takes effect when appended, and the log
-    /// store syncs an append before openraft's core goes on (and reports its metrics): once the metrics
-    /// show the member, the change is durable on the only voter, no other member can be elected
-    /// without it, and from then on every commit needs both members, as in etcd's two-member cluster.
+    /// `member add` returns. The joint configuration already takes effect when appended, and openraft
+    /// 0.9's core awaits each append's flush before it goes on and reports its metrics only after
+    /// (`RaftCore::append_to_log`, `runtime_loop`): once the metrics show the member, the change is
+    /// durable on the only voter, no other member can be elected without it, and from then on every
+    /// commit needs both members, as in etcd's two-member cluster.
     /// The change completes in the background when the new member catches up.
     async fn grow_from_one(
         &self,
