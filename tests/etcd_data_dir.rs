@@ -146,6 +146,24 @@ async fn concord_takes_over_an_etcd_35_data_dir_as_etcd_restarts_on_it() {
 }
 
 #[tokio::test]
+async fn a_running_etcds_data_dir_is_refused() {
+    let etcd = Etcd::start_bin("/usr/bin/etcd", &[]);
+    wait_for(etcd.client_port, None).await;
+    let mut cluster = Cluster::new(1, &[]);
+    let member = &mut cluster.members[0];
+    member.data_dir = etcd.data_dir();
+    member.start();
+    let status = member.exited(std::time::Duration::from_secs(20)).await.expect("concord exits");
+    assert!(!status.success());
+    assert!(member.log().contains("in use by a running etcd"), "{}", member.log());
+    let left: Vec<_> =
+        std::fs::read_dir(etcd.data_dir()).expect("ls").flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, ["member"], "nothing of concord's beside etcd's files");
+    // etcd goes on serving.
+    wait_for(etcd.client_port, None).await.put("still", "here", None).await.expect("put");
+}
+
+#[tokio::test]
 async fn a_member_of_a_larger_etcd_cluster_is_refused_and_its_data_dir_left_alone() {
     let mut cluster = Cluster::new(1, &[]);
     let member = &mut cluster.members[0];

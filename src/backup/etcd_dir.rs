@@ -138,7 +138,13 @@ pub fn adopt(data_dir: &Path, options: &Options) -> Result<Option<Adopted>, Back
         let path = path.to_path_buf();
         move |e| BackupError::Invalid(path, e)
     };
-    let members = etcd::members(File::open(&backend)?).map_err(invalid(&backend))?;
+    // A running etcd holds an exclusive lock on its backend file (bbolt's flock), and its file changes
+    // under a reader: taking over a live etcd's data dir is refused, not attempted.
+    let file = File::open(&backend)?;
+    if let Err(std::fs::TryLockError::WouldBlock) = file.try_lock_shared() {
+        return Err(BackupError::EtcdRunning(data_dir.into()));
+    }
+    let members = etcd::members(file).map_err(invalid(&backend))?;
     if members > 1 {
         return Err(BackupError::ClusterMember(data_dir.into(), members));
     }

@@ -43,6 +43,8 @@ pub enum BackupError {
          only: restore each member from `etcdctl snapshot save` with `concord snapshot restore`"
     )]
     ClusterMember(PathBuf, usize),
+    #[error("{0:?} is in use by a running etcd (its member/snap/db is locked): stop etcd first")]
+    EtcdRunning(PathBuf),
     #[error("{0}: not a concord snapshot")]
     NotConcord(PathBuf),
     #[error("{0}: {1}")]

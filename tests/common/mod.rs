@@ -317,6 +317,11 @@ impl Etcd {
         Etcd::spawn(bin, dir, (free_port(), free_port()), extra)
     }
 
+    /// Its data dir, in use while it runs.
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("d")
+    }
+
     /// SIGKILL, as a crash: the data dir (`<dir>/d`) stays, with whatever etcd had not committed.
     pub fn crash(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();
