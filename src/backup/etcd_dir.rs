@@ -126,9 +126,9 @@ pub struct Options {
     pub min_lease_ttl: i64,
 }
 
-/// If `data_dir` is a stopped etcd member's (it has `member/snap/db`) and concord has not started on
-/// it yet (no `db`), builds concord's state from etcd's beside it.
-pub fn adopt(data_dir: &Path, options: &Options) -> Result<Option<Adopted>, BackupError> {
+/// If `data_dir` is a stopped etcd member's (it has `member/snap/db`; its WAL is in `wal_dir`) and
+/// concord has not started on it yet (no `db`), builds concord's state from etcd's beside it.
+pub fn adopt(data_dir: &Path, wal_dir: &Path, options: &Options) -> Result<Option<Adopted>, BackupError> {
     let member = data_dir.join("member");
     let backend = member.join("snap").join("db");
     if data_dir.join("db").exists() || !backend.exists() {
@@ -148,7 +148,7 @@ pub fn adopt(data_dir: &Path, options: &Options) -> Result<Option<Adopted>, Back
     if members > 1 {
         return Err(BackupError::ClusterMember(data_dir.into(), members));
     }
-    let wal = etcd_wal::read(&member.join("wal")).map_err(invalid(&member.join("wal")))?;
+    let wal = etcd_wal::read(wal_dir).map_err(invalid(wal_dir))?;
 
     // A start cut short leaves concord's half-made files, never etcd's: begin again.
     let building = data_dir.join("adopting");
@@ -157,7 +157,7 @@ pub fn adopt(data_dir: &Path, options: &Options) -> Result<Option<Adopted>, Back
             fs::remove_dir_all(dir)?;
         }
     }
-    let built = build(&building, &backend, &member.join("wal"), wal, options);
+    let built = build(&building, &backend, wal_dir, wal, options);
     if built.is_err() {
         let _ = fs::remove_dir_all(&building);
     }
@@ -368,10 +368,11 @@ mod tests {
     #[test]
     fn a_data_dir_without_etcds_files_or_already_concords_is_left_alone() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert_eq!(adopt(dir.path(), &OPTIONS).expect("nothing to do"), None);
+        let wal = dir.path().join("member/wal");
+        assert_eq!(adopt(dir.path(), &wal, &OPTIONS).expect("nothing to do"), None);
         std::fs::create_dir_all(dir.path().join("member/snap")).expect("mkdir");
         std::fs::write(dir.path().join("member/snap/db"), b"not read").expect("write");
         std::fs::write(dir.path().join("db"), b"concord's").expect("write");
-        assert_eq!(adopt(dir.path(), &OPTIONS).expect("concord's already"), None);
+        assert_eq!(adopt(dir.path(), &wal, &OPTIONS).expect("concord's already"), None);
     }
 }

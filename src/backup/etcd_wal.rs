@@ -97,9 +97,9 @@ fn bad(what: impl std::fmt::Display) -> io::Error {
 pub fn read(dir: &Path) -> io::Result<Wal> {
     let mut names: Vec<_> = fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .filter(|n| n.ends_with(".wal"))
+        .filter(|n| is_etcd_wal(n))
         .collect();
-    // `<seq>-<index>.wal`, both 16 hex digits: name order is sequence order.
+    // Name order is sequence order.
     names.sort();
     if names.is_empty() {
         return Err(bad(format!("no .wal file in {}", dir.display())));
@@ -129,6 +129,13 @@ pub fn read(dir: &Path) -> io::Result<Wal> {
         }
     }
     Ok(wal)
+}
+
+/// `<seq>-<index>.wal`, both 16 hex digits; concord's own segments (`<seq>.wal`), which may share a
+/// `--wal-dir`, do not match.
+fn is_etcd_wal(name: &str) -> bool {
+    let hex = |s: &str| s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    name.strip_suffix(".wal").and_then(|n| n.split_once('-')).is_some_and(|(a, b)| hex(a) && hex(b))
 }
 
 fn apply(wal: &mut Wal, record: Record) -> Result<(), prost::DecodeError> {
@@ -235,6 +242,7 @@ mod tests {
         frame(&mut b, &mut crc, STATE, HardState { term: 2, vote: 7, commit: 2 }.encode_to_vec());
         fs::write(dir.path().join("0000000000000000-0000000000000000.wal"), &a).unwrap();
         fs::write(dir.path().join("0000000000000001-0000000000000002.wal"), &b).unwrap();
+        fs::write(dir.path().join("0000000000000001.wal"), b"concord's own segment").unwrap();
 
         let wal = read(dir.path()).unwrap();
         assert_eq!((wal.member_id, wal.cluster_id, wal.commit), (7, 9, 2));
