@@ -117,6 +117,34 @@ async fn a_member_added_with_etcdctl_joins_under_write_load_and_catches_up() {
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
 }
 
+/// Growing one member to two, as etcd does it: `member add` answers before the new member starts (etcd
+/// commits the change under the one-member configuration), the new member then joins with the printed
+/// environment, and from then on both hold every write.
+#[tokio::test]
+async fn a_single_member_grows_to_two_with_etcdctl() {
+    let mut c = Cluster::start(1, &[]);
+    let mut client = c.members[0].client().await;
+    client.put("before", "add", None).await.expect("put");
+    let port0 = c.members[0].client_port;
+    let new = c.prepare_member("m1");
+    let peer = format!("http://127.0.0.1:{}", new.peer_port);
+    let (ok, out, err) = ctl_change(port0, &["member", "add", "m1", &format!("--peer-urls={peer}")]).await;
+    assert!(ok, "member add failed: {err}");
+    let (_, list, _) = ctl(port0, &["member", "list"]);
+    assert!(list.lines().any(|l| l.contains("unstarted") && l.contains(&peer)), "{list}");
+
+    new.initial_cluster = env_value(&out, "ETCD_INITIAL_CLUSTER");
+    new.extra = vec!["--initial-cluster-state".into(), "existing".into()];
+    new.start();
+    client.put("after", "join", None).await.expect("a write once both members run");
+    let mut joined = c.members[1].client().await;
+    let got = joined.get("", Some(GetOptions::new().with_from_key())).await.expect("linearizable get");
+    let keys: Vec<&[u8]> = got.kvs().iter().map(|kv| kv.key()).collect();
+    assert_eq!(keys, [&b"after"[..], b"before"]);
+    let (_, list, _) = ctl(c.members[1].client_port, &["member", "list"]);
+    assert_eq!(list.lines().filter(|l| l.contains(", started, ")).count(), 2, "{list}");
+}
+
 /// A learner replicates without voting, serves only serializable reads, and is promoted once caught up.
 #[tokio::test]
 async fn a_learner_serves_serializable_reads_only_until_promoted() {
