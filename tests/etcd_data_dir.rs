@@ -68,6 +68,12 @@ async fn write_history(port: u16) {
     c.user_change_password("u1", "pw1").await.expect("change password");
     c.user_add("u2", "pw2", None).await.expect("user add");
     c.user_delete("u2").await.expect("user delete");
+    // etcd grants a lease to a caller without a token even with auth on (concord's API would not).
+    let mut anonymous = Client::connect([format!("127.0.0.1:{port}")], None).await.expect("connect");
+    anonymous
+        .lease_grant(400, Some(LeaseGrantOptions::new().with_id(0x4000)))
+        .await
+        .expect("anonymous grant");
     let mut u1 = wait_for(port, Some(("u1", "pw1"))).await;
     u1.put("k7", "v7", None).await.expect("permitted put");
     u1.put("zz", "no", None).await.expect_err("a put outside u1's permission");
@@ -87,13 +93,16 @@ fn state(port: u16) -> Vec<String> {
     let body = json.trim_start_matches("ok=true ");
     let range: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {json}"));
     let mut out = vec![format!("revision {}", range["header"]["revision"]), range["kvs"].to_string()];
-    let leases = ctl(&["lease", "list"]);
-    for id in leases.lines().skip(1) {
-        let ttl = ctl(&["lease", "timetolive", id.trim(), "-w", "json"]);
+    // etcd lists leases in no particular order (a Go map's).
+    let list = ctl(&["lease", "list"]);
+    let mut leases: Vec<&str> = list.lines().skip(1).map(str::trim).collect();
+    leases.sort_unstable();
+    out.push(format!("{} leases", leases.len()));
+    for id in leases {
+        let ttl = ctl(&["lease", "timetolive", id, "-w", "json"]);
         let ttl: serde_json::Value = serde_json::from_str(ttl.trim_start_matches("ok=true ")).expect("json");
-        out.push(format!("lease {} granted {}", id.trim(), ttl["granted-ttl"]));
+        out.push(format!("lease {id} granted {}", ttl["granted-ttl"]));
     }
-    out.push(leases);
     for args in [&["user", "list"][..], &["role", "list"], &["role", "get", "r1"], &["user", "get", "u1"]] {
         out.push(ctl(args));
     }
