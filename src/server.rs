@@ -114,7 +114,7 @@ impl Server {
         };
         // etcd's WAL is in `--wal-dir` itself when given, as concord's is.
         let etcd_wal = config.wal_dir.clone().unwrap_or_else(|| data_dir.join("member").join("wal"));
-        if let Some(a) = crate::backup::etcd_dir::adopt(&data_dir, &etcd_wal, &adopt)? {
+        if let Some(a) = crate::backup::etcd_dir::adopt(&data_dir, &etcd_wal, &config.wal_dir(), &adopt)? {
             tracing::info!(
                 data_dir = %data_dir.display(),
                 revision = a.revision,
@@ -439,22 +439,24 @@ async fn snapshot_restored(
     node: RaftNode,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
+    // The purge waits until no replication still needs the entries: with a restored member down, the
+    // others' marker stays (and so does their refusal of `member add`) until it is back.
     let settled = async {
         node.sm.wait_applied(1).await;
-        node.raft.trigger().snapshot().await.ok()?;
+        node.raft.trigger().snapshot().await.map_err(|e| e.to_string())?;
         let mut metrics = node.raft.metrics();
-        let at = metrics.wait_for(|m| m.snapshot.is_some()).await.ok()?.snapshot?.index;
-        node.raft.trigger().purge_log(at).await.ok()?;
-        metrics.wait_for(|m| m.purged.is_some_and(|p| p.index >= at)).await.ok()?;
-        Some(())
+        let stopped = |e: tokio::sync::watch::error::RecvError| e.to_string();
+        let snapshot = metrics.wait_for(|m| m.snapshot.is_some()).await.map_err(stopped)?.snapshot;
+        let at = snapshot.map_or(0, |s| s.index);
+        node.raft.trigger().purge_log(at).await.map_err(|e| e.to_string())?;
+        metrics.wait_for(|m| m.purged.is_some_and(|p| p.index >= at)).await.map_err(stopped)?;
+        node.sm.restored_logged().map_err(|e| e.to_string())
     };
     tokio::select! {
         _ = stop.changed() => {}
         done = settled => {
-            if done.is_some() {
-                if let Err(e) = node.sm.restored_logged() {
-                    tracing::warn!(error = %e, "removing the restored state's marker");
-                }
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "putting the restored state into a snapshot failed; member add stays refused");
             }
         }
     }

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{etcdctl, eventually, status, Cluster};
+use common::{env_value, etcdctl, eventually, status, Cluster};
 use etcd_client::GetOptions;
 
 /// `etcdctl` 3.4 against `http://127.0.0.1:port`.
@@ -24,13 +24,6 @@ async fn ctl_change(port: u16, args: &[&str]) -> (bool, String, String) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// The value of `KEY="value"` in etcdctl's `member add` output.
-fn env_value(out: &str, key: &str) -> String {
-    let line =
-        out.lines().find(|l| l.starts_with(&format!("{key}="))).unwrap_or_else(|| panic!("{key} in {out}"));
-    line[key.len() + 1..].trim_matches('"').to_string()
 }
 
 /// The runtime-reconfiguration runbook: `member add`, start the new member with the environment etcdctl

@@ -146,7 +146,6 @@ async fn a_restored_cluster_keeps_its_users_and_roles() {
     assert!(!ok && err.contains("etcdserver: user name is empty"), "auth is still on: {err}");
 }
 
-/// Every key with everything etcd reports about it, and the store's HashKV (hash, compacted revision).
 /// The disaster-recovery path etcd documents and tests (`TestIssue6361`): restore one member, then grow
 /// the cluster with `etcdctl member add`. The restored state is in no log entry, so the new member must
 /// be sent a snapshot of it; and `member add` on a one-member cluster answers at once, before the new
@@ -199,11 +198,7 @@ async fn a_member_added_to_a_restored_member_is_sent_the_restored_data() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     assert!(out.contains("added to cluster"), "{out}");
-    let initial_cluster = out
-        .lines()
-        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
-        .map(|v| v.trim_end_matches('"').to_string())
-        .expect("ETCD_INITIAL_CLUSTER");
+    let initial_cluster = common::env_value(&out, "ETCD_INITIAL_CLUSTER");
     new.initial_cluster = initial_cluster;
     new.extra = vec!["--initial-cluster-state".into(), "existing".into()];
     new.start();
@@ -217,6 +212,7 @@ async fn a_member_added_to_a_restored_member_is_sent_the_restored_data() {
     assert_eq!(contents(&mut joined).await, contents(&mut client).await);
 }
 
+/// Every key with everything etcd reports about it, and the store's HashKV (hash, compacted revision).
 async fn contents(c: &mut Client) -> (Vec<(Vec<u8>, Vec<u8>, i64, i64, i64, i64)>, u32, i64) {
     let all = c.get("", Some(GetOptions::new().with_from_key())).await.expect("get");
     let kvs = all

@@ -4,8 +4,8 @@
 //!
 //! etcd's state is its backend file (`member/snap/db`, the same bbolt file a backup is) plus the
 //! requests its WAL (`member/wal`) holds past the file's consistent index: etcd commits the file in
-//! batches and, in 3.4, records the index only with key changes, so lease grants, auth changes or
-//! requests a crash cut short may be in the log alone. etcd replays them when it restarts, and so does
+//! batches (every 100 ms), and not every request moves the index it records (lease grants do not),
+//! so the last requests before a crash, and some before a clean stop, are in the log alone. etcd replays them when it restarts, and so does
 //! this: each is applied as etcd applied it, with its caller, and one that is in the file already
 //! changes nothing (a grant of a lease that exists is refused; `etcdserver/apply.go` counts on the same).
 //!
@@ -65,6 +65,9 @@ struct InternalRaftRequest {
     auth_disable: Option<AuthDisableRequest>,
     #[prost(bytes = "vec", optional, tag = "1012")]
     authenticate: Option<Vec<u8>>,
+    /// etcd 3.5's AuthStatus, a read.
+    #[prost(bytes = "vec", optional, tag = "1013")]
+    auth_status: Option<Vec<u8>>,
     #[prost(message, optional, tag = "1100")]
     auth_user_add: Option<AuthUserAddRequest>,
     #[prost(message, optional, tag = "1101")]
@@ -100,6 +103,20 @@ struct InternalRaftRequest {
     downgrade_info_set: Option<Vec<u8>>,
 }
 
+/// etcd's v2 request (`etcdserverpb.Request`), as 3.4 logs a member's attributes: only as much of it as
+/// tells it apart.
+#[derive(Clone, PartialEq, Message)]
+struct V2Request {
+    #[prost(uint64, tag = "1")]
+    id: u64,
+    #[prost(string, tag = "2")]
+    method: String,
+    #[prost(string, tag = "3")]
+    path: String,
+    #[prost(string, tag = "4")]
+    val: String,
+}
+
 #[derive(Clone, PartialEq, Message)]
 struct RequestHeader {
     #[prost(uint64, tag = "1")]
@@ -128,7 +145,12 @@ pub struct Options {
 
 /// If `data_dir` is a stopped etcd member's (it has `member/snap/db`; its WAL is in `wal_dir`) and
 /// concord has not started on it yet (no `db`), builds concord's state from etcd's beside it.
-pub fn adopt(data_dir: &Path, wal_dir: &Path, options: &Options) -> Result<Option<Adopted>, BackupError> {
+pub fn adopt(
+    data_dir: &Path,
+    wal_dir: &Path,
+    concord_wal: &Path,
+    options: &Options,
+) -> Result<Option<Adopted>, BackupError> {
     let member = data_dir.join("member");
     let backend = member.join("snap").join("db");
     if data_dir.join("db").exists() || !backend.exists() {
@@ -140,21 +162,32 @@ pub fn adopt(data_dir: &Path, wal_dir: &Path, options: &Options) -> Result<Optio
     };
     // A running etcd holds an exclusive lock on its backend file (bbolt's flock), and its file changes
     // under a reader: taking over a live etcd's data dir is refused, not attempted.
-    let file = File::open(&backend)?;
-    if let Err(std::fs::TryLockError::WouldBlock) = file.try_lock_shared() {
+    // The lock is held until the take-over is done.
+    let lock = File::open(&backend)?;
+    if let Err(std::fs::TryLockError::WouldBlock) = lock.try_lock_shared() {
         return Err(BackupError::EtcdRunning(data_dir.into()));
     }
-    let members = etcd::members(file).map_err(invalid(&backend))?;
+    let members = etcd::members(lock.try_clone()?).map_err(invalid(&backend))?;
     if members > 1 {
         return Err(BackupError::ClusterMember(data_dir.into(), members));
     }
     let wal = etcd_wal::read(wal_dir).map_err(invalid(wal_dir))?;
 
-    // A start cut short leaves concord's half-made files, never etcd's: begin again.
+    // A start cut short leaves concord's half-made files, never etcd's: begin again. That includes
+    // concord's own Raft log segments (`<seq>.wal`), which must not be applied over the new state.
     let building = data_dir.join("adopting");
     for dir in [&building, &data_dir.join("records"), &data_dir.join("snap")] {
         if dir.exists() {
             fs::remove_dir_all(dir)?;
+        }
+    }
+    if concord_wal.exists() {
+        for entry in fs::read_dir(concord_wal)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stem = name.strip_suffix(".wal").unwrap_or("");
+            if !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_hexdigit()) {
+                fs::remove_file(entry.path())?;
+            }
         }
     }
     let built = build(&building, &backend, wal_dir, wal, options);
@@ -167,6 +200,7 @@ pub fn adopt(data_dir: &Path, wal_dir: &Path, options: &Options) -> Result<Optio
     fs::rename(building.join("records"), data_dir.join("records"))?;
     fs::remove_dir_all(&building)?;
     crate::storage::sync_dir(data_dir)?;
+    drop(lock);
     Ok(Some(adopted))
 }
 
@@ -182,10 +216,21 @@ fn build(
     let bad = |what: String| BackupError::Invalid(wal_dir.into(), std::io::Error::other(what));
     let sm = StateMachine::open(&dir.join("records"), dir.join("snap"), u64::MAX)?;
     let applied = super::load_etcd(&sm, dir, backend, File::open(backend)?)?;
-    let tail: Vec<_> = wal.entries.iter().filter(|e| e.index > applied && e.index <= wal.commit).collect();
-    if let Some(first) = tail.first().filter(|e| e.index != applied + 1) {
-        let (index, file) = (first.index, backend.display());
-        return Err(bad(format!("the log starts at index {index} but {file} holds up to {applied} only")));
+    // Every entry after the file's index, as a restarted one-member etcd applies them: it leads and
+    // commits its whole log, committed before the stop or not. (Entries up to the WAL's snapshot are
+    // in etcd's `.snap` file: membership, which concord does not take.)
+    let from = applied.max(wal.snapshot) + 1;
+    let tail: Vec<_> = wal.entries.iter().filter(|e| e.index >= from).collect();
+    let mut expect = from;
+    for entry in &tail {
+        if entry.index != expect {
+            let file = backend.display();
+            return Err(bad(format!("entry {expect} is missing ({file} holds up to {applied})")));
+        }
+        expect += 1;
+    }
+    if expect <= wal.commit {
+        return Err(bad(format!("entries {expect} to {} were committed but are missing", wal.commit)));
     }
     let mut requests = Vec::new();
     for entry in tail.into_iter().filter(|e| e.kind == ENTRY_NORMAL && !e.data.is_empty()) {
@@ -207,8 +252,10 @@ fn translate(data: &[u8], options: &Options) -> Result<Option<Request>, String> 
     use crate::pb::authpb::UserAddOptions;
     // etcd 3.4 logs its v2 requests (member attributes, cluster version) as a bare `etcdserverpb.Request`,
     // which does not parse as an InternalRaftRequest: its path starts with '/', no valid field key.
-    let Ok(r) = InternalRaftRequest::decode(data) else {
-        return Ok(None);
+    let r = match InternalRaftRequest::decode(data) {
+        Ok(r) => r,
+        Err(_) if V2Request::decode(data).is_ok_and(|v2| v2.path.starts_with('/')) => return Ok(None),
+        Err(e) => return Err(format!("neither a v3 nor a v2 request: {e}")),
     };
     let hash = |password: String, hashed: String| -> Result<String, String> {
         match hashed.is_empty() {
@@ -260,6 +307,7 @@ fn translate(data: &[u8], options: &Options) -> Result<Option<Request>, String> 
         || r.alarm.is_some()
         || r.lease_checkpoint.is_some()
         || r.authenticate.is_some()
+        || r.auth_status.is_some()
         || r.auth_user_get.is_some()
         || r.auth_user_list.is_some()
         || r.auth_role_list.is_some()
@@ -288,19 +336,6 @@ mod tests {
     use super::*;
 
     const OPTIONS: Options = Options { bcrypt_cost: 4, min_lease_ttl: 2 };
-
-    /// etcd 3.4's v2 request (`etcdserverpb.Request`), as it logs a member's attributes.
-    #[derive(Clone, PartialEq, Message)]
-    struct V2Request {
-        #[prost(uint64, tag = "1")]
-        id: u64,
-        #[prost(string, tag = "2")]
-        method: String,
-        #[prost(string, tag = "3")]
-        path: String,
-        #[prost(string, tag = "4")]
-        val: String,
-    }
 
     #[test]
     fn requests_are_replayed_with_their_callers_and_what_changes_nothing_is_skipped() {
@@ -368,10 +403,13 @@ mod tests {
     fn a_data_dir_without_etcds_files_or_already_concords_is_left_alone() {
         let dir = tempfile::tempdir().expect("tempdir");
         let wal = dir.path().join("member/wal");
-        assert_eq!(adopt(dir.path(), &wal, &OPTIONS).expect("nothing to do"), None);
+        assert_eq!(adopt(dir.path(), &wal, &dir.path().join("wal"), &OPTIONS).expect("nothing to do"), None);
         std::fs::create_dir_all(dir.path().join("member/snap")).expect("mkdir");
         std::fs::write(dir.path().join("member/snap/db"), b"not read").expect("write");
         std::fs::write(dir.path().join("db"), b"concord's").expect("write");
-        assert_eq!(adopt(dir.path(), &wal, &OPTIONS).expect("concord's already"), None);
+        assert_eq!(
+            adopt(dir.path(), &wal, &dir.path().join("wal"), &OPTIONS).expect("concord's already"),
+            None
+        );
     }
 }

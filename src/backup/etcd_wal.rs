@@ -68,22 +68,13 @@ struct Snapshot {
     term: u64,
 }
 
-/// `etcdserverpb.Metadata`, written at the head of every WAL file.
-#[derive(Clone, PartialEq, Message)]
-struct Metadata {
-    #[prost(uint64, tag = "1")]
-    node_id: u64,
-    #[prost(uint64, tag = "2")]
-    cluster_id: u64,
-}
-
 /// What a member's WAL says, as etcd replays it.
 #[derive(Debug, Default)]
 pub struct Wal {
-    pub member_id: u64,
-    pub cluster_id: u64,
     /// The highest index known committed.
     pub commit: u64,
+    /// The index of the last snapshot record: entries up to it are in the member's `.snap` file.
+    pub snapshot: u64,
     /// The entries after the last snapshot record, each index once (a later append supersedes an
     /// earlier one at the same index and everything after it, as in Raft).
     pub entries: Vec<Entry>,
@@ -109,7 +100,19 @@ pub fn read(dir: &Path) -> io::Result<Wal> {
     let last = names.len() - 1;
     for (i, name) in names.iter().enumerate() {
         let mut r = BufReader::with_capacity(1 << 20, File::open(dir.join(name))?);
-        while let Some(record) = next_record(&mut r, i == last).map_err(|e| bad(format!("{name}: {e}")))? {
+        let mut offset = 0;
+        loop {
+            let frame =
+                next_frame(&mut r, &mut offset, i == last).map_err(|e| bad(format!("{name}: {e}")))?;
+            let Some((frame, at)) = frame else { break };
+            // etcd's `isTornEntry`: only the last file's last record can be cut short by a crash, and
+            // what was not written reads as zeros; any other damage is an error, as etcd refuses it.
+            let torn = || i == last && torn(&frame.bytes, at);
+            let record = match Record::decode(frame.record()) {
+                Ok(record) => record,
+                Err(_) if torn() => break,
+                Err(e) => return Err(bad(format!("{name}: {e}"))),
+            };
             if record.kind == CRC {
                 if crc != 0 && record.crc != crc {
                     return Err(bad(format!("{name}: CRC mismatch at the start of the file")));
@@ -117,18 +120,46 @@ pub fn read(dir: &Path) -> io::Result<Wal> {
                 crc = record.crc;
                 continue;
             }
-            crc = crc32c::crc32c_append(crc, &record.data);
-            if record.crc != crc {
-                if i == last {
-                    // A torn write at the tail: etcd repairs the file by cutting it here.
+            let next = crc32c::crc32c_append(crc, &record.data);
+            if record.crc != next {
+                if torn() {
                     break;
                 }
                 return Err(bad(format!("{name}: CRC mismatch")));
             }
+            crc = next;
             apply(&mut wal, record).map_err(|e| bad(format!("{name}: {e}")))?;
         }
     }
     Ok(wal)
+}
+
+/// A record's bytes as framed: the record, then its padding.
+struct Frame {
+    bytes: Vec<u8>,
+    len: usize,
+}
+
+impl Frame {
+    fn record(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// Whether any 512-byte sector of `data` (at `at` in its file) is all zeros (etcd's `isTornEntry`).
+fn torn(data: &[u8], at: u64) -> bool {
+    const SECTOR: u64 = 512;
+    let mut rest = data;
+    let mut at = at;
+    while !rest.is_empty() {
+        let n = ((SECTOR - at % SECTOR) as usize).min(rest.len());
+        if rest[..n].iter().all(|b| *b == 0) {
+            return true;
+        }
+        rest = &rest[n..];
+        at += n as u64;
+    }
+    false
 }
 
 /// `<seq>-<index>.wal`, both 16 hex digits; concord's own segments (`<seq>.wal`), which may share a
@@ -138,38 +169,38 @@ fn is_etcd_wal(name: &str) -> bool {
     name.strip_suffix(".wal").and_then(|n| n.split_once('-')).is_some_and(|(a, b)| hex(a) && hex(b))
 }
 
-fn apply(wal: &mut Wal, record: Record) -> Result<(), prost::DecodeError> {
+fn apply(wal: &mut Wal, record: Record) -> Result<(), String> {
+    let e = |e: prost::DecodeError| e.to_string();
     match record.kind {
-        METADATA => {
-            let m = Metadata::decode(record.data.as_slice())?;
-            (wal.member_id, wal.cluster_id) = (m.node_id, m.cluster_id);
-        }
+        // The member's and cluster's ids: concord's member starts a new cluster of its own.
+        METADATA => {}
         ENTRY => {
-            let e = Entry::decode(record.data.as_slice())?;
-            let keep = wal.entries.partition_point(|x| x.index < e.index);
+            let entry = Entry::decode(record.data.as_slice()).map_err(e)?;
+            let keep = wal.entries.partition_point(|x| x.index < entry.index);
             wal.entries.truncate(keep);
-            wal.entries.push(e);
+            wal.entries.push(entry);
         }
         STATE => {
-            let s = HardState::decode(record.data.as_slice())?;
+            let s = HardState::decode(record.data.as_slice()).map_err(e)?;
             // An empty hard state is written when nothing changed.
             if s != HardState::default() {
                 wal.commit = s.commit;
             }
         }
         SNAPSHOT => {
-            let s = Snapshot::decode(record.data.as_slice())?;
+            let s = Snapshot::decode(record.data.as_slice()).map_err(e)?;
             wal.entries.retain(|e| e.index > s.index);
             wal.commit = wal.commit.max(s.index);
+            wal.snapshot = s.index;
         }
-        _ => {}
+        kind => return Err(format!("a record of unknown type {kind}")),
     }
     Ok(())
 }
 
-/// The next record, or `None` at the end of the file: its end, zeros (the preallocated rest), or, in the
-/// last file, a frame cut short by a crash.
-fn next_record(r: &mut impl Read, last: bool) -> io::Result<Option<Record>> {
+/// The next frame and the offset of its bytes in the file, or `None` at the end of the file: its end,
+/// zeros (the preallocated rest), or, in the last file, a frame cut short by a crash.
+fn next_frame(r: &mut impl Read, offset: &mut u64, last: bool) -> io::Result<Option<(Frame, u64)>> {
     let mut len = [0u8; 8];
     match r.read_exact(&mut len) {
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
@@ -189,12 +220,9 @@ fn next_record(r: &mut impl Read, last: bool) -> io::Result<Option<Record>> {
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && last => return Ok(None),
         other => other?,
     }
-    match Record::decode(&data[..bytes as usize]) {
-        Ok(record) => Ok(Some(record)),
-        // A sector of zeros in the last file's last record: torn by a crash.
-        Err(_) if last => Ok(None),
-        Err(e) => Err(bad(e)),
-    }
+    let at = *offset + 8;
+    *offset = at + data.len() as u64;
+    Ok(Some((Frame { bytes: data, len: bytes as usize }, at)))
 }
 
 #[cfg(test)]
@@ -229,7 +257,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut a, mut crc) = (Vec::new(), 0);
         frame(&mut a, &mut crc, CRC, vec![]);
-        frame(&mut a, &mut crc, METADATA, Metadata { node_id: 7, cluster_id: 9 }.encode_to_vec());
+        frame(&mut a, &mut crc, METADATA, vec![8, 7, 16, 9]);
         frame(&mut a, &mut crc, SNAPSHOT, Snapshot { index: 0, term: 0 }.encode_to_vec());
         for i in 1..=3 {
             frame(&mut a, &mut crc, ENTRY, entry(i, 1, b"old"));
@@ -245,7 +273,7 @@ mod tests {
         fs::write(dir.path().join("0000000000000001.wal"), b"concord's own segment").unwrap();
 
         let wal = read(dir.path()).unwrap();
-        assert_eq!((wal.member_id, wal.cluster_id, wal.commit), (7, 9, 2));
+        assert_eq!(wal.commit, 2);
         let got: Vec<_> = wal.entries.iter().map(|e| (e.index, e.term, e.data.clone())).collect();
         assert_eq!(got, [(1, 1, b"old".to_vec()), (2, 2, b"new".to_vec())]);
     }
@@ -258,8 +286,18 @@ mod tests {
         let second = a.len();
         frame(&mut a, &mut crc, ENTRY, entry(2, 1, b"y"));
         let torn = a.len() - 3;
-        fs::write(dir.path().join("0000000000000000-0000000000000000.wal"), &a[..torn]).unwrap();
+        let file = dir.path().join("0000000000000000-0000000000000000.wal");
+        fs::write(&file, &a[..torn]).unwrap();
         assert_eq!(read(dir.path()).unwrap().entries.len(), 1);
+        // The last record's bytes zeroed (never written), or altered (damage etcd would refuse too).
+        let mut zeroed = a.clone();
+        zeroed[second + 8..].fill(0);
+        fs::write(&file, &zeroed).unwrap();
+        assert_eq!(read(dir.path()).unwrap().entries.len(), 1);
+        let mut altered = a.clone();
+        altered[second + 8 + 4] ^= 0x55;
+        fs::write(&file, &altered).unwrap();
+        assert!(read(dir.path()).is_err());
 
         // The same damage in a file with another after it is not a crash's doing.
         let mut b = a.clone();

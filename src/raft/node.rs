@@ -350,7 +350,14 @@ impl RaftNode {
     ) -> Result<(), openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, Member>>> {
         use openraft::error::{Fatal, RaftError};
         let raft = self.raft.clone();
-        let mut change = tokio::spawn(async move { raft.change_membership(plan.changes, plan.retain).await });
+        let mut change = tokio::spawn(async move {
+            let done = raft.change_membership(plan.changes, plan.retain).await;
+            if let Err(e) = &done {
+                // Answered already, or answered now with this error: either way, say it.
+                tracing::warn!(error = %e, "adding a voter to a one-member cluster did not complete");
+            }
+            done
+        });
         let mut metrics = self.raft.metrics();
         loop {
             if metrics.borrow().membership_config.membership().get_node(&id).is_some() {

@@ -604,7 +604,13 @@ impl StateMachine {
             let mut events = Vec::new();
             for request in requests {
                 let response = apply_request(&mut store, &mut meta, &self.tokens, request, &mut events);
-                refused += usize::from(matches!(response, Response::Error(_) | Response::Denied(_)));
+                let why = match &response {
+                    Response::Error(e) => e.to_string(),
+                    Response::Denied(e) => e.to_string(),
+                    _ => continue,
+                };
+                tracing::info!(error = %why, "a replayed request changed nothing");
+                refused += 1;
             }
             store.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
             self.publish_auth(&meta.auth);

@@ -36,12 +36,12 @@ impl From<StorageError> for io::Error {
     }
 }
 
-/// Keys of the `raft` tree.
 /// Makes the entries of `dir` (files created, renamed or removed in it) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Keys of the `raft` tree.
 pub mod keys {
     pub const CLUSTER_ID: &[u8] = b"cluster-id";
     pub const MEMBER_ID: &[u8] = b"member-id";

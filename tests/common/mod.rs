@@ -358,6 +358,13 @@ impl Drop for Etcd {
     }
 }
 
+/// The value of `KEY="value"` in etcdctl's `member add` output.
+pub fn env_value(out: &str, key: &str) -> String {
+    let line =
+        out.lines().find(|l| l.starts_with(&format!("{key}="))).unwrap_or_else(|| panic!("{key} in {out}"));
+    line[key.len() + 1..].trim_matches('"').to_string()
+}
+
 /// `cp -a`: a data dir copied whole, for two servers to start on the same state.
 pub fn copy_dir(from: &Path, to: &Path) {
     let out = Command::new("cp").arg("-a").arg(from).arg(to).output().expect("cp");

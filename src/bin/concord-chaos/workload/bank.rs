@@ -325,7 +325,8 @@ fn replay(history: &[Op<BankOp>], v: &mut BankVerdict) {
 }
 
 /// Indices (ascending) of a smallest subset of `pending` transfers whose net effect is `diff`, if there
-/// is one: the fewest unknown transfers spent on one read leaves the most for the reads after it.
+/// is one. Spending the fewest unknown transfers on one read is a heuristic, not a search over every
+/// choice: a false alarm stays possible when two different subsets explain a read.
 fn explain(diff: &BTreeMap<u64, i64>, pending: &[(u64, u64, i64)]) -> Option<Vec<usize>> {
     fn search(
         i: usize,
