@@ -125,8 +125,7 @@ impl Server {
             );
         }
         // A restored state starts a new cluster: joining one, it would be applied under the cluster's log.
-        let first_start = !data_dir.join("db").exists();
-        if first_start
+        if !Db::exists(&data_dir)
             && config.initial_cluster_state == ClusterState::Existing
             && StateMachine::restored_unlogged_in(&data_dir.join("snap"))
         {

@@ -153,7 +153,7 @@ pub fn adopt(
 ) -> Result<Option<Adopted>, BackupError> {
     let member = data_dir.join("member");
     let backend = member.join("snap").join("db");
-    if data_dir.join("db").exists() || !backend.exists() {
+    if crate::storage::Db::exists(data_dir) || !backend.exists() {
         return Ok(None);
     }
     let invalid = |path: &Path| {
@@ -181,15 +181,7 @@ pub fn adopt(
             fs::remove_dir_all(dir)?;
         }
     }
-    if concord_wal.exists() {
-        for entry in fs::read_dir(concord_wal)?.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let stem = name.strip_suffix(".wal").unwrap_or("");
-            if !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_hexdigit()) {
-                fs::remove_file(entry.path())?;
-            }
-        }
-    }
+    crate::storage::wal::remove_segments(concord_wal)?;
     let built = build(&building, &backend, wal_dir, wal, options);
     if built.is_err() {
         let _ = fs::remove_dir_all(&building);

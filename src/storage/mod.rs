@@ -60,6 +60,11 @@ pub struct Db {
 }
 
 impl Db {
+    /// Whether a member has started on the data dir `dir` (the database is made at the first start).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("db").exists()
+    }
+
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Db, StorageError> {
         let path = dir.join("db");
         let db = sled::Config::new()

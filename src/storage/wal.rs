@@ -101,16 +101,32 @@ fn encode_record(kind: u8, index: u64, payload: &[u8], out: &mut Vec<u8>) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// The sequence number of a segment file named `name` (`segment_path`'s names), or `None` for a file
+/// that is not one of the log's (a `--wal-dir` may hold etcd's WAL files too).
+fn segment_seq(name: &str) -> Option<u64> {
+    u64::from_str_radix(name.strip_suffix(".wal")?, 16).ok()
+}
+
+/// Removes every segment of the log in `dir`, and nothing else there.
+pub fn remove_segments(dir: &Path) -> io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        if entry.file_name().to_str().and_then(segment_seq).is_some() {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 impl Wal {
     /// Opens (or creates) the log in `dir`, replaying it. Entries at or below `purged` are dropped.
     pub fn open(dir: &Path, purged: Option<u64>) -> Result<Wal, WalError> {
         std::fs::create_dir_all(dir)?;
         let mut seqs: Vec<u64> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                u64::from_str_radix(name.strip_suffix(".wal")?, 16).ok()
-            })
+            .filter_map(|e| segment_seq(&e.file_name().into_string().ok()?))
             .collect();
         seqs.sort_unstable();
         let first = purged.map_or(1, |p| p + 1);
