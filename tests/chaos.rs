@@ -33,9 +33,13 @@ fn campaign(server: &[&str], workloads: &str, out: &str) {
     assert_eq!(summaries.len(), workloads.split(',').count(), "{stdout}");
     for s in summaries {
         assert!(s.ends_with("valid=true"), "{s}");
-        // A run that did nothing proves nothing (the lock workload is slow by nature: one holder at a time).
+        // A run that did nothing proves nothing. The lock workload is slow by nature: one holder at a
+        // time, and a fault that takes the holder's session stops everyone until its 2 s lease expires
+        // on a leader that has just started every lease afresh. Real etcd 3.4 on one such schedule made
+        // 56 increments in 30 s and concord 41 to 103, so its floor only catches a stalled lock.
         let ok: usize = s.split(' ').find_map(|f| f.strip_prefix("ok=")).unwrap().parse().unwrap();
-        assert!(ok > 50, "{s}");
+        let floor = if s.contains("workload=lock ") { 20 } else { 50 };
+        assert!(ok > floor, "{s}");
     }
 }
 
