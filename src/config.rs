@@ -174,6 +174,11 @@ pub struct Config {
         action = clap::ArgAction::Set
     )]
     pub strict_reconfig_check: bool,
+    /// Force to create a new one-member cluster: a member whose cluster lost its quorum for good
+    /// restarts as its only voter, with its data (the other members are removed).
+    #[arg(long, env = "ETCD_FORCE_NEW_CLUSTER", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub force_new_cluster: bool,
     /// Auth token type: `simple` (random tokens every member learns through the log) or
     /// `jwt,pub-key=FILE,priv-key=FILE,sign-method=ES256,ttl=5m` (signed tokens).
     #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple", value_parser = parse_auth_token)]

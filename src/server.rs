@@ -162,8 +162,22 @@ impl Server {
 
         let sm = StateMachine::open(&data_dir.join("records"), data_dir.join("snap"), config.snapshot_count)
             .map_err(|e| ServerError::Raft(e.to_string()))?;
-        let log_store = LogStore::open(db.clone(), &config.wal_dir(), sm.clone())
+        let mut log_store = LogStore::open(db.clone(), &config.wal_dir(), sm.clone())
             .map_err(|e| ServerError::Raft(e.to_string()))?;
+        if config.force_new_cluster {
+            let me = Member {
+                name: config.name.clone(),
+                peer_urls: config.initial_advertise_peer_urls.clone(),
+                client_urls: config.advertise_client_urls.clone(),
+            };
+            let mut sm_store = StateMachineStore { sm: sm.clone() };
+            if crate::raft::force::force_new_cluster(&mut log_store, &mut sm_store, id, me)
+                .await
+                .map_err(|e| ServerError::Raft(e.to_string()))?
+            {
+                tracing::warn!("forced a new one-member cluster: every other member is removed from it");
+            }
+        }
         let network =
             Network::new(config.experimental_peer_dial_urls.iter().cloned().collect(), peer_tls_client);
         let raft = openraft::Raft::new(

@@ -402,3 +402,121 @@ async fn with_a_voter_down_adding_is_refused_and_removing_it_is_not() {
     let (ok, out, err) = ctl(port, &["member", "remove", &format!("{down_id:x}")]);
     assert!(ok, "removing the member that is down: {out}{err}");
 }
+
+/// etcd's way out of a lost quorum: two of three members are gone for good, and the third restarts with
+/// `--force-new-cluster` as a one-member cluster. It keeps every key at its revision, and also the
+/// write it had appended but could not commit (its outcome was unknown to the client; etcd drops such
+/// entries, concord keeps them: its commit index is not synced, so they could be acknowledged ones). It
+/// stays one member once restarted without the flag, and grows again with `member add`.
+#[tokio::test]
+async fn force_new_cluster_revives_the_last_member_of_a_cluster_that_lost_its_quorum() {
+    let mut c = Cluster::start(3, &[]);
+    let s = c.leader().await;
+    let mut client = c.members[s].client().await;
+    for i in 0..20 {
+        client.put(format!("k{i}"), "v", None).await.expect("put");
+    }
+    let all = || Some(GetOptions::new().with_from_key());
+    let before = client.get("", all()).await.expect("get");
+    // The other two stop answering: the leader appends the next write but cannot commit it.
+    for i in (0..3).filter(|i| *i != s) {
+        c.members[i].pause();
+    }
+    let pending = tokio::time::timeout(Duration::from_secs(2), client.put("pending", "?", None)).await;
+    assert!(pending.is_err(), "a write committed without a quorum: {pending:?}");
+    for m in &mut c.members {
+        m.kill();
+    }
+
+    let survivor = &mut c.members[s];
+    survivor.extra = vec!["--force-new-cluster".into()];
+    survivor.start();
+    let port = survivor.client_port;
+    let mut client = survivor.client().await;
+    let (_, list, _) = ctl(port, &["member", "list"]);
+    assert_eq!(list.lines().count(), 1, "{list}");
+    assert!(list.contains(&format!(", {}, ", survivor.name)), "{list}");
+    let after = client.get("", all()).await.expect("linearizable get on the forced member");
+    let revisions = |kvs: &[etcd_client::KeyValue]| -> Vec<(Vec<u8>, i64, i64, i64)> {
+        let kvs = kvs.iter().filter(|kv| kv.key() != b"pending");
+        kvs.map(|kv| (kv.key().to_vec(), kv.create_revision(), kv.mod_revision(), kv.version())).collect()
+    };
+    assert_eq!(revisions(after.kvs()), revisions(before.kvs()), "every key at its revisions");
+    let pending = after.kvs().iter().find(|kv| kv.key() == b"pending").expect("the appended write is kept");
+    assert_eq!(pending.mod_revision(), before.header().unwrap().revision() + 1);
+    let put = client.put("new", "w", None).await.expect("a write on the one-member cluster");
+    assert_eq!(put.header().unwrap().revision(), pending.mod_revision() + 1);
+
+    // The flag is needed once: restarted without it, the member is still a cluster of one.
+    survivor.kill();
+    survivor.extra = Vec::new();
+    survivor.start();
+    let mut client = survivor.client().await;
+    client.put("restarted", "w", None).await.expect("a write after a restart without the flag");
+    let (_, list, _) = ctl(port, &["member", "list"]);
+    assert_eq!(list.lines().count(), 1, "{list}");
+
+    // A member of the old cluster that comes back is told it was removed, and stops, as in etcd.
+    let old = (s + 1) % 3;
+    c.members[old].start();
+    let exit = c.members[old].exited(Duration::from_secs(20)).await;
+    assert!(exit.is_some_and(|e| !e.success()), "{exit:?}\n{}", c.members[old].log());
+    assert!(c.members[old].log().contains("the member has been permanently removed from the cluster"));
+    let mut client = c.members[s].client().await;
+    client.put("after-old", "w", None).await.expect("a write after the old member came back");
+
+    let new = c.prepare_member("m3");
+    let peer = format!("http://127.0.0.1:{}", new.peer_port);
+    let (ok, out, err) = ctl_change(port, &["member", "add", "m3", &format!("--peer-urls={peer}")]).await;
+    assert!(ok, "member add failed: {err}");
+    new.initial_cluster = env_value(&out, "ETCD_INITIAL_CLUSTER");
+    new.extra = vec!["--initial-cluster-state".into(), "existing".into()];
+    new.start();
+    client.put("grown", "w", None).await.expect("a write once both members run");
+    let mut joined = c.members[3].client().await;
+    let got = joined.get("", all()).await.expect("linearizable get on the new member");
+    assert_eq!(got.count(), 20 + 5);
+}
+
+/// `--force-new-cluster` on a member while the rest of the old cluster still runs (and has taken writes
+/// without it): the forced member stays a cluster of one with the data it had, and the others, whatever
+/// their terms and logs, are told they were removed and stop instead of overwriting it.
+#[tokio::test]
+async fn the_old_members_stop_when_one_is_forced_while_they_run() {
+    let mut c = Cluster::start(3, &[]);
+    let s = c.leader().await;
+    let forced = (s + 1) % 3;
+    let mut client = c.members[s].client().await;
+    client.put("k", "before", None).await.expect("put");
+    eventually("the member to force has the key", || {
+        let m = c.members[forced].client();
+        async move {
+            let got = m.await.get("k", Some(GetOptions::new().with_serializable())).await;
+            got.is_ok_and(|r| r.count() == 1)
+        }
+    })
+    .await;
+    c.members[forced].kill();
+    client.put("k", "without it", None).await.expect("a write the other two commit");
+    // The other two go on to terms the forced member never saw: each move of leadership starts one.
+    for _ in 0..3 {
+        let l = c.leader().await;
+        let next = (0..3).find(|i| *i != forced && *i != l).expect("the other running member");
+        let status = c.members[next].client().await.status().await.expect("status");
+        let id = status.header().expect("header").member_id();
+        c.members[l].client().await.move_leader(id).await.expect("move-leader");
+    }
+
+    c.members[forced].extra = vec!["--force-new-cluster".into()];
+    c.members[forced].start();
+    for i in (0..3).filter(|i| *i != forced) {
+        let exit = c.members[i].exited(Duration::from_secs(20)).await;
+        assert!(exit.is_some_and(|e| !e.success()), "{exit:?}\n{}", c.members[i].log());
+    }
+    let mut client = c.members[forced].client().await;
+    let got = client.get("k", None).await.expect("linearizable get on the forced member");
+    assert_eq!(got.kvs()[0].value(), b"before");
+    client.put("k", "after", None).await.expect("a write on the forced member");
+    let (_, list, _) = ctl(c.members[forced].client_port, &["member", "list"]);
+    assert_eq!(list.lines().count(), 1, "{list}");
+}

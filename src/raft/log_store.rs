@@ -57,6 +57,13 @@ impl LogStore {
         tokio::task::spawn_blocking(move || db.sync()).await.map_err(write_err)?.map_err(write_err)
     }
 
+    /// Appends `entry` and syncs it, for a change made before openraft starts (see [`super::force`]).
+    pub(super) fn append_before_start(&self, entry: &Entry) -> Result<(), StorageError> {
+        let record = encode(entry).map_err(write_err)?;
+        self.wal.append(&[(entry.log_id.index, record)]).map_err(write_err)?;
+        self.wal.sync().map_err(write_err)
+    }
+
     /// Bytes of log on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.wal.disk_bytes()

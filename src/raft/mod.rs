@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod batcher;
+pub mod force;
 pub mod log_store;
 pub mod membership;
 pub mod network;

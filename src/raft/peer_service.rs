@@ -5,7 +5,7 @@ use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 use super::membership::{MemberChange, MemberError};
 use super::network::REMOVED;
 use super::node::{LeaseAnswer, LeaseQuery, NodeError, RaftNode};
-use super::types::Request;
+use super::types::{Request, TypeConfig, Vote};
 use super::{decode, encode};
 use crate::pb::concordraft::raft_peer_server::RaftPeer;
 use crate::pb::concordraft::RaftPayload;
@@ -31,9 +31,29 @@ impl PeerService {
         let m = m.borrow();
         let candidate = rpc.vote.leader_id().voted_for();
         let last = rpc.last_log_id.map(|l| (l.leader_id.term, l.index));
-        m.current_leader == Some(self.node.id)
-            && candidate.is_some_and(|c| m.membership_config.membership().get_node(&c).is_none())
-            && last <= Some((m.current_term, m.last_log_index.unwrap_or(0)))
+        let stranger = candidate.is_some_and(|c| m.membership_config.membership().get_node(&c).is_none());
+        stranger
+            && (self.only_voter(&m)
+                || m.current_leader == Some(self.node.id)
+                    && last <= Some((m.current_term, m.last_log_index.unwrap_or(0))))
+    }
+
+    /// An append or a snapshot from a leader that is no member, while this member is the only voter:
+    /// see [`Self::only_voter`].
+    fn removed_leader(&self, vote: &Vote) -> bool {
+        let m = self.node.raft.metrics();
+        let m = m.borrow();
+        let leader = vote.leader_id().voted_for();
+        self.only_voter(&m) && leader.is_some_and(|l| m.membership_config.membership().get_node(&l).is_none())
+    }
+
+    /// Whether this member is the only voter of its membership. Every configuration after that one
+    /// goes through this member's log, so no one else can be elected without its vote, and a leader or
+    /// candidate it has no record of is from an older configuration: a member of the cluster as it was
+    /// before `--force-new-cluster`, which must not overwrite it whatever its term and log. It hears
+    /// what a removed member hears, and stops.
+    fn only_voter(&self, m: &openraft::RaftMetrics<u64, super::Member>) -> bool {
+        m.membership_config.membership().voter_ids().eq([self.node.id])
     }
 }
 
@@ -43,7 +63,10 @@ impl RaftPeer for PeerService {
         &self,
         req: GrpcRequest<RaftPayload>,
     ) -> Result<GrpcResponse<RaftPayload>, Status> {
-        let rpc = parse(req)?;
+        let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = parse(req)?;
+        if self.removed_leader(&rpc.vote) {
+            return Err(Status::failed_precondition(REMOVED));
+        }
         payload(&self.node.raft.append_entries(rpc).await)
     }
 
@@ -59,7 +82,10 @@ impl RaftPeer for PeerService {
         &self,
         req: GrpcRequest<RaftPayload>,
     ) -> Result<GrpcResponse<RaftPayload>, Status> {
-        let rpc = parse(req)?;
+        let rpc: openraft::raft::InstallSnapshotRequest<TypeConfig> = parse(req)?;
+        if self.removed_leader(&rpc.vote) {
+            return Err(Status::failed_precondition(REMOVED));
+        }
         payload(&self.node.raft.install_snapshot(rpc).await)
     }
 
