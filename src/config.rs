@@ -174,6 +174,13 @@ pub struct Config {
         action = clap::ArgAction::Set
     )]
     pub strict_reconfig_check: bool,
+    /// Auto compaction retention for the key-value history (0: no auto compaction). In periodic mode a
+    /// Go duration, or a number of hours; in revision mode a number of revisions.
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+    /// How `--auto-compaction-retention` is read: `periodic` (a duration) or `revision` (a count).
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
     /// Force to create a new one-member cluster: a member whose cluster lost its quorum for good
     /// restarts as its only voter, with its data (the other members are removed).
     #[arg(long, env = "ETCD_FORCE_NEW_CLUSTER", default_value_t = false, num_args = 0..=1,
@@ -273,6 +280,10 @@ pub enum ConfigError {
     Tls(String),
     #[error(transparent)]
     Jwt(#[from] crate::auth::JwtError),
+    #[error("unknown auto-compaction-mode {0:?}")]
+    AutoCompactionMode(String),
+    #[error("error parsing CompactionRetention: time: {0}")]
+    AutoCompactionRetention(String),
 }
 
 impl Config {
@@ -369,6 +380,36 @@ impl Config {
 
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.concord", self.name)))
+    }
+
+    /// `--auto-compaction-mode` and `--auto-compaction-retention`, read as etcd reads them (a bare
+    /// number is hours in periodic mode, revisions in revision mode; a duration in revision mode counts
+    /// its nanoseconds, as etcd's does). `None`: no auto compaction.
+    pub fn auto_compaction(&self) -> Result<Option<crate::compactor::Mode>, ConfigError> {
+        use crate::compactor::Mode;
+        let mode = self.auto_compaction_mode.as_str();
+        if !matches!(mode, "periodic" | "revision") {
+            return Err(ConfigError::AutoCompactionMode(mode.to_string()));
+        }
+        let retention = self.auto_compaction_retention.trim();
+        let parsed = match retention.parse::<i64>() {
+            Ok(n) if n >= 0 && mode == "revision" => Mode::Revision(n),
+            Ok(n) if n >= 0 => {
+                Mode::Periodic(std::time::Duration::from_secs((n as u64).saturating_mul(3600)))
+            }
+            _ => {
+                let d = parse_duration(retention).map_err(ConfigError::AutoCompactionRetention)?;
+                match mode {
+                    "revision" => Mode::Revision(d.as_nanos().min(i64::MAX as u128) as i64),
+                    _ => Mode::Periodic(d),
+                }
+            }
+        };
+        Ok(match parsed {
+            Mode::Revision(0) => None,
+            Mode::Periodic(d) if d.is_zero() => None,
+            m => Some(m),
+        })
     }
 
     /// Where the Raft log goes: `--wal-dir`, or `wal` in the data dir.
@@ -520,6 +561,34 @@ mod tests {
     }
 
     #[test]
+    fn auto_compaction_is_read_as_etcd_reads_it() {
+        use crate::compactor::Mode;
+        let read = |mode: &str, retention: &str| {
+            let c = Config {
+                auto_compaction_mode: mode.into(),
+                auto_compaction_retention: retention.into(),
+                ..Config::default()
+            };
+            c.auto_compaction().map_err(|e| e.to_string())
+        };
+        use std::time::Duration;
+        let hours = |h: u64| Ok(Some(Mode::Periodic(Duration::from_secs(h * 3600))));
+        assert_eq!(Config::default().auto_compaction().unwrap(), None);
+        assert_eq!(read("periodic", "0"), Ok(None));
+        assert_eq!(read("periodic", "2"), hours(2));
+        assert_eq!(read("periodic", "90m"), Ok(Some(Mode::Periodic(Duration::from_secs(5400)))));
+        assert_eq!(read("revision", "1000"), Ok(Some(Mode::Revision(1000))));
+        assert_eq!(read("revision", "0"), Ok(None));
+        // etcd reads a duration in revision mode too, and keeps its nanoseconds as the count.
+        assert_eq!(read("revision", "1s"), Ok(Some(Mode::Revision(1_000_000_000))));
+        assert_eq!(read("foo", "1"), Err("unknown auto-compaction-mode \"foo\"".into()));
+        assert_eq!(
+            read("periodic", "bogus"),
+            Err("error parsing CompactionRetention: time: invalid duration \"bogus\"".into())
+        );
+    }
+
+    #[test]
     fn go_durations() {
         use std::time::Duration;
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
@@ -558,15 +627,18 @@ mod tests {
         assert_eq!(c.cert_file, Some(PathBuf::from("/c.pem")));
         assert!(c.client_cert_auth);
         assert_eq!(c.peer_trusted_ca_file, Some(PathBuf::from("/ca.pem")));
-        std::fs::write(&path, "name: n1\nauto-compaction-retention: '1'\n").unwrap();
+        std::fs::write(&path, "name: n1\ndiscovery: 'https://discovery.etcd.io/x'\n").unwrap();
         let err = Config::from_yaml(&path).unwrap_err().to_string();
-        assert!(err.contains("auto-compaction-retention"), "{err}");
+        assert!(err.contains("discovery"), "{err}");
+        std::fs::write(&path, "name: n1\nauto-compaction-retention: '1'\n").unwrap();
+        assert_eq!(Config::from_yaml(&path).unwrap().auto_compaction_retention, "1");
     }
 
     #[test]
     fn unknown_flags_are_refused_by_name() {
-        let err = Config::try_parse_from(["concord", "--auto-compaction-retention", "1"]).unwrap_err();
-        assert!(err.to_string().contains("--auto-compaction-retention"), "{err}");
+        let err =
+            Config::try_parse_from(["concord", "--discovery", "https://discovery.etcd.io/x"]).unwrap_err();
+        assert!(err.to_string().contains("--discovery"), "{err}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod backup;
 pub mod bench;
 pub mod bootstrap;
 pub mod client;
+pub mod compactor;
 pub mod config;
 pub mod corrupt;
 pub mod lease;

@@ -106,6 +106,7 @@ async fn bind(urls: &[String]) -> Result<Vec<TcpListener>, ServerError> {
 
 impl Server {
     pub async fn start(config: Config) -> Result<Server, ServerError> {
+        let auto_compaction = config.auto_compaction()?;
         let data_dir = config.data_dir();
         std::fs::create_dir_all(&data_dir)?;
         let adopt = crate::backup::etcd_dir::Options {
@@ -355,6 +356,13 @@ impl Server {
             let (node, stop) = (node.clone(), stop_rx.clone());
             tasks.push(tokio::spawn(async move {
                 crate::corrupt::periodic(node, every, stop).await;
+                Ok(())
+            }));
+        }
+        if let Some(mode) = auto_compaction {
+            let (node, stop) = (node.clone(), stop_rx.clone());
+            tasks.push(tokio::spawn(async move {
+                crate::compactor::run(node, mode, stop).await;
                 Ok(())
             }));
         }
