@@ -114,6 +114,9 @@ pub struct Config {
     /// Path to the client certificate revocation list file.
     #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]
     pub client_crl_file: Option<PathBuf>,
+    /// Allowed TLS hostname (a name in the certificate) of a client certificate.
+    #[arg(long, env = "ETCD_CLIENT_CERT_ALLOWED_HOSTNAME")]
+    pub client_cert_allowed_hostname: Option<String>,
     /// Path to the peer server TLS cert file.
     #[arg(long, env = "ETCD_PEER_CERT_FILE")]
     pub peer_cert_file: Option<PathBuf>,
@@ -207,9 +210,120 @@ pub struct Config {
     /// Log format: text, or json (one JSON object per line).
     #[arg(long, env = "ETCD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Where logs go: `default` or `stderr`, `stdout`, or files to append to (comma-separated).
+    #[arg(
+        long,
+        alias = "log-output",
+        env = "ETCD_LOG_OUTPUTS",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
+    pub log_outputs: Vec<String>,
+    /// Enable debug-level logging (etcd 3.4's flag; the same as `--log-level=debug`).
+    #[arg(long, env = "ETCD_DEBUG", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub debug: bool,
+    /// etcd's v2 API. concord serves the v3 API only (as etcd 3.6 does), so only `false` is taken.
+    #[arg(long, env = "ETCD_ENABLE_V2", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub enable_v2: bool,
+    /// Serve the gRPC gateway (the JSON API under /v3/) on the client port.
+    #[arg(long, env = "ETCD_ENABLE_GRPC_GATEWAY", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub enable_grpc_gateway: bool,
+    /// Ping a client connection idle for this long (a Go duration).
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_INTERVAL", default_value = "2h", value_parser = parse_duration)]
+    pub grpc_keepalive_interval: std::time::Duration,
+    /// Close a client connection whose ping is not answered within this (a Go duration).
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub grpc_keepalive_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub ignored: Ignored,
     /// Path to a configuration file with etcd's YAML keys; when given, the other flags are ignored.
     #[arg(long, env = "ETCD_CONFIG_FILE")]
     pub config_file: Option<PathBuf>,
+}
+
+/// etcd flags for parts of etcd that concord does not have, or that it has in one fixed way: taken with
+/// etcd's syntax so that an etcd command line or configuration file starts concord unchanged, and
+/// otherwise ignored (each one given is logged at start, with why; see [`Ignored::given`]).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Ignored {
+    #[arg(long, env = "ETCD_MAX_SNAPSHOTS", hide = true)]
+    pub max_snapshots: Option<String>,
+    #[arg(long, env = "ETCD_MAX_WALS", hide = true)]
+    pub max_wals: Option<String>,
+    #[arg(long, env = "ETCD_BACKEND_BATCH_INTERVAL", hide = true)]
+    pub backend_batch_interval: Option<String>,
+    #[arg(long, env = "ETCD_BACKEND_BATCH_LIMIT", hide = true)]
+    pub backend_batch_limit: Option<String>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_BACKEND_BBOLT_FREELIST_TYPE", hide = true)]
+    pub experimental_backend_bbolt_freelist_type: Option<String>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_COMPACTION_BATCH_LIMIT", hide = true)]
+    pub experimental_compaction_batch_limit: Option<String>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_WARNING_APPLY_DURATION", hide = true)]
+    pub experimental_warning_apply_duration: Option<String>,
+    #[arg(long, env = "ETCD_INITIAL_ELECTION_TICK_ADVANCE", hide = true, num_args = 0..=1,
+          default_missing_value = "true")]
+    pub initial_election_tick_advance: Option<String>,
+    #[arg(long, env = "ETCD_PRE_VOTE", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub pre_vote: Option<String>,
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_MIN_TIME", hide = true)]
+    pub grpc_keepalive_min_time: Option<String>,
+    #[arg(long, env = "ETCD_LOGGER", hide = true, value_parser = ["zap", "capnslog"])]
+    pub logger: Option<String>,
+    #[arg(long, env = "ETCD_LOG_PACKAGE_LEVELS", hide = true)]
+    pub log_package_levels: Option<String>,
+    #[arg(long, env = "ETCD_METRICS", hide = true, value_parser = ["basic", "extensive"])]
+    pub metrics: Option<String>,
+    #[arg(long, env = "ETCD_ENABLE_PPROF", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_pprof: Option<String>,
+}
+
+impl Ignored {
+    /// The flags given, each with the doc comment's reason (for the log at start).
+    pub fn given(&self) -> Vec<(String, &'static str)> {
+        let reasons = [
+            (&self.max_snapshots, "max-snapshots", "concord keeps one snapshot file"),
+            (&self.max_wals, "max-wals", "concord removes Raft log segments once a snapshot covers them"),
+            (&self.backend_batch_interval, "backend-batch-interval", "concord has no bbolt"),
+            (&self.backend_batch_limit, "backend-batch-limit", "concord has no bbolt"),
+            (
+                &self.experimental_backend_bbolt_freelist_type,
+                "experimental-backend-bbolt-freelist-type",
+                "concord has no bbolt",
+            ),
+            (
+                &self.experimental_compaction_batch_limit,
+                "experimental-compaction-batch-limit",
+                "concord compacts in one step",
+            ),
+            (
+                &self.experimental_warning_apply_duration,
+                "experimental-warning-apply-duration",
+                "no slow-apply warning",
+            ),
+            (
+                &self.initial_election_tick_advance,
+                "initial-election-tick-advance",
+                "a lone voter elects itself at once",
+            ),
+            (
+                &self.pre_vote,
+                "pre-vote",
+                "openraft has no pre-vote; a follower that hears from its leader refuses to vote",
+            ),
+            (&self.grpc_keepalive_min_time, "grpc-keepalive-min-time", "client pings are not limited"),
+            (&self.logger, "logger", "concord has one logger (see --log-format)"),
+            (&self.log_package_levels, "log-package-levels", "see --log-level"),
+            (&self.metrics, "metrics", "concord's /metrics has one set of metrics"),
+            (&self.enable_pprof, "enable-pprof", "Go's profiler"),
+        ];
+        reasons
+            .into_iter()
+            .filter_map(|(v, flag, why)| Some((format!("--{flag}={}", v.as_ref()?), why)))
+            .collect()
+    }
 }
 
 impl Default for Config {
@@ -280,6 +394,8 @@ pub enum ConfigError {
     Tls(String),
     #[error(transparent)]
     Jwt(#[from] crate::auth::JwtError),
+    #[error("--enable-v2: concord serves etcd's v3 API only, as etcd 3.6 does")]
+    EnableV2,
     #[error("unknown auto-compaction-mode {0:?}")]
     AutoCompactionMode(String),
     #[error("error parsing CompactionRetention: time: {0}")]
@@ -336,7 +452,7 @@ impl Config {
             crl: self.client_crl_file.clone(),
             client_cert_auth: self.client_cert_auth,
             allowed_cn: None,
-            allowed_hostname: None,
+            allowed_hostname: self.client_cert_allowed_hostname.clone(),
         })?
         .with_cipher_suites(&self.cipher_suites())
     }
@@ -469,7 +585,7 @@ fn yaml_flag(key: &str, value: &serde_yaml::Value, args: &mut Vec<String>) -> Re
         return Ok(());
     }
     // etcd's sample configuration lists every key with its default; those mean "nothing to do".
-    if matches!(text.as_str(), "" | "false" | "0" | "0s") || (key == "logger" && text == "zap") {
+    if matches!(text.as_str(), "" | "false" | "0" | "0s") {
         return Ok(());
     }
     Err(format!("{key}: {text:?} is not supported by concord"))

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::io::Write;
+use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
 
 use concord::bench::BenchArgs;
 use concord::{Config, Server};
@@ -125,9 +126,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Some(path) => Config::from_yaml(path)?,
         None => config,
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(format!("{},openraft=warn", config.log_level))
-        .with_context(|| format!("--log-level {}", config.log_level))?;
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let level = if config.debug { "debug" } else { config.log_level.as_str() };
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{level},openraft=warn"))
+        .with_context(|| format!("--log-level {level}"))?;
+    let terminal = config.log_outputs.iter().all(|o| matches!(o.as_str(), "default" | "stderr" | "stdout"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(terminal)
+        .with_writer(log_writer(&config.log_outputs)?);
     if config.log_format == "json" {
         logs.json().init();
     } else {
@@ -147,4 +153,28 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         anyhow::bail!("{}", concord::raft::network::REMOVED);
     }
     Ok(())
+}
+
+/// `--log-outputs`: stderr (etcd's `default`), stdout, and files appended to, all at once.
+fn log_writer(outputs: &[String]) -> anyhow::Result<BoxMakeWriter> {
+    let mut writer: Option<BoxMakeWriter> = None;
+    for output in outputs {
+        let next = match output.as_str() {
+            "default" | "stderr" => BoxMakeWriter::new(std::io::stderr),
+            "stdout" => BoxMakeWriter::new(std::io::stdout),
+            path => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("--log-outputs {path}"))?;
+                BoxMakeWriter::new(std::sync::Arc::new(file))
+            }
+        };
+        writer = Some(match writer {
+            None => next,
+            Some(before) => BoxMakeWriter::new(before.and(next)),
+        });
+    }
+    Ok(writer.unwrap_or_else(|| BoxMakeWriter::new(std::io::stderr)))
 }

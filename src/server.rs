@@ -106,6 +106,12 @@ async fn bind(urls: &[String]) -> Result<Vec<TcpListener>, ServerError> {
 
 impl Server {
     pub async fn start(config: Config) -> Result<Server, ServerError> {
+        if config.enable_v2 {
+            return Err(ConfigError::EnableV2.into());
+        }
+        for (flag, why) in config.ignored.given() {
+            tracing::warn!("{flag} is taken for etcd's sake and ignored: {why}");
+        }
         let auto_compaction = config.auto_compaction()?;
         let data_dir = config.data_dir();
         std::fs::create_dir_all(&data_dir)?;
@@ -272,12 +278,15 @@ impl Server {
             };
             let router = tonic::transport::Server::builder()
                 .max_concurrent_streams(config.max_concurrent_streams)
+                .http2_keepalive_interval(Some(config.grpc_keepalive_interval))
+                .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout))
                 // etcd's HTTP endpoints (/health, /metrics, ...) share the client port with gRPC.
                 .accept_http1(true)
                 .layer(HttpLayer {
                     node: node.clone(),
                     max_body: max_recv,
                     endpoints_only: false,
+                    gateway: config.enable_grpc_gateway,
                     leader_lost: leader_lost.clone(),
                 })
                 .layer(tower::util::MapResponseLayer::new(grpc_size_error_like_etcd))
@@ -323,7 +332,13 @@ impl Server {
         for (url, listener) in config.listen_metrics_urls.iter().zip(metrics_listeners) {
             let tls = client_tls.server(std::slice::from_ref(url), "")?;
             let leader_lost = leader_lost.clone();
-            let layer = HttpLayer { node: node.clone(), max_body: 0, endpoints_only: true, leader_lost };
+            let layer = HttpLayer {
+                node: node.clone(),
+                max_body: 0,
+                endpoints_only: true,
+                gateway: false,
+                leader_lost,
+            };
             let router = tonic::transport::Server::builder()
                 .accept_http1(true)
                 .layer(layer)

@@ -50,3 +50,61 @@ async fn a_yaml_config_file_and_concord_environment_variables_configure_the_memb
     let line: serde_json::Value = serde_json::from_str(first).expect("JSON logs");
     assert!(line.get("level").is_some(), "{first}");
 }
+
+/// POST `path` with curl: (HTTP status, body).
+fn post(port: u16, path: &str, body: &str) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "-X", "POST", "-d", body])
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    (code.to_string(), body.to_string())
+}
+
+/// An etcd 3.4 command line with the flags of etcd's tuning and logging starts concord as it starts
+/// etcd: logs go where `--log-outputs` says, `--enable-grpc-gateway=false` takes the JSON API away (the
+/// same 404 as etcd's), and the flags for parts concord does not have are logged as ignored.
+#[tokio::test]
+async fn etcds_tuning_and_logging_flags_are_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("member.log");
+    let log_outputs = format!("--log-outputs={},stderr", log.display());
+    let flags = [
+        "--logger=zap",
+        &log_outputs,
+        "--enable-v2=false",
+        "--enable-grpc-gateway=false",
+        "--max-wals=5",
+        "--max-snapshots=5",
+        "--pre-vote",
+        "--grpc-keepalive-min-time=5s",
+        "--grpc-keepalive-interval=1m",
+        "--grpc-keepalive-timeout=5s",
+        "--backend-batch-interval=100ms",
+        "--metrics=basic",
+    ];
+    let etcd = common::Etcd::start_with(&flags);
+    wait_serving(etcd.client_port).await;
+    let c = common::Cluster::start(1, &flags);
+    c.members[0].client().await;
+    for port in [etcd.client_port, c.members[0].client_port] {
+        let gone = post(port, "/v3/kv/range", r#"{"key":"Zm9v"}"#);
+        assert_eq!(gone, ("404".to_string(), "404 page not found\n".to_string()), "port {port}");
+    }
+    let (ok, _, err) = etcdctl(&c.members[0].endpoint(), &["put", "k", "v"], None);
+    assert!(ok, "{err}");
+    let logged = std::fs::read_to_string(&log).expect("the log file");
+    assert!(logged.contains("concord member started"), "{logged}");
+    assert!(logged.contains("--max-wals=5 is taken for etcd's sake and ignored"), "{logged}");
+    assert!(c.members[0].log().contains("concord member started"), "stderr too");
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["--enable-v2", "--data-dir", dir.path().join("v2").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("--enable-v2: concord serves etcd's v3 API only"), "{err}");
+}

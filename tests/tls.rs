@@ -183,3 +183,34 @@ fn a_self_signed_ca_certificate_serves_as_certificate_and_ca_at_once() {
     let (ok, _, _) = etcdctl(&endpoint, &args, None);
     assert!(!ok, "a client with an untrusted self-signed certificate was served");
 }
+
+/// `--client-cert-allowed-hostname`: a client certificate from the trusted CA is refused unless it
+/// names the allowed host (the test certificates name 127.0.0.1 and localhost).
+#[test]
+fn a_client_certificate_must_name_the_allowed_hostname() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let with_cert = [
+        format!("--cacert={}", s(&pki.ca)),
+        format!("--cert={}", s(&pki.alice_cert)),
+        format!("--key={}", s(&pki.alice_key)),
+        "--command-timeout=3s".to_string(),
+    ];
+    for (allowed, served) in [("elsewhere.example", false), ("localhost", true)] {
+        let mut c = Cluster::new(1, &[]);
+        let mut flags = pki.member_flags(true);
+        flags.push(format!("--client-cert-allowed-hostname={allowed}"));
+        c.members[0].use_tls(flags);
+        c.members[0].start();
+        let endpoint = format!("https://127.0.0.1:{}", c.members[0].client_port);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !c.members[0].log().contains("concord member started") {
+            assert!(std::time::Instant::now() < deadline, "{}", c.members[0].log());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let mut args: Vec<&str> = with_cert.iter().map(String::as_str).collect();
+        args.extend(["put", "k", "v"]);
+        let (ok, _, err) = etcdctl(&endpoint, &args, None);
+        assert_eq!(ok, served, "allowed {allowed}: {err}");
+    }
+}

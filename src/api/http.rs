@@ -29,6 +29,8 @@ pub struct HttpLayer {
     pub max_body: usize,
     /// A `--listen-metrics-urls` listener: the HTTP endpoints only, 404 for anything else.
     pub endpoints_only: bool,
+    /// Serve the JSON gateway (`--enable-grpc-gateway`); 404 for its paths if not.
+    pub gateway: bool,
     /// Turns true when the member has lost its leader for good (`require_leader::monitor`).
     pub leader_lost: tokio::sync::watch::Receiver<bool>,
 }
@@ -42,6 +44,7 @@ impl<S> tower::Layer<S> for HttpLayer {
             node: self.node.clone(),
             max_body: self.max_body,
             endpoints_only: self.endpoints_only,
+            gateway: self.gateway,
             leader_lost: self.leader_lost.clone(),
         }
     }
@@ -53,6 +56,7 @@ pub struct Http<S> {
     node: RaftNode,
     max_body: usize,
     endpoints_only: bool,
+    gateway: bool,
     leader_lost: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -73,10 +77,10 @@ where
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let path = req.uri().path();
         let endpoint_path = matches!(path, "/health" | "/livez" | "/readyz" | "/version" | "/metrics");
-        if self.endpoints_only && !endpoint_path {
+        let gateway_path = path.starts_with("/v3/") || path.starts_with("/v3beta/");
+        if self.endpoints_only && !endpoint_path || !self.gateway && gateway_path {
             return Box::pin(async move { Ok(not_found()) });
         }
-        let gateway_path = path.starts_with("/v3/") || path.starts_with("/v3beta/");
         if gateway_path && req.method() != http::Method::POST {
             // What etcd's gateway answers a browser's preflight and any other method.
             let resp = if req.method() == http::Method::OPTIONS {
