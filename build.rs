@@ -24,7 +24,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The JSON gateway translates with these descriptors (proto3 JSON, etcd's grpc-gateway).
         .file_descriptor_set_path(std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("descriptors.bin"))
         .compile_protos(
-            &["proto/rpc.proto", "proto/v3lock.proto", "proto/v3election.proto", "proto/raft.proto"],
+            &[
+                "proto/rpc.proto",
+                "proto/v3lock.proto",
+                "proto/v3election.proto",
+                "proto/raft.proto",
+                "proto/health.proto",
+            ],
             &["proto"],
         )?;
     // The Watch service's server again, by hand: its responses leave as bytes encoded once for many

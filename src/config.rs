@@ -231,7 +231,7 @@ pub struct Config {
     #[arg(long, env = "ETCD_ENABLE_GRPC_GATEWAY", default_value_t = true, num_args = 0..=1,
           default_missing_value = "true", action = clap::ArgAction::Set)]
     pub enable_grpc_gateway: bool,
-    /// Ping a client connection idle for this long (a Go duration).
+    /// Ping a client connection idle for this long (a Go duration; 0 never pings).
     #[arg(long, env = "ETCD_GRPC_KEEPALIVE_INTERVAL", default_value = "2h", value_parser = parse_duration)]
     pub grpc_keepalive_interval: std::time::Duration,
     /// Close a client connection whose ping is not answered within this (a Go duration).

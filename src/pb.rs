@@ -20,6 +20,10 @@ pub mod v3electionpb {
 pub mod watch_encoded {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.Watch.rs"));
 }
+/// gRPC's health checking service.
+pub mod health {
+    tonic::include_proto!("grpc.health.v1");
+}
 pub mod concordraft {
     tonic::include_proto!("concordraft");
 }

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::api::auth::AuthService;
 use crate::api::authority::RepairAuthority;
 use crate::api::cluster::ClusterService;
+use crate::api::health::HealthService;
 use crate::api::http::HttpLayer;
 use crate::api::kv::KvService;
 use crate::api::learner::LearnerLayer;
@@ -28,6 +29,7 @@ use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::pb::health::health_server::HealthServer;
 use crate::pb::v3electionpb::election_server::ElectionServer;
 use crate::pb::v3lockpb::lock_server::LockServer;
 use crate::pb::watch_encoded::watch_server::WatchServer;
@@ -278,7 +280,7 @@ impl Server {
             };
             let router = tonic::transport::Server::builder()
                 .max_concurrent_streams(config.max_concurrent_streams)
-                .http2_keepalive_interval(Some(config.grpc_keepalive_interval))
+                .http2_keepalive_interval(Some(config.grpc_keepalive_interval).filter(|d| !d.is_zero()))
                 .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout))
                 // etcd's HTTP endpoints (/health, /metrics, ...) share the client port with gRPC.
                 .accept_http1(true)
@@ -308,6 +310,7 @@ impl Server {
                     config.heartbeat_interval,
                     config.election_timeout,
                 )))
+                .add_service(HealthServer::new(HealthService { stop: stop_rx.clone() }))
                 .add_service(LockServer::new(LockService { client: loopback.clone() }))
                 .add_service(ElectionServer::new(ElectionService { client: loopback.clone() }))
                 .add_service(MaintenanceServer::new(MaintenanceService {

@@ -91,3 +91,23 @@ async fn require_leader_watches_end_when_the_member_loses_its_quorum() {
     let metrics = String::from_utf8_lossy(&metrics.stdout);
     assert!(metrics.contains("\netcd_server_has_leader 0\n"), "{metrics}");
 }
+
+/// gRPC's health service, asked with grpc-go's health client: concord answers as etcd 3.4 does.
+#[tokio::test]
+async fn the_grpc_health_service_answers_as_etcds() {
+    let etcd = Etcd::start();
+    common::wait_serving(etcd.client_port).await;
+    let c = Cluster::start(1, &[]);
+    c.members[0].client().await;
+    let ask = |port: u16| {
+        let out = Command::new(common::go_program("healthcheck"))
+            .arg(format!("127.0.0.1:{port}"))
+            .stderr(Stdio::null())
+            .output()
+            .expect("run healthcheck");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let etcds = ask(etcd.client_port);
+    assert!(etcds.contains("check \"\": SERVING"), "{etcds}");
+    assert_eq!(ask(c.members[0].client_port), etcds);
+}

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod authority;
 pub mod cluster;
 pub mod gateway;
+pub mod health;
 pub mod http;
 pub mod kv;
 pub mod learner;
