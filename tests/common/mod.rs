@@ -45,6 +45,8 @@ pub struct Member {
     pub extra: Vec<String>,
     /// Serve clients and peers over TLS (`https://` URLs; the certificates go in `extra`).
     pub tls: bool,
+    /// A command the member runs under (`strace ...`), or none.
+    pub wrap: Vec<String>,
     child: Option<Child>,
 }
 
@@ -78,7 +80,15 @@ impl Member {
             .expect("log file");
         let client = self.endpoint();
         let peer = format!("{}://127.0.0.1:{}", self.scheme(), self.peer_port);
-        let child = Command::new(env!("CARGO_BIN_EXE_concord"))
+        let mut command = match self.wrap.split_first() {
+            Some((wrapper, args)) => {
+                let mut c = Command::new(wrapper);
+                c.args(args).arg(env!("CARGO_BIN_EXE_concord"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_concord")),
+        };
+        let child = command
             .args(["--name", &self.name])
             .args(["--data-dir", self.data_dir.to_str().unwrap()])
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
@@ -98,7 +108,13 @@ impl Member {
     /// SIGKILL: no shutdown path runs, as in a crash.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
+            if self.wrap.is_empty() {
+                let _ = c.kill();
+            } else {
+                // The member is the wrapper's child: a killed strace would leave it running, detached,
+                // and lose the end of its trace. The wrapper exits once the member is gone.
+                let _ = Command::new("pkill").args(["-9", "-P", &c.id().to_string()]).status();
+            }
             let _ = c.wait();
         }
     }
@@ -202,6 +218,7 @@ impl Cluster {
                 initial_cluster: initial_cluster.clone(),
                 extra: extra.iter().map(|s| s.to_string()).collect(),
                 tls: false,
+                wrap: Vec::new(),
                 child: None,
             })
             .collect();
@@ -227,6 +244,7 @@ impl Cluster {
             initial_cluster: String::new(),
             extra: Vec::new(),
             tls: false,
+            wrap: Vec::new(),
             child: None,
         });
         self.members.last_mut().expect("just pushed")

@@ -1,0 +1,135 @@
+//! The write path seen through its system calls: a put is acknowledged only once the Raft log write
+//! that holds it has been made durable with `fdatasync`.
+//!
+//! kill -9 (tests/crash.rs, the fault suite) keeps the OS page cache, so no test of recovery notices a
+//! reply sent before the sync. Here strace records every write and sync of a member while one client
+//! puts keys one after another over one connection: each put's entry is written to the WAL, synced,
+//! and only then may a reply go to the client. (The client sends its next put only once it has the
+//! reply, so no reply of an earlier, synced put can overlap a later write.)
+//!
+//! A follower is not checked this way: the leader's appends and heartbeats overlap on its connection,
+//! so a heartbeat's answer may go out while the next append is being synced, and telling them apart
+//! would need the frames' contents.
+
+mod common;
+
+use common::{Cluster, Member};
+
+/// What a line of `strace -f -yy` is about. A call that another thread's call interrupted in the
+/// trace comes in two lines: `name(args <unfinished ...>` at its start, `<... name resumed>) = ret`
+/// (without the file) at its end, both after the thread's pid.
+#[derive(Debug, PartialEq)]
+enum Call {
+    /// A write to the Raft log (at its start).
+    WalWrite,
+    /// The start of an `fdatasync` of the Raft log that returns later.
+    WalSyncStart,
+    /// A whole `fdatasync` of the Raft log that succeeded.
+    WalSynced,
+    /// The start of a write to the client's connection that returns later.
+    ReplyStart,
+    /// A whole write of this many bytes to the client's connection.
+    Reply(usize),
+    /// The end of a call, with what it returned.
+    Resumed(String),
+    Other,
+}
+
+fn parse(line: &str, client_port: u16) -> (u32, Call) {
+    let Some((pid, call)) = line.split_once(' ') else { return (0, Call::Other) };
+    let (pid, call) = (pid.parse().unwrap_or(0), call.trim_start());
+    let ret = || call.rsplit_once(" = ").map(|(_, r)| r.trim().to_string()).unwrap_or_default();
+    if call.starts_with("<... ") {
+        return (pid, Call::Resumed(ret()));
+    }
+    let name = call.split('(').next().unwrap_or("");
+    let fd = call.split_once('<').map_or("", |(_, rest)| rest);
+    let unfinished = call.ends_with("<unfinished ...>");
+    let wal = fd.contains("/wal/");
+    let socket = fd.starts_with(&format!("TCP:[127.0.0.1:{client_port}->"));
+    let kind = match name {
+        "pwrite64" | "write" | "writev" if wal => Call::WalWrite,
+        "fdatasync" | "fsync" if wal && unfinished => Call::WalSyncStart,
+        "fdatasync" | "fsync" if wal && ret() == "0" => Call::WalSynced,
+        "writev" | "write" | "sendmsg" | "sendto" if socket && unfinished => Call::ReplyStart,
+        "writev" | "write" | "sendmsg" | "sendto" if socket => Call::Reply(ret().parse().unwrap_or(0)),
+        _ => Call::Other,
+    };
+    (pid, kind)
+}
+
+/// HTTP/2 control frames (WINDOW_UPDATE 13 bytes, PING 17, SETTINGS and its ack) are shorter than
+/// this; a gRPC reply (HEADERS, DATA and the trailers) is longer.
+const REPLY_BYTES: usize = 40;
+
+/// strace's flags: every thread, files and sockets named, the calls that write or sync.
+fn strace(trace: &std::path::Path) -> Vec<String> {
+    let calls = "trace=write,pwrite64,writev,sendmsg,sendto,fdatasync,fsync";
+    ["strace", "-f", "-qq", "-yy", "-s", "0", "-e", calls, "-o"]
+        .map(String::from)
+        .into_iter()
+        .chain([trace.display().to_string()])
+        .collect()
+}
+
+/// Walks a member's trace: every reply on `port`'s connections must wait until the Raft log writes
+/// started before it have been synced. Returns (Raft log writes, replies) seen.
+fn check(trace: &std::path::Path, port: u16) -> (usize, usize) {
+    let text = std::fs::read_to_string(trace).expect("the trace");
+    // Raft log writes seen, and how many of them a finished sync covers: a sync covers the writes
+    // that started before it did.
+    let (mut written, mut synced, mut replies) = (0, 0, 0);
+    // Per thread, a sync or a reply whose end is still to come: what was written when it started.
+    let mut syncing = std::collections::HashMap::new();
+    let mut replying = std::collections::HashMap::new();
+    let mut reply = |bytes: usize, unsynced: bool, line: &str| {
+        if bytes >= REPLY_BYTES {
+            assert!(!unsynced, "a reply went out before the Raft log write was synced: {line}");
+            replies += 1;
+        }
+    };
+    for line in text.lines() {
+        match parse(line, port) {
+            (_, Call::WalWrite) => written += 1,
+            (pid, Call::WalSyncStart) => drop(syncing.insert(pid, written)),
+            (_, Call::WalSynced) => synced = written,
+            (pid, Call::ReplyStart) => drop(replying.insert(pid, synced < written)),
+            (_, Call::Reply(bytes)) => reply(bytes, synced < written, line),
+            (pid, Call::Resumed(ret)) => {
+                if let Some(covers) = syncing.remove(&pid) {
+                    if ret == "0" {
+                        synced = synced.max(covers);
+                    }
+                } else if let Some(unsynced) = replying.remove(&pid) {
+                    reply(ret.parse().unwrap_or(0), unsynced, line);
+                }
+            }
+            (_, Call::Other) => {}
+        }
+    }
+    (written, replies)
+}
+
+const PUTS: usize = 50;
+
+/// One client's puts, one after another over one connection.
+async fn puts(member: &Member) {
+    let mut kv = member.client().await;
+    for i in 0..PUTS {
+        kv.put(format!("durable/{i:03}"), "v", None).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_put_is_answered_only_after_its_log_entry_is_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace");
+    let mut c = Cluster::new(1, &[]);
+    c.members[0].wrap = strace(&trace);
+    c.members[0].start();
+    puts(&c.members[0]).await;
+    c.members[0].kill();
+    let (written, replies) = check(&trace, c.members[0].client_port);
+    assert!(written >= PUTS, "{written} Raft log writes for {PUTS} puts");
+    assert!(replies >= PUTS, "{replies} replies for {PUTS} puts");
+}
