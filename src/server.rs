@@ -239,7 +239,11 @@ impl Server {
             sm,
             network,
             leader_wait,
-            lessor: Default::default(),
+            lessor: Arc::new(crate::lease::Lessor::new(
+                config
+                    .experimental_enable_lease_checkpoint
+                    .then_some(config.experimental_lease_checkpoint_interval),
+            )),
             strict_reconfig: config.strict_reconfig_check,
             quota_bytes: crate::quota::quota_bytes(config.quota_backend_bytes),
             client_cert_auth: config.client_cert_auth,
@@ -526,7 +530,7 @@ async fn lease_clock(
             m.current_leader == Some(node.id) && m.state == openraft::ServerState::Leader
         };
         if leads && !leading {
-            node.lessor.promote(&node.sm.leases(), extend);
+            node.lessor.promote(&node.sm.lease_clocks(), extend);
         } else if !leads && leading {
             node.lessor.demote();
         }
@@ -534,7 +538,17 @@ async fn lease_clock(
         if !leading || !ticked {
             continue;
         }
-        for id in node.lessor.expired(&node.sm.leases()) {
+        let checkpoints = node.lessor.due_checkpoints(&node.sm.leases());
+        if !checkpoints.is_empty() {
+            let node = node.clone();
+            tokio::spawn(async move {
+                if let Err(e) = node.write_as_leader(crate::raft::Request::LeaseCheckpoint(checkpoints)).await
+                {
+                    tracing::debug!("lease checkpoint: {e}");
+                }
+            });
+        }
+        for id in node.lessor.expired(&node.sm.lease_clocks()) {
             let node = node.clone();
             tokio::spawn(async move {
                 // Proposed here or nowhere: a revoke forwarded to a newer leader would carry out this

@@ -175,3 +175,68 @@ async fn leases_survive_a_restart_of_the_whole_cluster() {
     let (_keeper, _) = client.lease_keep_alive(id).await.unwrap();
     assert_eq!(client.get("everyone", None).await.unwrap().kvs().len(), 1);
 }
+
+/// Moves leadership from the current leader to the next member; returns the new leader's index.
+async fn move_leader(c: &Cluster) -> usize {
+    let from = c.leader().await;
+    let to = (from + 1) % c.members.len();
+    let id = c.members[to].client().await.status().await.unwrap().header().unwrap().member_id();
+    c.members[from].client().await.move_leader(id).await.expect("move-leader");
+    c.leader().await
+}
+
+async fn raft_index(member: &common::Member) -> u64 {
+    member.client().await.status().await.unwrap().raft_index()
+}
+
+/// Lease `id`'s TTL as `member` (the leader) reports it.
+async fn ttl_on(member: &common::Member, id: i64) -> i64 {
+    member.client().await.lease_time_to_live(id, None).await.unwrap().ttl()
+}
+
+/// `--experimental-enable-lease-checkpoint`: the leader records what is left of a lease, so that a new
+/// leader starts it from there instead of from its whole TTL (which a run of leader changes could
+/// otherwise keep renewing for ever); a keepalive gives it its whole TTL back, across a change of
+/// leader too.
+#[tokio::test]
+async fn checkpointed_leases_keep_what_was_left_across_leader_changes() {
+    let flags = ["--experimental-enable-lease-checkpoint", "--experimental-lease-checkpoint-interval=1s"];
+    let c = Cluster::start(3, &flags);
+    let leader = c.leader().await;
+    let id = c.members[leader].client().await.lease_grant(30, None).await.unwrap().id();
+    let granted = Instant::now();
+    // Once the leader has logged a checkpoint (nothing else moves an idle cluster's raft index, but a
+    // new leader's first entry: then try again), the next leader starts the lease from what was left
+    // then, plus an election timeout (as etcd), where without it the lease would have its 30 s again.
+    let deadline = Instant::now() + WAIT;
+    let mut leader = c.leader().await;
+    loop {
+        let before = raft_index(&c.members[leader]).await;
+        common::eventually("the leader logs a checkpoint", || async {
+            raft_index(&c.members[leader]).await > before
+        })
+        .await;
+        leader = move_leader(&c).await;
+        let ttl = ttl_on(&c.members[leader], id).await;
+        let elapsed = granted.elapsed().as_secs() as i64;
+        assert!(ttl <= 30 && ttl >= 30 - elapsed - 2, "ttl {ttl} after {elapsed} s");
+        if ttl < 30 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new leader started the lease from a checkpoint");
+    }
+    // A keepalive clears the checkpoint: the next leader starts the lease from its whole TTL again.
+    let leader = c.leader().await;
+    let (mut keeper, mut answers) = c.members[leader].client().await.lease_keep_alive(id).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    assert_eq!(answers.message().await.unwrap().expect("a keepalive answer").ttl(), 30);
+    let renewed = Instant::now();
+    let leader = move_leader(&c).await;
+    let ttl = ttl_on(&c.members[leader], id).await;
+    // The first checkpoint after the keepalive, 2 intervals later (what is left is under 30 s only
+    // then), would cost it the seconds gone by.
+    match renewed.elapsed().as_secs() as i64 {
+        0..=1 => assert_eq!(ttl, 30, "the whole TTL again after a keepalive"),
+        gone => assert!(ttl >= 29 - gone, "ttl {ttl} {gone} s after a keepalive"),
+    }
+}

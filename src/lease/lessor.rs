@@ -7,6 +7,10 @@ use std::time::{Duration, Instant};
 #[derive(Default)]
 pub struct Lessor {
     inner: Mutex<Inner>,
+    /// How often the leader records what is left of a lease, if it does
+    /// (`--experimental-enable-lease-checkpoint`): a lease then survives a change of leader with the
+    /// time it had left instead of its whole TTL, so that leader changes cannot keep it alive for ever.
+    checkpoint_every: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -16,25 +20,50 @@ struct Inner {
     deadlines: HashMap<i64, Instant>,
     /// Expired leases whose revoke is proposed and not yet applied.
     revoking: HashSet<i64>,
+    /// When each lease's remaining TTL is next to be recorded.
+    checkpoints: HashMap<i64, Instant>,
 }
 
 impl Lessor {
+    pub fn new(checkpoint_every: Option<Duration>) -> Lessor {
+        Lessor { inner: Mutex::default(), checkpoint_every }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the leader records what is left of leases.
+    pub fn checkpoints(&self) -> bool {
+        self.checkpoint_every.is_some()
+    }
+
+    /// Plans lease `id`'s next checkpoint, if `left` is longer than the interval (etcd's
+    /// `scheduleCheckpointIfNeeded`).
+    fn schedule(&self, inner: &mut Inner, id: i64, left: Duration, now: Instant) {
+        match self.checkpoint_every {
+            Some(every) if left > every => inner.checkpoints.insert(id, now + every),
+            _ => inner.checkpoints.remove(&id),
+        };
     }
 
     pub fn is_primary(&self) -> bool {
         self.lock().primary
     }
 
-    /// This member became the leader: every lease gets its full TTL plus `extend` from now (etcd's
-    /// `Promote`), since the old leader's clock is gone with it.
+    /// This member became the leader: every lease gets `ttl` plus `extend` from now (etcd's
+    /// `Promote`), since the old leader's clock is gone with it; `ttl` is the lease's whole TTL, or what
+    /// was left at its last checkpoint.
     pub fn promote(&self, leases: &[(i64, i64)], extend: Duration) {
         let mut inner = self.lock();
         let now = Instant::now();
         inner.primary = true;
         inner.revoking.clear();
         inner.deadlines = leases.iter().map(|(id, ttl)| (*id, now + secs(*ttl) + extend)).collect();
+        inner.checkpoints.clear();
+        for (id, ttl) in leases {
+            self.schedule(&mut inner, *id, secs(*ttl), now);
+        }
     }
 
     pub fn demote(&self) {
@@ -42,6 +71,7 @@ impl Lessor {
         inner.primary = false;
         inner.deadlines.clear();
         inner.revoking.clear();
+        inner.checkpoints.clear();
     }
 
     /// Renews lease `id` of granted TTL `ttl` (if it exists); returns the TTL to report, 0 if the lease
@@ -54,6 +84,7 @@ impl Lessor {
             return 0;
         }
         inner.deadlines.insert(id, now + secs(ttl));
+        self.schedule(&mut inner, id, secs(ttl), now);
         ttl
     }
 
@@ -78,8 +109,12 @@ impl Lessor {
         let live: HashSet<i64> = leases.iter().map(|(id, _)| *id).collect();
         inner.deadlines.retain(|id, _| live.contains(id));
         inner.revoking.retain(|id| live.contains(id));
+        inner.checkpoints.retain(|id, _| live.contains(id));
         for (id, ttl) in leases {
-            inner.deadlines.entry(*id).or_insert(now + secs(*ttl));
+            if !inner.deadlines.contains_key(id) {
+                inner.deadlines.insert(*id, now + secs(*ttl));
+                self.schedule(&mut inner, *id, secs(*ttl), now);
+            }
         }
         let expired: Vec<i64> = inner
             .deadlines
@@ -89,6 +124,38 @@ impl Lessor {
             .collect();
         inner.revoking.extend(expired.iter().copied());
         expired
+    }
+
+    /// The leases whose checkpoint is due, with the seconds they have left (rounded up, as etcd's) if
+    /// that is less than their granted TTL (`granted`: id, TTL); the next checkpoint of each is
+    /// planned if what is left is still longer than the interval (etcd's
+    /// `findDueScheduledCheckpoints`).
+    pub fn due_checkpoints(&self, granted: &[(i64, i64)]) -> Vec<(i64, i64)> {
+        self.due_checkpoints_at(granted, Instant::now())
+    }
+
+    fn due_checkpoints_at(&self, granted: &[(i64, i64)], now: Instant) -> Vec<(i64, i64)> {
+        let mut inner = self.lock();
+        if !inner.primary || inner.checkpoints.is_empty() {
+            return Vec::new();
+        }
+        let due: Vec<i64> =
+            inner.checkpoints.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect();
+        let granted: HashMap<i64, i64> = granted.iter().copied().collect();
+        let mut out = Vec::new();
+        for id in due {
+            let (Some(deadline), Some(ttl)) = (inner.deadlines.get(&id).copied(), granted.get(&id)) else {
+                inner.checkpoints.remove(&id);
+                continue;
+            };
+            let left = deadline.saturating_duration_since(now);
+            let remaining = left.as_secs() as i64 + i64::from(left.subsec_nanos() > 0);
+            if remaining > 0 && remaining < *ttl {
+                out.push((id, remaining));
+            }
+            self.schedule(&mut inner, id, left, now);
+        }
+        out
     }
 
     /// A revoke failed (e.g. leadership moved): let the next round try again.
@@ -125,5 +192,26 @@ mod tests {
         assert!(l.expired(&[(1, 5)]).is_empty());
         l.demote();
         assert_eq!(l.renew(1, Some(5)), 5, "renewing without a clock just answers the TTL");
+    }
+
+    /// etcd's lease checkpoints: a lease longer than the interval is checkpointed once the interval has
+    /// passed, with what is left of it, rounded up; one no longer than the interval never is; without
+    /// the flag nothing is.
+    #[test]
+    fn checkpoints_record_what_is_left_of_leases_longer_than_the_interval() {
+        let every = Duration::from_secs(1);
+        let l = Lessor::new(Some(every));
+        let granted = [(1, 10), (2, 1)];
+        l.promote(&[(1, 3), (2, 1)], Duration::ZERO);
+        assert!(l.due_checkpoints(&granted).is_empty(), "not due yet");
+        let later = Instant::now() + every;
+        assert_eq!(l.due_checkpoints_at(&granted, later), [(1, 2)], "2 s left (rounded up), of 10 granted");
+        assert!(l.due_checkpoints_at(&granted, later).is_empty(), "the next one is an interval later");
+        l.demote();
+        assert!(l.due_checkpoints_at(&granted, later + every).is_empty(), "a follower records nothing");
+
+        let off = Lessor::default();
+        off.promote(&[(1, 3)], Duration::ZERO);
+        assert!(off.due_checkpoints_at(&granted, later).is_empty());
     }
 }

@@ -37,6 +37,9 @@ pub struct LeaseTable {
 #[derive(Clone, Debug, Default)]
 struct Lease {
     ttl: i64,
+    /// The seconds left at the leader's last checkpoint, 0 if none (kept in memory only, as etcd does
+    /// without `--experimental-enable-lease-checkpoint-persist`).
+    remaining: i64,
     keys: BTreeSet<Vec<u8>>,
 }
 
@@ -44,7 +47,7 @@ impl LeaseTable {
     /// A table with `leases` (id, granted TTL) and no keys attached yet.
     pub fn with_leases(leases: impl IntoIterator<Item = (i64, i64)>) -> Self {
         LeaseTable {
-            leases: leases.into_iter().map(|(id, ttl)| (id, Lease { ttl, keys: BTreeSet::new() })).collect(),
+            leases: leases.into_iter().map(|(id, ttl)| (id, Lease { ttl, ..Default::default() })).collect(),
             key_lease: HashMap::new(),
         }
     }
@@ -58,7 +61,7 @@ impl LeaseTable {
         if self.leases.contains_key(&id) {
             return false;
         }
-        self.leases.insert(id, Lease { ttl, keys: BTreeSet::new() });
+        self.leases.insert(id, Lease { ttl, ..Default::default() });
         true
     }
 
@@ -73,6 +76,24 @@ impl LeaseTable {
 
     pub fn ttl(&self, id: i64) -> Option<i64> {
         self.leases.get(&id).map(|l| l.ttl)
+    }
+
+    /// Records what the leader's clock had left of lease `id` (0: forget it).
+    pub fn checkpoint(&mut self, id: i64, remaining: i64) {
+        if let Some(l) = self.leases.get_mut(&id) {
+            l.remaining = remaining;
+        }
+    }
+
+    /// The seconds left at lease `id`'s last checkpoint, 0 if none.
+    pub fn checkpointed(&self, id: i64) -> i64 {
+        self.leases.get(&id).map_or(0, |l| l.remaining)
+    }
+
+    /// Every lease: (id, the TTL a new leader starts its clock with: what was left at its last
+    /// checkpoint, else its granted TTL), by id.
+    pub fn clocks(&self) -> Vec<(i64, i64)> {
+        self.leases.iter().map(|(id, l)| (*id, if l.remaining > 0 { l.remaining } else { l.ttl })).collect()
     }
 
     pub fn keys(&self, id: i64) -> Vec<Vec<u8>> {

@@ -5,6 +5,7 @@
 //! add a conversion at every trait boundary.
 #![allow(clippy::result_large_err)]
 
+mod apply;
 pub mod batcher;
 pub mod force;
 pub mod log_store;

@@ -55,6 +55,10 @@ pub enum Request {
         id: u64,
         request: Box<Request>,
     },
+    /// What the leader's clock has left of leases, (id, seconds; 0 forgets it), so that a new leader
+    /// starts them from there instead of from their whole TTL (etcd's lease checkpoints). Last of the
+    /// variants: bincode numbers them, and entries already in a log keep their numbers.
+    LeaseCheckpoint(Vec<(i64, i64)>),
 }
 
 impl Request {
@@ -67,6 +71,7 @@ impl Request {
             Request::Txn(r) => r.encoded_len(),
             Request::Compact(r) => r.encoded_len(),
             Request::LeaseGrant { .. } | Request::LeaseRevoke { .. } | Request::Alarm { .. } => 16,
+            Request::LeaseCheckpoint(c) => 16 * c.len(),
             Request::Publish { attributes: a, .. } => {
                 8 + a.name.len() + a.client_urls.iter().map(|u| u.len() + 2).sum::<usize>()
             }
