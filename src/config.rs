@@ -286,6 +286,9 @@ pub struct Ignored {
     pub metrics: Option<String>,
     #[arg(long, env = "ETCD_ENABLE_PPROF", hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub enable_pprof: Option<String>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT_PERSIST", hide = true, num_args = 0..=1,
+          default_missing_value = "true")]
+    pub experimental_enable_lease_checkpoint_persist: Option<String>,
 }
 
 impl Ignored {
@@ -326,6 +329,11 @@ impl Ignored {
             (&self.log_package_levels, "log-package-levels", "see --log-level"),
             (&self.metrics, "metrics", "concord's /metrics has one set of metrics"),
             (&self.enable_pprof, "enable-pprof", "Go's profiler"),
+            (
+                &self.experimental_enable_lease_checkpoint_persist,
+                "experimental-enable-lease-checkpoint-persist",
+                "lease checkpoints are always kept on disk",
+            ),
         ];
         reasons
             .into_iter()

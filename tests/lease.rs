@@ -240,3 +240,27 @@ async fn checkpointed_leases_keep_what_was_left_across_leader_changes() {
         gone => assert!(ttl >= 29 - gone, "ttl {ttl} {gone} s after a keepalive"),
     }
 }
+
+/// A lease checkpoint is kept on disk: a member restarted after its log was purged past the checkpoint
+/// (`--snapshot-count 1`) still starts the lease from what was left.
+#[tokio::test]
+async fn a_lease_checkpoint_survives_a_restart() {
+    let flags = [
+        "--experimental-enable-lease-checkpoint",
+        "--experimental-lease-checkpoint-interval=1s",
+        "--snapshot-count",
+        "1",
+    ];
+    let mut c = Cluster::start(1, &flags);
+    let mut client = c.members[0].client().await;
+    let id = client.lease_grant(30, None).await.unwrap().id();
+    let before = raft_index(&c.members[0]).await;
+    common::eventually("the leader logs a checkpoint", || async { raft_index(&c.members[0]).await > before })
+        .await;
+    // One more entry, so that a snapshot after the checkpoint lets the log go.
+    client.put("after", "checkpoint", None).await.unwrap();
+    c.members[0].kill();
+    c.members[0].start();
+    let ttl = ttl_on(&c.members[0], id).await;
+    assert!(ttl < 30, "ttl {ttl}: the restarted member started the lease afresh");
+}

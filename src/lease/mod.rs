@@ -37,8 +37,7 @@ pub struct LeaseTable {
 #[derive(Clone, Debug, Default)]
 struct Lease {
     ttl: i64,
-    /// The seconds left at the leader's last checkpoint, 0 if none (kept in memory only, as etcd does
-    /// without `--experimental-enable-lease-checkpoint-persist`).
+    /// The seconds left at the leader's last checkpoint, 0 if none.
     remaining: i64,
     keys: BTreeSet<Vec<u8>>,
 }
@@ -88,6 +87,11 @@ impl LeaseTable {
     /// The seconds left at lease `id`'s last checkpoint, 0 if none.
     pub fn checkpointed(&self, id: i64) -> i64 {
         self.leases.get(&id).map_or(0, |l| l.remaining)
+    }
+
+    /// The leases with a checkpoint: (id, seconds left then).
+    pub fn checkpoints(&self) -> Vec<(i64, i64)> {
+        self.leases.iter().filter(|(_, l)| l.remaining > 0).map(|(id, l)| (*id, l.remaining)).collect()
     }
 
     /// Every lease: (id, the TTL a new leader starts its clock with: what was left at its last

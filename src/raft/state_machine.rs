@@ -93,7 +93,8 @@ fn alarm_kinds(alarms: &BTreeSet<(u64, i32)>) -> u32 {
     alarms.iter().fold(0, |bits, (_, kind)| bits | 1u32.checked_shl(*kind as u32).unwrap_or(0))
 }
 
-/// What a checkpoint records next to the records: exactly the state they match.
+/// What a checkpoint records next to the records: exactly the state they match. Fields are only ever
+/// added at the end (see [`Durable::decode`]).
 #[derive(Clone, Serialize, Deserialize)]
 struct Durable {
     last_applied: Option<LogId>,
@@ -106,35 +107,20 @@ struct Durable {
     /// Every lease (id, granted TTL); attached keys are rebuilt from the store.
     leases: Vec<(i64, i64)>,
     auth: AuthStore,
-}
-
-/// A checkpoint as written before auth existed (its fields are a prefix of `Durable`'s).
-#[derive(Deserialize)]
-struct DurableBeforeAuth {
-    last_applied: Option<LogId>,
-    current: i64,
-    compacted: i64,
-    membership: StoredMembership,
-    attributes: BTreeMap<u64, Attributes>,
-    alarms: BTreeSet<(u64, i32)>,
-    leases: Vec<(i64, i64)>,
+    /// Leases with a checkpoint: (id, seconds left then).
+    lease_checkpoints: Vec<(i64, i64)>,
 }
 
 impl Durable {
+    /// Reads a checkpoint, also one written before fields were added: bincode writes a struct as its
+    /// fields one after another, so an older checkpoint is a prefix of a newer one and reads as one
+    /// once completed with the encoding of the added fields' defaults.
     fn decode(bytes: &[u8]) -> Result<Durable, bincode::error::DecodeError> {
+        let no_checkpoints = Vec::<(i64, i64)>::new();
+        let added = [encode(&no_checkpoints), encode(&(AuthStore::default(), no_checkpoints.clone()))];
         decode(bytes).or_else(|e| {
-            let Ok(d) = decode::<DurableBeforeAuth>(bytes) else { return Err(e) };
-            let DurableBeforeAuth {
-                last_applied,
-                current,
-                compacted,
-                membership,
-                attributes,
-                alarms,
-                leases,
-            } = d;
-            let auth = AuthStore::default();
-            Ok(Durable { last_applied, current, compacted, membership, attributes, alarms, leases, auth })
+            let mut older = added.iter().flatten().map(|tail| decode(&[bytes, tail].concat()));
+            older.find_map(Result::ok).ok_or(e)
         })
     }
 }
@@ -152,6 +138,7 @@ impl Default for Durable {
             alarms: BTreeSet::new(),
             leases: Vec::new(),
             auth: AuthStore::default(),
+            lease_checkpoints: Vec::new(),
         }
     }
 }
@@ -179,6 +166,7 @@ impl Applied {
             alarms: self.alarms.clone(),
             leases: self.leases.leases(),
             auth: (*self.auth).clone(),
+            lease_checkpoints: self.leases.checkpoints(),
         }
     }
 }
@@ -187,6 +175,9 @@ impl Applied {
     /// The applied state a checkpoint describes, with each lease's keys found in `store`.
     fn restore(d: Durable, store: &Store<RecordLog>) -> Applied {
         let mut leases = LeaseTable::with_leases(d.leases);
+        for (id, remaining) in d.lease_checkpoints {
+            leases.checkpoint(id, remaining);
+        }
         for (key, lease) in store.leased_keys() {
             leases.attach(&key, lease);
         }
@@ -939,10 +930,16 @@ mod tests {
             leases.clone(),
         );
         let d = Durable::decode(&encode(&old).unwrap()).unwrap();
-        assert_eq!((d.current, d.compacted, d.leases, d.alarms.len()), (42, 3, leases, 1));
+        assert_eq!((d.current, d.compacted, &d.leases, d.alarms.len()), (42, 3, &leases, 1));
         assert_eq!(d.auth, AuthStore::default());
         let now = Durable { auth: AuthStore::default(), ..Durable::default() };
         assert_eq!(Durable::decode(&encode(&now).unwrap()).unwrap().current, 1);
+        // Written with auth, before lease checkpoints.
+        let with_auth = (old.0, old.1, old.2, old.3, old.4, old.5, old.6, AuthStore::default());
+        let d = Durable::decode(&encode(&with_auth).unwrap()).unwrap();
+        assert_eq!((d.current, d.leases, d.lease_checkpoints), (42, leases, vec![]));
+        let checkpointed = Durable { lease_checkpoints: vec![(7, 20)], ..Durable::default() };
+        assert_eq!(Durable::decode(&encode(&checkpointed).unwrap()).unwrap().lease_checkpoints, [(7, 20)]);
     }
 
     /// concord's backups before they were etcd's files carry the snapshot dump; one still restores.

@@ -138,8 +138,14 @@ pub enum Server {
 
 impl Cluster {
     /// Starts `n` members named n1…nN with small timeouts and `--snapshot-count snapshot_count`, so that
-    /// elections, snapshots and log purges all happen within a short run.
-    pub async fn start(server: &Server, dir: &Path, n: usize, snapshot_count: u64) -> Result<Cluster> {
+    /// elections, snapshots and log purges all happen within a short run, and `extra` flags.
+    pub async fn start(
+        server: &Server,
+        dir: &Path,
+        n: usize,
+        snapshot_count: u64,
+        extra: &[String],
+    ) -> Result<Cluster> {
         let ports = free_ports(2 * n)?;
         let (client_ports, peer_ports) = ports.split_at(n);
         let name = member_name;
@@ -185,6 +191,7 @@ impl Cluster {
                 "--snapshot-count".into(),
                 snapshot_count.to_string(),
             ];
+            args.extend(extra.iter().cloned());
             if matches!(server, Server::Concord(_)) && n > 1 {
                 // Keyed by peer URL, which also names a member re-added (under a new id) by the
                 // membership nemesis before it has published its name.

@@ -63,6 +63,10 @@ struct Args {
     /// `--snapshot-count` of the members: small, so snapshots and log purges happen during faults.
     #[arg(long, default_value_t = 100)]
     snapshot_count: u64,
+    /// A flag for every member, as `--server-flag=--experimental-enable-lease-checkpoint` (repeatable):
+    /// runs the workloads against a server option.
+    #[arg(long = "server-flag", allow_hyphen_values = true)]
+    server_flags: Vec<String>,
     /// Where each run's folder goes.
     #[arg(long, default_value = "chaos-results")]
     out: PathBuf,
@@ -128,7 +132,8 @@ async fn run(args: &Args, server: &Server, kind: workload::Kind, seed: u64) -> R
     let dir = args.out.join(format!("{name}-{seed}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let mut cluster = Cluster::start(server, &dir, args.members, args.snapshot_count).await?;
+    let mut cluster =
+        Cluster::start(server, &dir, args.members, args.snapshot_count, &args.server_flags).await?;
     cluster.wait_healthy(Duration::from_secs(30)).await?;
     cluster.name_members().await?;
 
