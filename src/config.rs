@@ -514,6 +514,14 @@ impl Config {
         self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.concord", self.name)))
     }
 
+    /// How often leases are checkpointed, if they are: `--experimental-lease-checkpoint-interval`, with
+    /// 0 meaning etcd's 5 minutes, as in etcd.
+    pub fn lease_checkpoints(&self) -> Option<std::time::Duration> {
+        let every = self.experimental_lease_checkpoint_interval;
+        let every = if every.is_zero() { std::time::Duration::from_secs(300) } else { every };
+        self.experimental_enable_lease_checkpoint.then_some(every)
+    }
+
     /// `--auto-compaction-mode` and `--auto-compaction-retention`, read as etcd reads them (a bare
     /// number is hours in periodic mode, revisions in revision mode; a duration in revision mode counts
     /// its nanoseconds, as etcd's does). `None`: no auto compaction.

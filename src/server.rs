@@ -239,11 +239,7 @@ impl Server {
             sm,
             network,
             leader_wait,
-            lessor: Arc::new(crate::lease::Lessor::new(
-                config
-                    .experimental_enable_lease_checkpoint
-                    .then_some(config.experimental_lease_checkpoint_interval),
-            )),
+            lessor: Arc::new(crate::lease::Lessor::new(config.lease_checkpoints())),
             strict_reconfig: config.strict_reconfig_check,
             quota_bytes: crate::quota::quota_bytes(config.quota_backend_bytes),
             client_cert_auth: config.client_cert_auth,
@@ -506,8 +502,9 @@ async fn snapshot_restored(
     Ok(())
 }
 
-/// Runs the lease clock while this member leads: starts every lease afresh on promotion (plus
-/// `extend`, like etcd), and proposes the revoke of each lease that expires.
+/// Runs the lease clock while this member leads: starts every lease afresh on promotion (from its
+/// whole TTL, or with checkpoints from what was left at its last one, plus `extend`, like etcd), and
+/// proposes the checkpoints that are due and the revoke of each lease that expires.
 async fn lease_clock(
     node: RaftNode,
     extend: Duration,
@@ -530,7 +527,9 @@ async fn lease_clock(
             m.current_leader == Some(node.id) && m.state == openraft::ServerState::Leader
         };
         if leads && !leading {
-            node.lessor.promote(&node.sm.lease_clocks(), extend);
+            // Checkpoints left from when they were on are not trusted once they are off.
+            let clocks = if node.lessor.checkpoints() { node.sm.lease_clocks() } else { node.sm.leases() };
+            node.lessor.promote(&clocks, extend);
         } else if !leads && leading {
             node.lessor.demote();
         }
@@ -548,7 +547,7 @@ async fn lease_clock(
                 }
             });
         }
-        for id in node.lessor.expired(&node.sm.lease_clocks()) {
+        for id in node.lessor.expired(&node.sm.leases()) {
             let node = node.clone();
             tokio::spawn(async move {
                 // Proposed here or nowhere: a revoke forwarded to a newer leader would carry out this

@@ -51,18 +51,6 @@ async fn a_yaml_config_file_and_concord_environment_variables_configure_the_memb
     assert!(line.get("level").is_some(), "{first}");
 }
 
-/// POST `path` with curl: (HTTP status, body).
-fn post(port: u16, path: &str, body: &str) -> (String, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-w", "\n%{http_code}", "-X", "POST", "-d", body])
-        .arg(format!("http://127.0.0.1:{port}{path}"))
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').expect("status line");
-    (code.to_string(), body.to_string())
-}
-
 /// An etcd 3.4 command line with the flags of etcd's tuning and logging starts concord as it starts
 /// etcd: logs go where `--log-outputs` says, `--enable-grpc-gateway=false` takes the JSON API away (the
 /// same 404 as etcd's), and the flags for parts concord does not have are logged as ignored.
@@ -90,8 +78,8 @@ async fn etcds_tuning_and_logging_flags_are_taken() {
     let c = common::Cluster::start(1, &flags);
     c.members[0].client().await;
     for port in [etcd.client_port, c.members[0].client_port] {
-        let gone = post(port, "/v3/kv/range", r#"{"key":"Zm9v"}"#);
-        assert_eq!(gone, ("404".to_string(), "404 page not found\n".to_string()), "port {port}");
+        let gone = common::post(port, "/v3/kv/range", r#"{"key":"Zm9v"}"#);
+        assert_eq!(gone, (404, "404 page not found\n".to_string()), "port {port}");
     }
     let (ok, _, err) = etcdctl(&c.members[0].endpoint(), &["put", "k", "v"], None);
     assert!(ok, "{err}");

@@ -9,26 +9,6 @@ use std::process::{Command, Stdio};
 use common::{wait_serving, Cluster, Etcd};
 use serde_json::Value;
 
-/// (HTTP status, body) of a POST with curl.
-fn post_raw(port: u16, path: &str, body: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-w",
-            "\n%{http_code}",
-            "-X",
-            "POST",
-            "-d",
-            body,
-            &format!("http://127.0.0.1:{port}{path}"),
-        ])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').expect("status");
-    (code.parse().expect("status"), body.to_string())
-}
-
 /// (HTTP status, the CORS headers, body) of a request with curl.
 fn with_cors_headers(port: u16, method: &str, path: &str) -> (u16, Vec<String>, String) {
     let out = Command::new("curl")
@@ -48,7 +28,7 @@ fn with_cors_headers(port: u16, method: &str, path: &str) -> (u16, Vec<String>, 
 }
 
 fn post(port: u16, path: &str, body: &str) -> (u16, Value) {
-    let (code, json) = post_raw(port, path, body);
+    let (code, json) = common::post(port, path, body);
     (code, serde_json::from_str(&json).unwrap_or_else(|e| panic!("{path}: {e}: {json}")))
 }
 
@@ -136,7 +116,7 @@ async fn curl_gets_the_same_json_from_concord_as_from_etcd() {
     }
     // A call the gateway does not know gets etcd's plain-text answer, byte for byte.
     for (path, body) in [("/v3/kv/nope", "{}"), ("/v3beta/nope", "{}")] {
-        assert_eq!(post_raw(concord, path, body), post_raw(etcd.client_port, path, body), "{path}");
+        assert_eq!(common::post(concord, path, body), common::post(etcd.client_port, path, body), "{path}");
     }
 }
 

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 #[derive(Default)]
 pub struct Lessor {
     inner: Mutex<Inner>,
+    /// Wakes those waiting for this member's clock to start (see [`Lessor::wait_primary`]).
+    promoted: tokio::sync::Notify,
     /// How often the leader records what is left of a lease, if it does
     /// (`--experimental-enable-lease-checkpoint`): a lease then survives a change of leader with the
     /// time it had left instead of its whole TTL, so that leader changes cannot keep it alive for ever.
@@ -26,7 +28,7 @@ struct Inner {
 
 impl Lessor {
     pub fn new(checkpoint_every: Option<Duration>) -> Lessor {
-        Lessor { inner: Mutex::default(), checkpoint_every }
+        Lessor { checkpoint_every, ..Lessor::default() }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -36,6 +38,14 @@ impl Lessor {
     /// Whether the leader records what is left of leases.
     pub fn checkpoints(&self) -> bool {
         self.checkpoint_every.is_some()
+    }
+
+    /// Starts the clock of a lease it has not seen yet (granted since the last tick): `ttl` from `now`.
+    fn start(&self, inner: &mut Inner, id: i64, ttl: i64, now: Instant) -> Instant {
+        let deadline = now + secs(ttl);
+        inner.deadlines.insert(id, deadline);
+        self.schedule(inner, id, secs(ttl), now);
+        deadline
     }
 
     /// Plans lease `id`'s next checkpoint, if `left` is longer than the interval (etcd's
@@ -51,6 +61,19 @@ impl Lessor {
         self.lock().primary
     }
 
+    /// Waits until this member runs the clock: a new leader answers for leases only once it has
+    /// started them from what they had left, not a moment before with every lease's whole TTL.
+    pub async fn wait_primary(&self) {
+        loop {
+            // Created before the check: a promotion in between still wakes it.
+            let promoted = self.promoted.notified();
+            if self.is_primary() {
+                return;
+            }
+            promoted.await;
+        }
+    }
+
     /// This member became the leader: every lease gets `ttl` plus `extend` from now (etcd's
     /// `Promote`), since the old leader's clock is gone with it; `ttl` is the lease's whole TTL, or what
     /// was left at its last checkpoint.
@@ -64,6 +87,8 @@ impl Lessor {
         for (id, ttl) in leases {
             self.schedule(&mut inner, *id, secs(*ttl), now);
         }
+        drop(inner);
+        self.promoted.notify_waiters();
     }
 
     pub fn demote(&self) {
@@ -93,8 +118,13 @@ impl Lessor {
     /// so reports `ttl - 1` right after its grant, as etcd's does.
     pub fn remaining(&self, id: i64, ttl: i64) -> i64 {
         let mut inner = self.lock();
-        let start = Instant::now() + secs(ttl);
-        let deadline = if inner.primary { *inner.deadlines.entry(id).or_insert(start) } else { start };
+        let now = Instant::now();
+        let deadline = match inner.deadlines.get(&id) {
+            Some(d) if inner.primary => *d,
+            _ if inner.primary => self.start(&mut inner, id, ttl, now),
+            _ => now + secs(ttl),
+        };
+        // Measured a moment after the start, so a lease started now reports `ttl - 1`, as etcd's does.
         deadline.saturating_duration_since(Instant::now()).as_secs() as i64
     }
 
@@ -112,8 +142,7 @@ impl Lessor {
         inner.checkpoints.retain(|id, _| live.contains(id));
         for (id, ttl) in leases {
             if !inner.deadlines.contains_key(id) {
-                inner.deadlines.insert(*id, now + secs(*ttl));
-                self.schedule(&mut inner, *id, secs(*ttl), now);
+                self.start(&mut inner, *id, *ttl, now);
             }
         }
         let expired: Vec<i64> = inner

@@ -2,13 +2,16 @@
 //! keeps.
 //!
 //! - [`LeaseTable`] is replicated state, changed only by applying the log: which leases exist, their
-//!   granted TTL, and which keys are attached. Grant and revoke are Raft proposals; attachment follows
-//!   the applied events (a put moves a key to its new lease, a delete detaches it).
-//! - [`Lessor`] is the leader's clock: when each lease expires. Keepalives renew it in memory, never
-//!   through the log (followers forward them to the leader); expiry is decided by the leader and carried
-//!   out as a revoke proposal, so every member deletes the same keys at the same revision and nothing
-//!   time-dependent happens inside apply. A new leader starts every lease's clock afresh (etcd's
-//!   `Promote`), so a failover never expires a lease early.
+//!   granted TTL, which keys are attached, and (with checkpoints) what the leader's clock had left of
+//!   them. Grant, revoke and checkpoints are Raft proposals; attachment follows the applied events (a
+//!   put moves a key to its new lease, a delete detaches it).
+//! - [`Lessor`] is the leader's clock: when each lease expires. Keepalives renew it in memory, not
+//!   through the log (followers forward them to the leader; only a checkpointed lease's first keepalive
+//!   clears its checkpoint through the log); expiry is decided by the leader and carried out as a revoke
+//!   proposal, so every member deletes the same keys at the same revision and nothing time-dependent
+//!   happens inside apply. A new leader starts every lease's clock afresh (etcd's `Promote`): from its
+//!   whole TTL, so a failover never expires a lease early, or with checkpoints from what was left at
+//!   the last one, so failovers cannot keep an abandoned lease alive.
 
 mod lessor;
 

@@ -3,9 +3,11 @@
 //!
 //! etcd appends configuration changes that remove every other member to its log and declares them
 //! committed. concord appends one openraft membership entry naming this member alone, after the last
-//! entry of its log and with that entry's leader id. openraft takes the newest membership in the log as
-//! the effective one, committed or not, so the member then elects itself without anyone's vote, and
-//! its first entry as leader commits the forced one and everything before it.
+//! entry of its log, as the entry of a term of its own above every term it has seen (its vote goes to
+//! itself in that term first): no other member can hold a different entry under that log id. openraft
+//! takes the newest membership in the log as the effective one, committed or not, so the member then
+//! elects itself without anyone's vote, and its first entry as leader commits the forced one and
+//! everything before it.
 //!
 //! etcd drops the entries past the commit index it recorded. concord keeps every entry of the log: its
 //! commit index is not synced (see `LogStore::read_committed`), so the entries past it may hold writes
@@ -14,11 +16,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::storage::{RaftLogStorage, StorageHelper};
-use openraft::{EntryPayload, Membership};
+use openraft::{CommittedLeaderId, EntryPayload, Membership};
 
 use super::log_store::LogStore;
 use super::state_machine::StateMachineStore;
-use super::types::{Entry, LogId, Member, StorageError};
+use super::types::{Entry, LogId, Member, StorageError, Vote};
 
 /// Makes `id` the only voter of the membership stored in `log` and `sm`, unless it is already. A
 /// member missing from that membership (one that was removed) comes back as `me`. Returns whether
@@ -40,11 +42,11 @@ pub async fn force_new_cluster(
     }
     let me = current.get_node(&id).cloned().unwrap_or(me);
     let forced = Membership::new(vec![alone], BTreeMap::from([(id, me)]));
-    let entry = Entry {
-        log_id: LogId::new(last.leader_id, last.index + 1),
-        payload: EntryPayload::Membership(forced),
-    };
-    log.append_before_start(&entry)?;
+    let seen = log.read_vote().await?.map_or(0, |v| v.leader_id().term);
+    let term = seen.max(last.leader_id.term) + 1;
+    log.save_vote(&Vote::new(term, id)).await?;
+    let log_id = LogId::new(CommittedLeaderId::new(term, id), last.index + 1);
+    log.append_before_start(&Entry { log_id, payload: EntryPayload::Membership(forced) })?;
     Ok(true)
 }
 
@@ -53,7 +55,6 @@ mod tests {
     use std::sync::Arc;
 
     use openraft::storage::RaftStateMachine;
-    use openraft::CommittedLeaderId;
 
     use super::*;
     use crate::raft::state_machine::StateMachine;
@@ -98,7 +99,8 @@ mod tests {
         }
         let (mut log, mut sm) = open(dir.path());
         let state = log.get_log_state().await.unwrap();
-        assert_eq!(state.last_log_id, Some(LogId::new(CommittedLeaderId::new(2, 1), 2)));
+        assert_eq!(state.last_log_id, Some(LogId::new(CommittedLeaderId::new(3, 2), 2)), "a term of its own");
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 2)));
         assert_eq!(voters(&mut log, &mut sm).await, [(2, "m2".to_string())]);
         assert!(!force_new_cluster(&mut log, &mut sm, 2, member("ignored")).await.unwrap());
     }

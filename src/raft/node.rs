@@ -151,12 +151,16 @@ impl RaftNode {
             return Err(NodeError::NoLeader);
         }
         self.wait_applied(index).await?;
+        if tokio::time::timeout(self.leader_wait, self.lessor.wait_primary()).await.is_err() {
+            return Err(NodeError::NoLeader);
+        }
         Ok(match query {
             LeaseQuery::Renew(id) => {
                 // A renewed lease has its whole TTL again: its checkpoint goes first, or a new leader
                 // would start it from what was left before (etcd clears it the same way, before
-                // answering). At most one such write per lease per checkpoint interval.
-                if self.lessor.checkpoints() && self.sm.lease_checkpointed(id) > 0 {
+                // answering). At most one such write per lease per checkpoint interval. Also with
+                // checkpoints off: one left from when they were on must not outlive a keepalive.
+                if self.sm.lease_checkpointed(id) > 0 {
                     self.write_as_leader(Request::LeaseCheckpoint(vec![(id, 0)])).await?;
                 }
                 LeaseAnswer::Renewed(self.lessor.renew(id, self.sm.lease(id, false).map(|l| l.0)))

@@ -575,3 +575,23 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// (HTTP status, body) of a POST with curl.
+pub fn post(port: u16, path: &str, body: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+            "-d",
+            body,
+            &format!("http://127.0.0.1:{port}{path}"),
+        ])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("status");
+    (code.parse().expect("status"), body.to_string())
+}
