@@ -69,6 +69,11 @@ async fn a_leader_only_proposal_is_never_passed_on_to_the_leader() {
     let endpoints: Vec<String> = ports.iter().map(|(c, _)| format!("http://127.0.0.1:{c}")).collect();
     let mut client = Client::connect(endpoints, None).await.unwrap();
     let lease = client.lease_grant(60, None).await.unwrap().id();
+    // A member that was not in the grant's quorum may not have heard from the leader yet.
+    common::eventually("the first member knows the leader", || async {
+        servers[0].node().leader().is_some()
+    })
+    .await;
     let leader = servers[0].node().leader().expect("a leader after a write");
     let follower = servers.iter().find(|s| s.node().id != leader).expect("a follower").node();
 
