@@ -537,7 +537,9 @@ async fn lease_clock(
         if !leading || !ticked {
             continue;
         }
-        let checkpoints = node.lessor.due_checkpoints(&node.sm.leases());
+        // One copy of the lease table per tick, for the checkpoints and the expiries alike.
+        let leases = node.sm.leases();
+        let checkpoints = node.lessor.due_checkpoints(&leases);
         if !checkpoints.is_empty() {
             let node = node.clone();
             tokio::spawn(async move {
@@ -547,7 +549,7 @@ async fn lease_clock(
                 }
             });
         }
-        for id in node.lessor.expired(&node.sm.leases()) {
+        for id in node.lessor.expired(&leases) {
             let node = node.clone();
             tokio::spawn(async move {
                 // Proposed here or nowhere: a revoke forwarded to a newer leader would carry out this

@@ -179,9 +179,7 @@ async fn leases_survive_a_restart_of_the_whole_cluster() {
 /// Moves leadership from the current leader to the next member; returns the new leader's index.
 async fn move_leader(c: &Cluster) -> usize {
     let from = c.leader().await;
-    let to = (from + 1) % c.members.len();
-    let id = c.members[to].client().await.status().await.unwrap().header().unwrap().member_id();
-    c.members[from].client().await.move_leader(id).await.expect("move-leader");
+    c.move_leader(from, (from + 1) % c.members.len()).await;
     c.leader().await
 }
 

@@ -502,9 +502,7 @@ async fn the_old_members_stop_when_one_is_forced_while_they_run() {
     for _ in 0..3 {
         let l = c.leader().await;
         let next = (0..3).find(|i| *i != forced && *i != l).expect("the other running member");
-        let status = c.members[next].client().await.status().await.expect("status");
-        let id = status.header().expect("header").member_id();
-        c.members[l].client().await.move_leader(id).await.expect("move-leader");
+        c.move_leader(l, next).await;
     }
 
     c.members[forced].extra = vec!["--force-new-cluster".into()];

@@ -254,6 +254,13 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// Asks member `from` (the leader) to hand leadership to member `to` (etcd's MoveLeader).
+    pub async fn move_leader(&self, from: usize, to: usize) {
+        let status = self.members[to].client().await.status().await.expect("status");
+        let id = status.header().expect("header").member_id();
+        self.members[from].client().await.move_leader(id).await.expect("move-leader");
+    }
+
     /// The index of the member every running member agrees is leader.
     pub async fn leader(&self) -> usize {
         let deadline = Instant::now() + Duration::from_secs(20);
