@@ -543,10 +543,12 @@ async fn lease_clock(
         if !checkpoints.is_empty() {
             let node = node.clone();
             tokio::spawn(async move {
-                if let Err(e) = node.write_as_leader(crate::raft::Request::LeaseCheckpoint(checkpoints)).await
-                {
+                let written =
+                    node.write_as_leader(crate::raft::Request::LeaseCheckpoint(checkpoints.clone()));
+                if let Err(e) = written.await {
                     tracing::debug!("lease checkpoint: {e}");
                 }
+                node.lessor.checkpoints_done(&checkpoints);
             });
         }
         for id in node.lessor.expired(&leases) {

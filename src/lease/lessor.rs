@@ -9,6 +9,8 @@ pub struct Lessor {
     inner: Mutex<Inner>,
     /// Wakes those waiting for this member's clock to start (see [`Lessor::wait_primary`]).
     promoted: tokio::sync::Notify,
+    /// Wakes those waiting for checkpoints in flight to land (see [`Lessor::checkpoints_landed`]).
+    landed: tokio::sync::Notify,
     /// How often the leader records what is left of a lease, if it does
     /// (`--experimental-enable-lease-checkpoint`): a lease then survives a change of leader with the
     /// time it had left instead of its whole TTL, so that leader changes cannot keep it alive for ever.
@@ -24,6 +26,9 @@ struct Inner {
     revoking: HashSet<i64>,
     /// When each lease's remaining TTL is next to be recorded.
     checkpoints: HashMap<i64, Instant>,
+    /// Checkpoints computed and not yet applied (or failed), by lease: how many of each. Kept across
+    /// promotions and demotions, since the writes carrying them are.
+    in_flight: HashMap<i64, usize>,
 }
 
 impl Lessor {
@@ -158,7 +163,7 @@ impl Lessor {
     /// The leases whose checkpoint is due, with the seconds they have left (rounded up, as etcd's) if
     /// that is less than their granted TTL (`granted`: id, TTL); the next checkpoint of each is
     /// planned if what is left is still longer than the interval (etcd's
-    /// `findDueScheduledCheckpoints`).
+    /// `findDueScheduledCheckpoints`). They count as in flight until [`Lessor::checkpoints_done`].
     pub fn due_checkpoints(&self, granted: &[(i64, i64)]) -> Vec<(i64, i64)> {
         self.due_checkpoints_at(granted, Instant::now())
     }
@@ -181,10 +186,42 @@ impl Lessor {
             let remaining = left.as_secs() as i64 + i64::from(left.subsec_nanos() > 0);
             if remaining > 0 && remaining < *ttl {
                 out.push((id, remaining));
+                // Marked under the same lock the remainder was computed under: a renewal after this
+                // moment sees it in flight.
+                *inner.in_flight.entry(id).or_default() += 1;
             }
             self.schedule(&mut inner, id, left, now);
         }
         out
+    }
+
+    /// The write of checkpoints from [`Lessor::due_checkpoints`] was applied, or failed.
+    pub fn checkpoints_done(&self, done: &[(i64, i64)]) {
+        let mut inner = self.lock();
+        for (id, _) in done {
+            if let Some(n) = inner.in_flight.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    inner.in_flight.remove(id);
+                }
+            }
+        }
+        drop(inner);
+        self.landed.notify_waiters();
+    }
+
+    /// Waits until no checkpoint of lease `id` is in flight. A renewal clears the lease's checkpoint
+    /// through the log; a checkpoint computed before the renewal and applied after the clear would
+    /// bring back the shorter remainder, and a new leader would start the renewed lease from it.
+    pub async fn checkpoints_landed(&self, id: i64) {
+        loop {
+            // Created before the check: a landing in between still wakes it.
+            let landed = self.landed.notified();
+            if !self.lock().in_flight.contains_key(&id) {
+                return;
+            }
+            landed.await;
+        }
     }
 
     /// A revoke failed (e.g. leadership moved): let the next round try again.
@@ -242,5 +279,31 @@ mod tests {
         let off = Lessor::default();
         off.promote(&[(1, 3)], Duration::ZERO);
         assert!(off.due_checkpoints_at(&granted, later).is_empty());
+    }
+
+    /// A renewal waits for the checkpoints computed before it: each is in flight from the moment its
+    /// remainder is taken until its write is done, through a change of leader.
+    #[test]
+    fn checkpoints_are_in_flight_until_their_write_is_done() {
+        use futures::FutureExt;
+        let every = Duration::from_secs(1);
+        let l = Lessor::new(Some(every));
+        let granted = [(1, 10), (2, 10)];
+        l.promote(&[(1, 10), (2, 10)], Duration::ZERO);
+        let later = Instant::now() + every;
+        let first = l.due_checkpoints_at(&granted, later);
+        assert_eq!(first.len(), 2);
+        let second = l.due_checkpoints_at(&granted, later + every);
+        assert_eq!(second.len(), 2, "the next round, before the first one's write is done");
+        l.demote();
+        assert!(l.checkpoints_landed(1).now_or_never().is_none(), "two in flight");
+        l.checkpoints_done(&first);
+        assert!(l.checkpoints_landed(1).now_or_never().is_none(), "one still in flight");
+        l.checkpoints_done(&second[..1]);
+        assert!(l.checkpoints_landed(1).now_or_never().is_some());
+        assert!(l.checkpoints_landed(2).now_or_never().is_none());
+        l.checkpoints_done(&second[1..]);
+        assert!(l.checkpoints_landed(2).now_or_never().is_some());
+        assert!(l.checkpoints_landed(3).now_or_never().is_some(), "never checkpointed");
     }
 }

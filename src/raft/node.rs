@@ -156,14 +156,19 @@ impl RaftNode {
         }
         Ok(match query {
             LeaseQuery::Renew(id) => {
-                // A renewed lease has its whole TTL again: its checkpoint goes first, or a new leader
-                // would start it from what was left before (etcd clears it the same way, before
-                // answering). At most one such write per lease per checkpoint interval. Also with
+                let ttl = self.lessor.renew(id, self.sm.lease(id, false).map(|l| l.0));
+                // A renewed lease has its whole TTL again: its checkpoint is cleared before the answer,
+                // or a new leader would start it from what was left before (etcd clears it the same
+                // way). Checkpoints computed before the renewal land first, so that none of them comes
+                // after the clear. At most one such write per lease per checkpoint interval. Also with
                 // checkpoints off: one left from when they were on must not outlive a keepalive.
-                if self.sm.lease_checkpointed(id) > 0 {
-                    self.write_as_leader(Request::LeaseCheckpoint(vec![(id, 0)])).await?;
+                if ttl > 0 {
+                    self.lessor.checkpoints_landed(id).await;
+                    if self.sm.lease_checkpointed(id) > 0 {
+                        self.write_as_leader(Request::LeaseCheckpoint(vec![(id, 0)])).await?;
+                    }
                 }
-                LeaseAnswer::Renewed(self.lessor.renew(id, self.sm.lease(id, false).map(|l| l.0)))
+                LeaseAnswer::Renewed(ttl)
             }
             LeaseQuery::TimeToLive { id, keys } => LeaseAnswer::TimeToLive(
                 self.sm.lease(id, keys).map(|(ttl, ks)| (ttl, self.lessor.remaining(id, ttl), ks)),
