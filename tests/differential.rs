@@ -1,5 +1,6 @@
-//! Differential test: the same random KV requests against real etcd and against concord, compared
-//! response by response (everything but the member-specific header fields) and error by error.
+//! Differential test: the same random KV and lease requests against real etcd and against concord,
+//! compared response by response (everything but the member-specific header fields) and error by error,
+//! with random watchers on each server whose events are compared at the end, watcher by watcher.
 //!
 //! Set `ETCD_BIN` to choose the etcd binary (default: Debian's 3.4, see `common::Etcd`).
 
@@ -8,16 +9,18 @@ mod common;
 use common::{Cluster, Etcd};
 use concord::pb::etcdserverpb::compare::{CompareTarget, TargetUnion};
 use concord::pb::etcdserverpb::kv_client::KvClient;
+use concord::pb::etcdserverpb::lease_client::LeaseClient;
 use concord::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 use concord::pb::etcdserverpb::request_op::Request as Op;
 use concord::pb::etcdserverpb::response_op::Response as OpResp;
+use concord::pb::etcdserverpb::watch_client::WatchClient;
+use concord::pb::etcdserverpb::watch_request::RequestUnion;
 use concord::pb::etcdserverpb::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
-
-async fn connect(port: u16) -> KvClient<Channel> {
-    common::wait_serving(port).await;
-    KvClient::connect(format!("http://127.0.0.1:{port}")).await.expect("connect")
-}
 
 /// A small deterministic PRNG (xorshift), so a failure can be replayed from its seed.
 struct Rng(u64);
@@ -42,6 +45,9 @@ impl Rng {
 
 const KEYS: &[&str] = &["a", "a/1", "a/2", "b", "b/1", "c", "d"];
 const VALUES: &[&str] = &["", "x", "y", "zz"];
+/// The lease ids requests name: granted (with these ids, never 0, whose id the server would choose),
+/// revoked and attached at random; 7 is never granted, and 0 is no lease.
+const LEASES: &[i64] = &[0, 0, 0, 1, 2, 3, 7];
 
 fn key_range(r: &mut Rng) -> (Vec<u8>, Vec<u8>) {
     let key = r.pick(KEYS).as_bytes().to_vec();
@@ -82,7 +88,7 @@ fn gen_put(r: &mut Rng) -> PutRequest {
     PutRequest {
         key: r.pick(KEYS).as_bytes().to_vec(),
         value: if ignore_value && r.chance(70) { vec![] } else { r.pick(VALUES).as_bytes().to_vec() },
-        lease: 0,
+        lease: LEASES[r.below(LEASES.len() as u64) as usize],
         prev_kv: r.chance(40),
         ignore_value,
         ignore_lease: r.chance(5),
@@ -104,7 +110,7 @@ fn gen_compare(r: &mut Rng, rev: i64) -> Compare {
         CompareTarget::Create => TargetUnion::CreateRevision(n),
         CompareTarget::Mod => TargetUnion::ModRevision(n),
         CompareTarget::Value => TargetUnion::Value(r.pick(VALUES).as_bytes().to_vec()),
-        CompareTarget::Lease => TargetUnion::Lease(0),
+        CompareTarget::Lease => TargetUnion::Lease(LEASES[r.below(LEASES.len() as u64) as usize]),
     });
     Compare { result: r.below(4) as i32, target, key, target_union, range_end }
 }
@@ -159,6 +165,32 @@ fn clear_ignore_flags(t: &mut TxnRequest) {
     }
 }
 
+fn gen_lease_request(r: &mut Rng) -> Request {
+    let id = LEASES[3 + r.below(LEASES.len() as u64 - 3) as usize];
+    match r.below(10) {
+        0..=3 => Request::Grant(LeaseGrantRequest { id, ttl: [60, 600][r.below(2) as usize] }),
+        4..=6 => Request::Revoke(LeaseRevokeRequest { id }),
+        7..=8 => Request::TimeToLive(LeaseTimeToLiveRequest { id, keys: r.chance(70) }),
+        _ => Request::Leases,
+    }
+}
+
+/// A watcher of the keys that requests touch, from now or from a revision before or after it.
+fn gen_watch(r: &mut Rng, rev: i64) -> WatchCreateRequest {
+    let (key, range_end) = key_range(r);
+    let start_revision = if r.chance(50) { r.below(rev as u64 + 3) as i64 } else { 0 };
+    // NOPUT = 0, NODELETE = 1, sometimes both, sometimes twice.
+    let filters: Vec<i32> = (0..r.below(4)).map(|_| r.below(3) as i32).filter(|f| *f < 2).collect();
+    WatchCreateRequest {
+        key,
+        range_end,
+        start_revision,
+        filters,
+        prev_kv: r.chance(50),
+        ..Default::default()
+    }
+}
+
 fn scrub(h: &mut Option<ResponseHeader>) {
     if let Some(h) = h {
         h.cluster_id = 0;
@@ -194,16 +226,6 @@ fn outcome<T: std::fmt::Debug>(
     }
 }
 
-async fn run(c: &mut KvClient<Channel>, req: &Request) -> String {
-    match req.clone() {
-        Request::Range(x) => outcome(c.range(x).await, |v| scrub(&mut v.header)),
-        Request::Put(x) => outcome(c.put(x).await, |v| scrub(&mut v.header)),
-        Request::Delete(x) => outcome(c.delete_range(x).await, |v| scrub(&mut v.header)),
-        Request::Txn(x) => outcome(c.txn(x).await, scrub_txn),
-        Request::Compact(x) => outcome(c.compact(x).await, |v| scrub(&mut v.header)),
-    }
-}
-
 #[derive(Clone, Debug)]
 enum Request {
     Range(RangeRequest),
@@ -211,6 +233,158 @@ enum Request {
     Delete(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact(CompactionRequest),
+    Grant(LeaseGrantRequest),
+    Revoke(LeaseRevokeRequest),
+    TimeToLive(LeaseTimeToLiveRequest),
+    Leases,
+    Watch(WatchCreateRequest),
+    /// Cancels the watcher with this id (a random one, which may be gone already).
+    Cancel(i64),
+}
+
+/// One server under comparison: its clients, and one watch stream for every random watcher.
+struct Side {
+    kv: KvClient<Channel>,
+    lease: LeaseClient<Channel>,
+    watch: mpsc::UnboundedSender<WatchRequest>,
+    heard: mpsc::UnboundedReceiver<WatchResponse>,
+    /// What each watcher heard, by watch id, one line per response or event.
+    log: BTreeMap<i64, Vec<String>>,
+    /// The watchers the server holds: created, and not canceled by the client. One that a compaction
+    /// canceled is still held on etcd, until the client cancels it.
+    held: BTreeSet<i64>,
+    /// The id of the last watcher created.
+    created: i64,
+}
+
+impl Side {
+    async fn connect(port: u16) -> Side {
+        common::wait_serving(port).await;
+        let channel = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await;
+        let channel = channel.expect("connect");
+        let (watch, requests) = mpsc::unbounded_channel();
+        let (heard_tx, heard) = mpsc::unbounded_channel();
+        let mut client = WatchClient::new(channel.clone());
+        // Reads all the time, so that no watcher falls behind. The call is made here, not awaited before
+        // the first request: grpc-go sends no response headers before its first response.
+        tokio::spawn(async move {
+            let call = client.watch(UnboundedReceiverStream::new(requests)).await;
+            let mut stream = call.expect("watch stream").into_inner();
+            while let Ok(Some(r)) = stream.message().await {
+                if heard_tx.send(r).is_err() {
+                    break;
+                }
+            }
+        });
+        let (kv, lease) = (KvClient::new(channel.clone()), LeaseClient::new(channel));
+        Side { kv, lease, watch, heard, log: BTreeMap::new(), held: BTreeSet::new(), created: -1 }
+    }
+
+    async fn run(&mut self, req: &Request) -> String {
+        let c = &mut self.kv;
+        match req.clone() {
+            Request::Range(x) => outcome(c.range(x).await, |v| scrub(&mut v.header)),
+            Request::Put(x) => outcome(c.put(x).await, |v| scrub(&mut v.header)),
+            Request::Delete(x) => outcome(c.delete_range(x).await, |v| scrub(&mut v.header)),
+            Request::Txn(x) => outcome(c.txn(x).await, scrub_txn),
+            Request::Compact(x) => outcome(c.compact(x).await, |v| scrub(&mut v.header)),
+            Request::Grant(x) => outcome(self.lease.lease_grant(x).await, |v| scrub(&mut v.header)),
+            Request::Revoke(x) => outcome(self.lease.lease_revoke(x).await, |v| scrub(&mut v.header)),
+            Request::TimeToLive(x) => outcome(self.lease.lease_time_to_live(x).await, |v| {
+                scrub(&mut v.header);
+                // What is left depends on the clock; the order of keys is a map's on etcd.
+                v.ttl = v.ttl.min(1);
+                v.keys.sort();
+            }),
+            Request::Leases => outcome(self.lease.lease_leases(LeaseLeasesRequest {}).await, |v| {
+                scrub(&mut v.header);
+                v.leases.sort_by_key(|l| l.id);
+            }),
+            Request::Watch(x) => {
+                self.send(RequestUnion::CreateRequest(x));
+                self.until(|r| r.created).await
+            }
+            Request::Cancel(watch_id) => {
+                self.send(RequestUnion::CancelRequest(WatchCancelRequest { watch_id }));
+                // etcd says nothing about a watcher it does not hold.
+                if !self.held.contains(&watch_id) {
+                    return "nothing to cancel".into();
+                }
+                self.until(|r| r.canceled && r.compact_revision == 0 && r.watch_id == watch_id).await
+            }
+        }
+    }
+
+    fn send(&self, req: RequestUnion) {
+        self.watch.send(WatchRequest { request_union: Some(req) }).expect("watch stream open");
+    }
+
+    /// Reads watch responses, filing them, up to the first one `done` accepts; returns that one.
+    async fn until(&mut self, done: impl Fn(&WatchResponse) -> bool) -> String {
+        loop {
+            let r = tokio::time::timeout(Duration::from_secs(30), self.heard.recv()).await;
+            let r = r.expect("a watch response within 30 s").expect("watch stream open");
+            let last = done(&r);
+            let line = self.file(r);
+            if last {
+                return line;
+            }
+        }
+    }
+
+    /// Files a response under its watcher (one line per event); returns it as one line.
+    fn file(&mut self, mut r: WatchResponse) -> String {
+        scrub(&mut r.header);
+        if r.created && !r.canceled {
+            self.held.insert(r.watch_id);
+            self.created = r.watch_id;
+        } else if r.canceled && r.compact_revision == 0 {
+            self.held.remove(&r.watch_id);
+        }
+        let log = self.log.entry(r.watch_id).or_default();
+        if r.events.is_empty() {
+            let line = format!("{r:?}");
+            log.push(line.clone());
+            return line;
+        }
+        // How a watcher's events are cut into responses, and the revision in their header, depend on
+        // timing; the events, in order, do not.
+        for e in &r.events {
+            log.push(format!("{e:?}"));
+        }
+        format!("{} events", r.events.len())
+    }
+}
+
+/// Waits until both sides' watchers have heard the same, and fails with the first watcher that differs
+/// if they have not within 10 s. There is no marker to wait for instead: etcd 3.4 answers a progress
+/// request at once, whether or not its watchers have caught up (etcd issue 15220).
+async fn converge(reference: &mut Side, ours: &mut Side, seed: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while reference.log != ours.log {
+        let heard = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                r = reference.heard.recv() => (true, r),
+                r = ours.heard.recv() => (false, r),
+            }
+        });
+        match heard.await {
+            Ok((from_reference, Some(r))) => {
+                if from_reference {
+                    reference.file(r);
+                } else {
+                    ours.file(r);
+                }
+            }
+            Ok((_, None)) => panic!("a watch stream ended"),
+            Err(_) => break,
+        }
+    }
+    let ids: BTreeSet<i64> = reference.log.keys().chain(ours.log.keys()).copied().collect();
+    for id in ids {
+        let (want, got) = (reference.log.get(&id), ours.log.get(&id));
+        assert_eq!(got, want, "watcher {id} (seed {seed:#x}) heard otherwise");
+    }
 }
 
 /// Sends the same seeded random requests to etcd and to the member at `port`, comparing every answer.
@@ -218,16 +392,25 @@ enum Request {
 /// lag its own forwarded write, as on etcd, which an exact comparison with one etcd cannot allow.
 async fn compare_with_etcd(port: u16, seed: u64, steps: usize, linearizable_only: bool) {
     let etcd = Etcd::start();
-    let mut reference = connect(etcd.client_port).await;
-    let mut ours = connect(port).await;
+    let mut reference = Side::connect(etcd.client_port).await;
+    let mut ours = Side::connect(port).await;
     let mut r = Rng(seed);
     let mut rev = 1i64;
+    let mut watchers = 0;
+    // Watchers of past revisions that have heard nothing yet, with their start revision. etcd catches
+    // them up from a loop that runs every 100 ms, and a compaction past their start before that cancels
+    // them (concord catches up at once): compactions stop short of them while it cannot be seen.
+    let mut catching_up: Vec<(i64, i64)> = Vec::new();
     for step in 0..steps {
         let mut req = match r.below(100) {
-            0..=29 => Request::Range(gen_range(&mut r, rev)),
-            30..=54 => Request::Put(gen_put(&mut r)),
-            55..=64 => Request::Delete(gen_delete(&mut r)),
-            65..=96 => Request::Txn(gen_txn(&mut r, rev, 0)),
+            _ if step < 4 => Request::Watch(gen_watch(&mut r, rev)),
+            0..=26 => Request::Range(gen_range(&mut r, rev)),
+            27..=49 => Request::Put(gen_put(&mut r)),
+            50..=59 => Request::Delete(gen_delete(&mut r)),
+            60..=86 => Request::Txn(gen_txn(&mut r, rev, 0)),
+            87..=94 => gen_lease_request(&mut r),
+            95 => Request::Watch(gen_watch(&mut r, rev)),
+            96 => Request::Cancel(r.below(watchers + 1) as i64),
             _ => Request::Compact(CompactionRequest {
                 revision: r.below(rev as u64 + 2) as i64,
                 physical: r.chance(50),
@@ -248,13 +431,32 @@ async fn compare_with_etcd(port: u16, seed: u64, steps: usize, linearizable_only
                 _ => {}
             }
         }
-        let want = run(&mut reference, &req).await;
-        let got = run(&mut ours, &req).await;
+        match &mut req {
+            // A cancel must come after every event before it, on both sides alike.
+            Request::Cancel(_) => converge(&mut reference, &mut ours, seed).await,
+            Request::Compact(c) => {
+                converge(&mut reference, &mut ours, seed).await;
+                catching_up.retain(|(id, _)| reference.log.get(id).is_some_and(|l| l.len() < 2));
+                if let Some(start) = catching_up.iter().map(|(_, start)| *start).min() {
+                    c.revision = c.revision.min(start);
+                }
+            }
+            _ => {}
+        }
+        let want = reference.run(&req).await;
+        let got = ours.run(&req).await;
         assert_eq!(got, want, "step {step} (seed {seed:#x}) diverged on {req:?}");
+        if let Request::Watch(w) = &req {
+            watchers += 1;
+            if w.start_revision != 0 && w.start_revision <= rev {
+                catching_up.push((reference.created, w.start_revision));
+            }
+        }
         // Track etcd's revision so generated revisions stay near the interesting range.
         let probe = RangeRequest { key: b"a".to_vec(), serializable: true, ..Default::default() };
-        rev = reference.range(probe).await.unwrap().into_inner().header.map_or(rev, |h| h.revision);
+        rev = reference.kv.range(probe).await.unwrap().into_inner().header.map_or(rev, |h| h.revision);
     }
+    converge(&mut reference, &mut ours, seed).await;
     // The same history must hash the same: HashKV is etcd's corruption check, and a member that hashes
     // its records another way could never sit beside etcd's tools.
     let mut reference =

@@ -7,7 +7,7 @@
 //! happens in one task per stream, so a watcher's next revision moves forward in one place only: no
 //! event is skipped or sent twice, and a revision's events always travel together.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
@@ -156,6 +156,9 @@ pub struct WatchStream<H> {
     singles: HashMap<Vec<u8>, Vec<i64>>,
     ranges: Vec<i64>,
     unsynced: BTreeSet<i64>,
+    /// Watchers a compaction canceled. As on etcd their ids stay taken until the client cancels them,
+    /// which Go's client does, and is answered.
+    lost: HashSet<i64>,
     next_id: i64,
     /// The revision of the last batch taken from the hub: synced watchers have everything up to here.
     live: i64,
@@ -177,6 +180,7 @@ impl<H: History> WatchStream<H> {
             singles: HashMap::new(),
             ranges: Vec::new(),
             unsynced: BTreeSet::new(),
+            lost: HashSet::new(),
             next_id: 0,
             live,
             progress_wanted: false,
@@ -229,7 +233,7 @@ impl<H: History> WatchStream<H> {
             Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
             Some(RequestUnion::CancelRequest(c)) => {
                 // etcd ignores a cancel for a watcher it does not have.
-                if self.remove(c.watch_id) {
+                if self.remove(c.watch_id) || self.lost.remove(&c.watch_id) {
                     self.send_control(c.watch_id, |r| r.canceled = true).await?;
                 }
                 Ok(())
@@ -263,13 +267,15 @@ impl<H: History> WatchStream<H> {
         if end.as_ref().is_some_and(|e| !e.is_empty() && key >= *e) {
             return self.send_control(NO_WATCH, refuse(ERR_EMPTY_RANGE.into())).await;
         }
+        let taken = |id| self.watchers.contains_key(&id) || self.lost.contains(&id);
         let id = if c.watch_id == AUTO_WATCH_ID {
-            while self.watchers.contains_key(&self.next_id) {
-                self.next_id += 1;
+            let mut id = self.next_id;
+            while taken(id) {
+                id += 1;
             }
-            self.next_id += 1;
-            self.next_id - 1
-        } else if self.watchers.contains_key(&c.watch_id) {
+            self.next_id = id + 1;
+            id
+        } else if taken(c.watch_id) {
             return self.send_control(NO_WATCH, refuse(ERR_DUPLICATE_ID.into())).await;
         } else {
             c.watch_id
@@ -400,8 +406,12 @@ impl<H: History> WatchStream<H> {
             .collect();
         for id in lost {
             self.remove(id);
-            // As etcd: the compaction point, and the watcher is gone.
+            self.lost.insert(id);
+            // As etcd: the compaction point, the watcher is gone, and the header has no revision (etcd's
+            // compaction response carries none).
+            let header = (self.stamp)(0);
             self.send_control(id, |r| {
+                r.header = Some(header);
                 r.compact_revision = compacted;
                 r.canceled = true;
             })
@@ -572,7 +582,7 @@ mod tests {
 
     use super::*;
     use crate::mvcc::{MemBackend, Store};
-    use crate::pb::etcdserverpb::{PutRequest, RangeRequest};
+    use crate::pb::etcdserverpb::{PutRequest, RangeRequest, WatchCancelRequest};
     use crate::watch::Hub;
 
     struct Mem(RwLock<Store<MemBackend>>);
@@ -707,5 +717,28 @@ mod tests {
             (compacted.watch_id, compacted.compact_revision, compacted.canceled),
             (created.watch_id, 100, true)
         );
+        assert_eq!(compacted.header.map(|h| h.revision), Some(0), "etcd's compaction response has none");
+
+        // As on etcd, the lost watcher's id stays taken until the client cancels it, and that is answered.
+        let id = created.watch_id;
+        let mut again = create("k", 0);
+        if let Some(RequestUnion::CreateRequest(c)) = &mut again.request_union {
+            c.watch_id = id;
+        }
+        req.send(again.clone()).await.unwrap();
+        let refused = next(&mut rx).await;
+        assert_eq!((refused.watch_id, refused.cancel_reason.as_str()), (NO_WATCH, ERR_DUPLICATE_ID));
+        req.send(create("k", 0)).await.unwrap();
+        assert_eq!(next(&mut rx).await.watch_id, id + 1, "an automatic id skips it");
+        let cancel = WatchCancelRequest { watch_id: id };
+        req.send(WatchRequest { request_union: Some(RequestUnion::CancelRequest(cancel)) }).await.unwrap();
+        let canceled = next(&mut rx).await;
+        assert_eq!(
+            (canceled.watch_id, canceled.canceled, canceled.header.map(|h| h.revision)),
+            (id, true, Some(2511))
+        );
+        req.send(again).await.unwrap();
+        let reused = next(&mut rx).await;
+        assert_eq!((reused.watch_id, reused.created, reused.canceled), (id, true, false));
     }
 }
