@@ -43,19 +43,22 @@ pub fn auth_status(e: AuthError) -> Status {
 }
 
 /// Who sent `req`: `None` while auth is off; an anonymous caller when no token came with it.
+///
+/// A token is checked even while auth is off, as etcd checks it: one from before an `auth disable`
+/// (which drops every simple token) is refused as invalid, and the client takes a new one or none.
 pub async fn caller<T>(node: &RaftNode, req: &Request<T>) -> Result<Option<Caller>, Status> {
-    if !node.sm.auth_enabled() {
-        return Ok(None);
-    }
     let token = TOKEN_KEYS.iter().find_map(|k| req.metadata().get(*k)?.to_str().ok());
     let Some(token) = token else {
+        if !node.sm.auth_enabled() {
+            return Ok(None);
+        }
         let revision = node.sm.auth().revision();
         let caller = certificate_user(node, req).map(|user| Caller { user, revision });
         return Ok(Some(caller.unwrap_or_else(Caller::anonymous)));
     };
     if let Some(jwt) = &node.jwt {
         let (user, revision) = jwt.verify(token).ok_or_else(|| auth_status(AuthError::InvalidAuthToken))?;
-        return Ok(Some(Caller { user, revision }));
+        return Ok(node.sm.auth_enabled().then_some(Caller { user, revision }));
     }
     let tokens = node.sm.tokens();
     let mut user = tokens.user(token);

@@ -45,9 +45,10 @@ fn txn_serializable(t: &TxnRequest) -> bool {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        // The request's form is checked before its token, as etcd's API layer does.
+        validate::range(request.get_ref())?;
         let caller = caller(&self.node, &request).await?;
         let req = request.into_inner();
-        validate::range(&req)?;
         super::refuse_if_corrupt(&self.node)?;
         if !req.serializable {
             if self.node.is_learner() {
@@ -63,9 +64,9 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        validate::put(request.get_ref())?;
         let caller = caller(&self.node, &request).await?;
         let req = request.into_inner();
-        validate::put(&req)?;
         self.check_size(&req)?;
         let raft::Response::Put(mut resp) = write(&self.node, caller, raft::Request::Put(req)).await? else {
             return Err(unexpected());
@@ -78,9 +79,9 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        validate::delete_range(request.get_ref())?;
         let caller = caller(&self.node, &request).await?;
         let req = request.into_inner();
-        validate::delete_range(&req)?;
         self.check_size(&req)?;
         let raft::Response::DeleteRange(mut resp) =
             write(&self.node, caller, raft::Request::DeleteRange(req)).await?
@@ -92,9 +93,9 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        validate::txn(request.get_ref(), self.max_txn_ops)?;
         let caller = caller(&self.node, &request).await?;
         let req = request.into_inner();
-        validate::txn(&req, self.max_txn_ops)?;
         let mut resp = if is_read_only(&req) {
             super::refuse_if_corrupt(&self.node)?;
             if !txn_serializable(&req) {

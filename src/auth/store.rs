@@ -250,12 +250,16 @@ impl AuthStore {
             }
             AuthOp::RoleGrantPermission { name, perm } => {
                 let perms = self.roles.get_mut(&name).ok_or(AuthError::RoleNotFound)?;
-                match perms.iter_mut().find(|p| p.key == perm.key && p.range_end == perm.range_end) {
-                    Some(p) => p.perm_type = perm.perm_type,
-                    None => {
-                        let at = perms.partition_point(|p| p.key < perm.key);
-                        perms.insert(at, perm);
+                // etcd's way, exactly: only the first permission of the same key is updated in place,
+                // when its range end matches too; otherwise the new one goes after every permission of
+                // its key (etcd appends, then sorts by key). So a role can hold the same range twice,
+                // and lists its permissions in etcd's order.
+                let first = perms.partition_point(|p| p.key < perm.key);
+                match perms.get_mut(first) {
+                    Some(p) if p.key == perm.key && p.range_end == perm.range_end => {
+                        p.perm_type = perm.perm_type
                     }
+                    _ => perms.insert(perms.partition_point(|p| p.key <= perm.key), perm),
                 }
                 TokenEffect::None
             }
@@ -439,6 +443,41 @@ mod tests {
         );
         assert_eq!(op(&mut s, AuthOp::Disable), Ok(TokenEffect::Clear));
         assert_eq!(s.revision(), rev + 1);
+    }
+
+    /// etcd's `RoleGrantPermission`: a permission goes after those of the same key, and replaces only
+    /// the first of them, if its range end matches. Revoking takes every copy.
+    #[test]
+    fn permissions_are_granted_and_listed_in_etcds_order() {
+        let mut s = AuthStore::default();
+        op(&mut s, AuthOp::RoleAdd { name: "r".into() }).unwrap();
+        let mut grant = |t: Type, key: &str, end: &str| {
+            let perm = Permission { perm_type: t as i32, key: key.into(), range_end: end.into() };
+            op(&mut s, AuthOp::RoleGrantPermission { name: "r".into(), perm }).unwrap();
+        };
+        grant(Type::Read, "c", "");
+        grant(Type::Readwrite, "a", "\0");
+        grant(Type::Write, "a", "");
+        grant(Type::Read, "a", "\0");
+        grant(Type::Read, "a", "");
+        let listed = |s: &AuthStore| -> Vec<(i32, String, String)> {
+            let perms = s.role("r").unwrap().iter();
+            perms
+                .map(|p| {
+                    (
+                        p.perm_type,
+                        String::from_utf8_lossy(&p.key).into(),
+                        String::from_utf8_lossy(&p.range_end).into(),
+                    )
+                })
+                .collect()
+        };
+        let (r, w) = (Type::Read as i32, Type::Write as i32);
+        let want = [(r, "a", "\0"), (w, "a", ""), (r, "a", ""), (r, "c", "")];
+        assert_eq!(listed(&s), want.map(|(t, k, e)| (t, k.to_string(), e.to_string())));
+        let revoke = AuthOp::RoleRevokePermission { role: "r".into(), key: b"a".to_vec(), range_end: vec![] };
+        op(&mut s, revoke).unwrap();
+        assert_eq!(listed(&s), [(r, "a".into(), "\0".into()), (r, "c".into(), String::new())]);
     }
 
     #[test]
