@@ -49,7 +49,6 @@ impl Kv for KvService {
         validate::range(request.get_ref())?;
         let caller = caller(&self.node, &request).await?;
         let req = request.into_inner();
-        super::refuse_if_corrupt(&self.node)?;
         if !req.serializable {
             if self.node.is_learner() {
                 return Err(super::learner::not_supported());
@@ -97,7 +96,6 @@ impl Kv for KvService {
         let caller = caller(&self.node, &request).await?;
         let req = request.into_inner();
         let mut resp = if is_read_only(&req) {
-            super::refuse_if_corrupt(&self.node)?;
             if !txn_serializable(&req) {
                 self.node.read_barrier().await.map_err(node_status)?;
             }

@@ -55,7 +55,13 @@ impl Maintenance for MaintenanceService {
         let req = req.into_inner();
         let member = |(member_id, alarm): (u64, i32)| AlarmMember { member_id, alarm };
         let alarms = match AlarmAction::try_from(req.action) {
-            Ok(AlarmAction::Get) => self.node.sm.alarms().into_iter().map(member).collect(),
+            // One kind of alarm, or all of them for NONE, as etcd's alarm store answers.
+            Ok(AlarmAction::Get) => {
+                let all = self.node.sm.alarms().into_iter();
+                all.filter(|(_, a)| req.alarm == AlarmType::None as i32 || *a == req.alarm)
+                    .map(member)
+                    .collect()
+            }
             Ok(action) => {
                 let activate = action == AlarmAction::Activate;
                 let change =

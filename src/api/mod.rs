@@ -127,14 +127,6 @@ pub async fn write(
     }
 }
 
-/// etcd's `applierV3Corrupt`: while a CORRUPT alarm is active nothing is served from the store.
-pub fn refuse_if_corrupt(node: &RaftNode) -> Result<(), Status> {
-    match node.sm.alarm_active(crate::quota::CORRUPT) {
-        true => Err(errors::corrupt()),
-        false => Ok(()),
-    }
-}
-
 /// etcd's quota check before a write that adds data: past `--quota-backend-bytes` the member raises its
 /// NOSPACE alarm (through the log, so every member refuses such writes) and refuses the request.
 async fn check_quota(node: &RaftNode, req: &crate::raft::Request) -> Result<(), Status> {

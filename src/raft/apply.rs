@@ -77,9 +77,15 @@ pub(super) fn apply_request(
             Ok((Response::None, Vec::new()))
         }
         Request::Alarm { activate, member, alarm } => {
-            let changed =
-                if activate { alarms.insert((member, alarm)) } else { alarms.remove(&(member, alarm)) };
-            Ok((Response::Alarm(changed.then_some((member, alarm))), Vec::new()))
+            // As etcd's alarm store: an activation answers with the alarm, new or already raised; a
+            // deactivation with the alarm it cleared, if there was one.
+            let answered = if activate {
+                alarms.insert((member, alarm));
+                true
+            } else {
+                alarms.remove(&(member, alarm))
+            };
+            Ok((Response::Alarm(answered.then_some((member, alarm))), Vec::new()))
         }
         Request::LeaseGrant { id, ttl } => {
             if leases.grant(id, ttl) {
