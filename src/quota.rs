@@ -15,6 +15,7 @@ const KV_OVERHEAD: u64 = 256;
 const LEASE_OVERHEAD: u64 = 64;
 
 /// The AlarmType values of etcd's protocol.
+pub const NONE: i32 = 0;
 pub const NOSPACE: i32 = 1;
 pub const CORRUPT: i32 = 2;
 

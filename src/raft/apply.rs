@@ -77,13 +77,16 @@ pub(super) fn apply_request(
             Ok((Response::None, Vec::new()))
         }
         Request::Alarm { activate, member, alarm } => {
-            // As etcd's alarm store: an activation answers with the alarm, new or already raised; a
-            // deactivation with the alarm it cleared, if there was one.
-            let answered = if activate {
-                alarms.insert((member, alarm));
-                true
-            } else {
-                alarms.remove(&(member, alarm))
+            // As etcd's alarm store: an activation answers with the alarm, new or already raised (NONE
+            // is no alarm: etcd 3.5 ignores it, 3.4 recorded it); a deactivation with the alarm it
+            // cleared, if there was one.
+            let answered = match activate {
+                true if alarm == crate::quota::NONE => false,
+                true => {
+                    alarms.insert((member, alarm));
+                    true
+                }
+                false => alarms.remove(&(member, alarm)),
             };
             Ok((Response::Alarm(answered.then_some((member, alarm))), Vec::new()))
         }
