@@ -170,10 +170,11 @@ fn clear_ignore_flags(t: &mut TxnRequest) {
 
 fn gen_lease_request(r: &mut Rng) -> Request {
     let id = LEASES[3 + r.below(LEASES.len() as u64 - 3) as usize];
-    match r.below(10) {
+    match r.below(12) {
         0..=3 => Request::Grant(LeaseGrantRequest { id, ttl: [60, 600][r.below(2) as usize] }),
         4..=6 => Request::Revoke(LeaseRevokeRequest { id }),
         7..=8 => Request::TimeToLive(LeaseTimeToLiveRequest { id, keys: r.chance(70) }),
+        9..=10 => Request::KeepAlive(id),
         _ => Request::Leases,
     }
 }
@@ -240,6 +241,8 @@ enum Request {
     Revoke(LeaseRevokeRequest),
     TimeToLive(LeaseTimeToLiveRequest),
     Leases,
+    /// One keepalive of this lease, on a stream of its own.
+    KeepAlive(i64),
     /// An alarm request about the member asked (its id is filled in per server).
     Alarm(AlarmRequest),
     Watch(WatchCreateRequest),
@@ -301,6 +304,22 @@ impl Side {
             Request::Compact(x) => outcome(c.compact(x).await, |v| scrub(&mut v.header)),
             Request::Grant(x) => outcome(self.lease.lease_grant(x).await, |v| scrub(&mut v.header)),
             Request::Revoke(x) => outcome(self.lease.lease_revoke(x).await, |v| scrub(&mut v.header)),
+            Request::KeepAlive(id) => {
+                let once = tokio_stream::once(LeaseKeepAliveRequest { id });
+                match self.lease.lease_keep_alive(once).await {
+                    Ok(answers) => {
+                        let answer = answers.into_inner().message().await;
+                        let answer = answer.map(|a| {
+                            a.map(|mut a| {
+                                scrub(&mut a.header);
+                                a
+                            })
+                        });
+                        format!("{answer:?}")
+                    }
+                    Err(e) => format!("error {:?}: {}", e.code(), e.message()),
+                }
+            }
             Request::TimeToLive(x) => outcome(self.lease.lease_time_to_live(x).await, |v| {
                 scrub(&mut v.header);
                 // What is left depends on the clock; the order of keys is a map's on etcd.
