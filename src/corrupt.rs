@@ -3,8 +3,8 @@
 //!
 //! - Periodically (`--experimental-corrupt-check-time`), the leader asks every member for its HashKV at
 //!   the leader's revision; a member whose hash differs at the same compaction point gets a CORRUPT
-//!   alarm, and the cluster refuses reads and writes until an operator replaces that member and disarms
-//!   the alarm.
+//!   alarm, and the cluster refuses every change (reads go on, as etcd's do) until an operator replaces
+//!   that member and disarms the alarm.
 //! - At start (`--experimental-initial-corrupt-check`), a member compares itself with its peers before
 //!   it serves, and refuses to start if it differs.
 //!

@@ -541,14 +541,12 @@ async fn lease_clock(
         let leases = node.sm.leases();
         let checkpoints = node.lessor.due_checkpoints(&leases);
         if !checkpoints.is_empty() {
-            let node = node.clone();
+            let request = crate::raft::Request::LeaseCheckpoint(checkpoints.clone());
+            let landing = Landing(node.clone(), checkpoints);
             tokio::spawn(async move {
-                let written =
-                    node.write_as_leader(crate::raft::Request::LeaseCheckpoint(checkpoints.clone()));
-                if let Err(e) = written.await {
+                if let Err(e) = landing.0.write_as_leader(request).await {
                     tracing::debug!("lease checkpoint: {e}");
                 }
-                node.lessor.checkpoints_done(&checkpoints);
             });
         }
         for id in node.lessor.expired(&leases) {
@@ -557,6 +555,11 @@ async fn lease_clock(
                 // Proposed here or nowhere: a revoke forwarded to a newer leader would carry out this
                 // clock's decision after that leader renewed the lease (found by concord-chaos).
                 match node.write_as_leader(crate::raft::Request::LeaseRevoke { id }).await {
+                    // Refused when applied (a CORRUPT alarm): asked again on a later tick.
+                    Ok((crate::raft::Response::Error(e), _)) => {
+                        tracing::debug!(lease = id, "revoking an expired lease: {e}; will retry");
+                        node.lessor.retry(id);
+                    }
                     Ok(_) => tracing::debug!(lease = id, "revoked expired lease"),
                     Err(crate::raft::node::NodeError::NoLeader) => {} // deposed: the new leader's clock decides
                     Err(e) => {
@@ -566,6 +569,16 @@ async fn lease_clock(
                 }
             });
         }
+    }
+}
+
+/// Marks lease checkpoints as landed however the task writing them ends (keepalives of those leases
+/// wait for them), also if it is dropped unpolled.
+struct Landing(RaftNode, Vec<(i64, i64)>);
+
+impl Drop for Landing {
+    fn drop(&mut self) {
+        self.0.lessor.checkpoints_done(&self.1);
     }
 }
 

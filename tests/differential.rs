@@ -171,7 +171,7 @@ fn clear_ignore_flags(t: &mut TxnRequest) {
 fn gen_lease_request(r: &mut Rng) -> Request {
     let id = LEASES[3 + r.below(LEASES.len() as u64 - 3) as usize];
     match r.below(12) {
-        0..=3 => Request::Grant(LeaseGrantRequest { id, ttl: [60, 600][r.below(2) as usize] }),
+        0..=3 => Request::Grant(LeaseGrantRequest { id, ttl: [3600, 7200][r.below(2) as usize] }),
         4..=6 => Request::Revoke(LeaseRevokeRequest { id }),
         7..=8 => Request::TimeToLive(LeaseTimeToLiveRequest { id, keys: r.chance(70) }),
         9..=10 => Request::KeepAlive(id),
@@ -261,7 +261,7 @@ struct Side {
     /// The watchers the server holds: created, and not canceled by the client. One that a compaction
     /// canceled is still held on etcd, until the client cancels it.
     held: BTreeSet<i64>,
-    /// The id of the last watcher created.
+    /// The id of the watcher the last create made, -1 if it was refused.
     created: i64,
     maintenance: MaintenanceClient<Channel>,
     member_id: u64,
@@ -344,6 +344,7 @@ impl Side {
                 v.leases.sort_by_key(|l| l.id);
             }),
             Request::Watch(x) => {
+                self.created = -1;
                 self.send(RequestUnion::CreateRequest(x));
                 self.until(|r| r.created).await
             }
@@ -399,26 +400,26 @@ impl Side {
     }
 }
 
-/// Waits until both sides' watchers have heard the same, and fails with the first watcher that differs
-/// if they have not within 10 s. There is no marker to wait for instead: etcd 3.4 answers a progress
-/// request at once, whether or not its watchers have caught up (etcd issue 15220).
-async fn converge(reference: &mut Side, ours: &mut Side, seed: u64) {
+/// Waits until both sides' watchers have heard the same, then for `settle` more without a response,
+/// and fails with the first watcher that differs if they do not agree within 10 s. There is no marker
+/// to wait for instead: etcd 3.4 answers a progress request at once, whether or not its watchers have
+/// caught up (etcd issue 15220), and catches up watchers of past revisions every 100 ms.
+async fn converge(reference: &mut Side, ours: &mut Side, seed: u64, settle: Duration) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while reference.log != ours.log {
-        let heard = tokio::time::timeout_at(deadline, async {
+    loop {
+        let until = match reference.log == ours.log {
+            true => tokio::time::Instant::now() + settle,
+            false => deadline,
+        };
+        let heard = tokio::time::timeout_at(until, async {
             tokio::select! {
                 r = reference.heard.recv() => (true, r),
                 r = ours.heard.recv() => (false, r),
             }
         });
         match heard.await {
-            Ok((from_reference, Some(r))) => {
-                if from_reference {
-                    reference.file(r);
-                } else {
-                    ours.file(r);
-                }
-            }
+            Ok((true, Some(r))) => drop(reference.file(r)),
+            Ok((false, Some(r))) => drop(ours.file(r)),
             Ok((_, None)) => panic!("a watch stream ended"),
             Err(_) => break,
         }
@@ -429,6 +430,10 @@ async fn converge(reference: &mut Side, ours: &mut Side, seed: u64) {
         assert_eq!(got, want, "watcher {id} (seed {seed:#x}) heard otherwise");
     }
 }
+
+/// Long enough for etcd's watchers to have caught up and sent what they had (its loop runs every
+/// 100 ms), with nothing more coming.
+const SETTLE: Duration = Duration::from_millis(250);
 
 /// Sends the same seeded random requests to etcd and to the member at `port`, comparing every answer.
 /// `linearizable_only` turns serializable reads into linearizable ones: a follower's serializable read may
@@ -498,10 +503,11 @@ async fn compare_with_etcd(port: u16, seed: u64, steps: usize, linearizable_only
             }
         }
         match &mut req {
-            // A cancel must come after every event before it, on both sides alike.
-            Request::Cancel(_) => converge(&mut reference, &mut ours, seed).await,
+            // A cancel must come after every event before it, on both sides alike (etcd drops what is
+            // still queued for a watcher it cancels).
+            Request::Cancel(_) => converge(&mut reference, &mut ours, seed, SETTLE).await,
             Request::Compact(c) => {
-                converge(&mut reference, &mut ours, seed).await;
+                converge(&mut reference, &mut ours, seed, Duration::ZERO).await;
                 catching_up.retain(|(id, _)| reference.log.get(id).is_some_and(|l| l.len() < 2));
                 if let Some(start) = catching_up.iter().map(|(_, start)| *start).min() {
                     c.revision = c.revision.min(start);
@@ -518,7 +524,7 @@ async fn compare_with_etcd(port: u16, seed: u64, steps: usize, linearizable_only
         }
         if let Request::Watch(w) = &req {
             watchers += 1;
-            if w.start_revision != 0 && w.start_revision <= rev {
+            if reference.created >= 0 && w.start_revision != 0 && w.start_revision <= rev {
                 catching_up.push((reference.created, w.start_revision));
             }
         }
@@ -526,7 +532,7 @@ async fn compare_with_etcd(port: u16, seed: u64, steps: usize, linearizable_only
         let probe = RangeRequest { key: b"a".to_vec(), serializable: true, ..Default::default() };
         rev = reference.kv.range(probe).await.unwrap().into_inner().header.map_or(rev, |h| h.revision);
     }
-    converge(&mut reference, &mut ours, seed).await;
+    converge(&mut reference, &mut ours, seed, SETTLE).await;
     // The same history must hash the same: HashKV is etcd's corruption check, and a member that hashes
     // its records another way could never sit beside etcd's tools.
     let mut reference =
@@ -639,7 +645,15 @@ impl Authed {
             AuthRequest::RevokeRole(x) => {
                 outcome(a.user_revoke_role(with_token(t, x)).await, |v| scrub(&mut v.header))
             }
-            AuthRequest::RoleGet(x) => outcome(a.role_get(with_token(t, x)).await, |v| scrub(&mut v.header)),
+            AuthRequest::RoleGet(x) => outcome(a.role_get(with_token(t, x)).await, |v| {
+                scrub(&mut v.header);
+                // Past 12 permissions etcd's order is that of Go's unstable sort.
+                if v.perm.len() > 12 {
+                    v.perm.sort_by(|a, b| {
+                        (&a.key, &a.range_end, a.perm_type).cmp(&(&b.key, &b.range_end, b.perm_type))
+                    });
+                }
+            }),
             AuthRequest::UserGet(x) => outcome(a.user_get(with_token(t, x)).await, |v| scrub(&mut v.header)),
             AuthRequest::Disable => {
                 outcome(a.auth_disable(with_token(t, AuthDisableRequest {})).await, |v| scrub(&mut v.header))

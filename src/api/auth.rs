@@ -1,7 +1,8 @@
 //! The Auth service, and how every other service learns who is calling.
 //!
 //! A caller is named by a simple token in the `token` metadata (etcd's Go client) or the `authorization`
-//! one (the JSON gateway). While auth is off nobody is asked. Writes carry the caller through the log
+//! one (the JSON gateway). While auth is off only a token that came is checked. Writes carry the caller
+//! through the log
 //! and are checked when applied; reads are checked here, against the auth state as last applied.
 
 use tonic::{Request, Response, Status};
@@ -42,7 +43,8 @@ pub fn auth_status(e: AuthError) -> Status {
     Status::new(code, e.to_string())
 }
 
-/// Who sent `req`: `None` while auth is off; an anonymous caller when no token came with it.
+/// Who sent `req`: `None` while auth is off; an anonymous caller when no token came with it; an error
+/// for a token that is not valid.
 ///
 /// A token is checked even while auth is off, as etcd checks it: one from before an `auth disable`
 /// (which drops every simple token) is refused as invalid, and the client takes a new one or none.

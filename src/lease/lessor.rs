@@ -210,16 +210,19 @@ impl Lessor {
         self.landed.notify_waiters();
     }
 
-    /// Waits until no checkpoint of lease `id` is in flight. A renewal clears the lease's checkpoint
-    /// through the log; a checkpoint computed before the renewal and applied after the clear would
-    /// bring back the shorter remainder, and a new leader would start the renewed lease from it.
-    pub async fn checkpoints_landed(&self, id: i64) {
+    /// Waits until no checkpoint of lease `id` is in flight; whether one was. A renewal clears the
+    /// lease's checkpoint through the log; a checkpoint computed before the renewal and applied after
+    /// the clear would bring back the shorter remainder, and a new leader would start the renewed
+    /// lease from it.
+    pub async fn checkpoints_landed(&self, id: i64) -> bool {
+        let mut waited = false;
         loop {
             // Created before the check: a landing in between still wakes it.
             let landed = self.landed.notified();
             if !self.lock().in_flight.contains_key(&id) {
-                return;
+                return waited;
             }
+            waited = true;
             landed.await;
         }
     }
@@ -299,11 +302,12 @@ mod tests {
         assert!(l.checkpoints_landed(1).now_or_never().is_none(), "two in flight");
         l.checkpoints_done(&first);
         assert!(l.checkpoints_landed(1).now_or_never().is_none(), "one still in flight");
-        l.checkpoints_done(&second[..1]);
-        assert!(l.checkpoints_landed(1).now_or_never().is_some());
+        let (of_1, of_2): (Vec<_>, Vec<_>) = second.iter().partition(|(id, _)| *id == 1);
+        l.checkpoints_done(&of_1);
+        assert_eq!(l.checkpoints_landed(1).now_or_never(), Some(false), "none left to wait for");
         assert!(l.checkpoints_landed(2).now_or_never().is_none());
-        l.checkpoints_done(&second[1..]);
-        assert!(l.checkpoints_landed(2).now_or_never().is_some());
-        assert!(l.checkpoints_landed(3).now_or_never().is_some(), "never checkpointed");
+        l.checkpoints_done(&of_2);
+        assert_eq!(l.checkpoints_landed(2).now_or_never(), Some(false));
+        assert_eq!(l.checkpoints_landed(3).now_or_never(), Some(false), "never checkpointed");
     }
 }

@@ -160,10 +160,24 @@ impl RaftNode {
                 // A renewed lease has its whole TTL again: its checkpoint is cleared before the answer,
                 // or a new leader would start it from what was left before (etcd clears it the same
                 // way). Checkpoints computed before the renewal land first, so that none of them comes
-                // after the clear. At most one such write per lease per checkpoint interval. Also with
+                // after the clear. Usually one such write per lease per checkpoint interval. Also with
                 // checkpoints off: one left from when they were on must not outlive a keepalive.
                 if ttl > 0 {
-                    self.lessor.checkpoints_landed(id).await;
+                    let landed = self.lessor.checkpoints_landed(id);
+                    match tokio::time::timeout(self.leader_wait, landed).await {
+                        Err(_) => return Err(NodeError::NoLeader),
+                        Ok(true) => {
+                            // A checkpoint whose write failed (leadership moved) may still be committed:
+                            // confirm leadership again and apply everything up to here, so that the
+                            // clear below comes after every checkpoint that can still be applied.
+                            let (index, confirmed_by) = self.reads.read_index().await?;
+                            if confirmed_by != self.id {
+                                return Err(NodeError::NoLeader);
+                            }
+                            self.wait_applied(index).await?;
+                        }
+                        Ok(false) => {}
+                    }
                     if self.sm.lease_checkpointed(id) > 0 {
                         self.write_as_leader(Request::LeaseCheckpoint(vec![(id, 0)])).await?;
                     }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock, Weak};
 
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb};
@@ -74,9 +74,6 @@ pub struct StateMachine {
     /// The record files' size as of the last apply or maintenance step: the quota check on every write
     /// reads it without taking the store's lock.
     size: AtomicU64,
-    /// The kinds of alarm active (a bit per AlarmType), so that every read can check for CORRUPT
-    /// without waiting for the lock an apply holds.
-    alarm_kinds: AtomicU32,
     /// The auth state as last applied, for the checks of reads (which do not wait for an apply), and
     /// whether auth is on, for the many requests that need to know nothing else.
     auth: RwLock<Arc<AuthStore>>,
@@ -85,11 +82,6 @@ pub struct StateMachine {
     tokens: Tokens,
     /// Proposers waiting for their entries (see `wait`).
     wait: Arc<Wait>,
-}
-
-/// The bit set of alarm kinds in `alarms`.
-fn alarm_kinds(alarms: &BTreeSet<(u64, i32)>) -> u32 {
-    alarms.iter().fold(0, |bits, (_, kind)| bits | 1u32.checked_shl(*kind as u32).unwrap_or(0))
 }
 
 /// What a checkpoint records next to the records: exactly the state they match. Fields are only ever
@@ -213,7 +205,6 @@ impl StateMachine {
             Store::open(log, durable.current, durable.compacted).map_err(|e| sm_err(ErrorVerb::Read, e))?;
         let applied_index = durable.last_applied.map_or(0, |l| l.index);
         let applied = Applied::restore(durable, &store);
-        let kinds = alarm_kinds(&applied.alarms);
         let auth = applied.auth.clone();
         let applied_tx = tokio::sync::watch::Sender::new(applied_index);
         let (tx, rx) = mpsc::sync_channel(1);
@@ -233,7 +224,6 @@ impl StateMachine {
             snapshot_floor: AtomicU64::new(applied_index),
             probed: AtomicBool::new(false),
             size: AtomicU64::new(0),
-            alarm_kinds: AtomicU32::new(kinds),
             auth_enabled: AtomicBool::new(auth.enabled()),
             auth: RwLock::new(auth),
             tokens: Tokens::default(),
@@ -251,11 +241,6 @@ impl StateMachine {
     /// The active alarms: (member, AlarmType).
     pub fn alarms(&self) -> Vec<(u64, i32)> {
         self.meta().alarms.iter().copied().collect()
-    }
-
-    /// Whether an alarm of this AlarmType is active for any member (lock-free).
-    pub fn alarm_active(&self, kind: i32) -> bool {
-        self.alarm_kinds.load(Ordering::Relaxed) & 1u32.checked_shl(kind as u32).unwrap_or(0) != 0
     }
 
     /// The auth state as last applied.
@@ -424,7 +409,6 @@ impl StateMachine {
             responses.push(response);
         }
         store.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        self.alarm_kinds.store(alarm_kinds(&meta.alarms), Ordering::Relaxed);
         if !Arc::ptr_eq(&auth_before, &meta.auth) {
             self.publish_auth(&meta.auth);
         }
@@ -658,7 +642,6 @@ impl StateMachine {
             // Tokens were issued under the state being replaced; clients authenticate again.
             self.tokens.clear();
             *self.meta() = applied;
-            self.alarm_kinds.store(alarm_kinds(&durable.alarms), Ordering::Relaxed);
             store.backend_mut().sync_point(bytes)
         };
         if let Err(e) = point.complete() {

@@ -229,6 +229,11 @@ impl<H: History> WatchStream<H> {
     }
 
     async fn on_request(&mut self, req: WatchRequest) -> Result<(), Gone> {
+        // The batches already published go first: a watcher created right after an acknowledged write
+        // starts after it, and the answer's header has the revision etcd's would (its store's).
+        while let Ok(batch) = self.sub.rx.try_recv() {
+            self.on_batch(&batch).await?;
+        }
         match req.request_union {
             Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
             Some(RequestUnion::CancelRequest(c)) => {
