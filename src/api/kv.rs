@@ -45,16 +45,18 @@ fn txn_serializable(t: &TxnRequest) -> bool {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        // The request's form is checked before its token, as etcd's API layer does.
+        // The request's form is checked before its token, and a linearizable read's token after the
+        // read barrier, as etcd does: a token revoked by a change committed before the read is refused
+        // as invalid, not taken and then found stale.
         validate::range(request.get_ref())?;
-        let caller = caller(&self.node, &request).await?;
-        let req = request.into_inner();
-        if !req.serializable {
+        if !request.get_ref().serializable {
             if self.node.is_learner() {
                 return Err(super::learner::not_supported());
             }
             self.node.read_barrier().await.map_err(node_status)?;
         }
+        let caller = caller(&self.node, &request).await?;
+        let req = request.into_inner();
         check(&self.node, &caller, |auth, c| auth.check_range(c, &req))?;
         let mut resp = self.node.sm.range(&req).map_err(mvcc_status)?;
         still_current(&self.node, &caller)?;
@@ -93,17 +95,20 @@ impl Kv for KvService {
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         validate::txn(request.get_ref(), self.max_txn_ops)?;
-        let caller = caller(&self.node, &request).await?;
-        let req = request.into_inner();
-        let mut resp = if is_read_only(&req) {
-            if !txn_serializable(&req) {
+        let mut resp = if is_read_only(request.get_ref()) {
+            // As a range: the token after the read barrier.
+            if !txn_serializable(request.get_ref()) {
                 self.node.read_barrier().await.map_err(node_status)?;
             }
+            let caller = caller(&self.node, &request).await?;
+            let req = request.into_inner();
             check(&self.node, &caller, |auth, c| auth.check_txn(c, &req))?;
             let resp = self.node.sm.read(|s| s.txn_read(&req)).map_err(mvcc_status)?;
             still_current(&self.node, &caller)?;
             resp
         } else {
+            let caller = caller(&self.node, &request).await?;
+            let req = request.into_inner();
             self.check_size(&req)?;
             let raft::Response::Txn(resp) = write(&self.node, caller, raft::Request::Txn(req)).await? else {
                 return Err(unexpected());
