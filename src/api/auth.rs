@@ -1,9 +1,9 @@
 //! The Auth service, and how every other service learns who is calling.
 //!
 //! A caller is named by a simple token in the `token` metadata (etcd's Go client) or the `authorization`
-//! one (the JSON gateway). While auth is off only a token that came is checked. Writes carry the caller
-//! through the log
-//! and are checked when applied; reads are checked here, against the auth state as last applied.
+//! one (the JSON gateway). While auth is off, only a token that comes with a request is checked. Writes
+//! carry the caller through the log and are checked when applied; reads are checked here, against the
+//! auth state as last applied.
 
 use tonic::{Request, Response, Status};
 
