@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{etcdctl35, etcdctl_with, wait_serving, Cluster, Etcd};
+use common::{authed, etcdctl35, etcdctl_with, wait_serving, Cluster, Etcd};
 use concord::pb::etcdserverpb as pb;
-use tonic::{Code, Request};
+use tonic::Code;
 
 /// One etcdctl call: `user` is `name:password` (or empty), `stdin` feeds `txn`.
 struct Step {
@@ -109,15 +109,6 @@ fn outcome(bin: &str, endpoint: &str, s: &Step) -> String {
     let (ok, out, err) = etcdctl_with(bin, endpoint, &args, stdin);
     let error = err.lines().filter(|l| l.starts_with("Error:")).collect::<Vec<_>>().join("\n");
     format!("{} {}{}", if ok { "ok" } else { "FAILED" }, out.replace(endpoint, "EP"), error)
-}
-
-/// A request with `token` in its metadata, as etcd's Go client sends it.
-fn authed<T>(token: Option<&str>, msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    if let Some(t) = token {
-        r.metadata_mut().insert("token", t.parse().expect("ascii token"));
-    }
-    r
 }
 
 #[tokio::test]

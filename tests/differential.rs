@@ -597,7 +597,7 @@ impl Authed {
     }
 
     fn as_user<T>(&self, user: &str, msg: T) -> tonic::Request<T> {
-        with_token(self.tokens.get(user), msg)
+        common::authed(self.tokens.get(user).map(String::as_str), msg)
     }
 
     /// Takes a token for every user (after auth is enabled: disabling it drops every token).
@@ -619,33 +619,33 @@ impl Authed {
 
     async fn run(&mut self, user: &str, req: &AuthRequest) -> String {
         let token = self.tokens.get(user).cloned();
-        let t = token.as_ref();
+        let t = token.as_deref();
         let a = &mut self.auth;
         match req.clone() {
             AuthRequest::Kv(Request::Range(x)) => {
-                outcome(self.kv.range(with_token(t, x)).await, |v| scrub(&mut v.header))
+                outcome(self.kv.range(common::authed(t, x)).await, |v| scrub(&mut v.header))
             }
             AuthRequest::Kv(Request::Put(x)) => {
-                outcome(self.kv.put(with_token(t, x)).await, |v| scrub(&mut v.header))
+                outcome(self.kv.put(common::authed(t, x)).await, |v| scrub(&mut v.header))
             }
             AuthRequest::Kv(Request::Delete(x)) => {
-                outcome(self.kv.delete_range(with_token(t, x)).await, |v| scrub(&mut v.header))
+                outcome(self.kv.delete_range(common::authed(t, x)).await, |v| scrub(&mut v.header))
             }
-            AuthRequest::Kv(Request::Txn(x)) => outcome(self.kv.txn(with_token(t, x)).await, scrub_txn),
+            AuthRequest::Kv(Request::Txn(x)) => outcome(self.kv.txn(common::authed(t, x)).await, scrub_txn),
             AuthRequest::Kv(other) => unreachable!("not generated: {other:?}"),
             AuthRequest::Grant(x) => {
-                outcome(a.role_grant_permission(with_token(t, x)).await, |v| scrub(&mut v.header))
+                outcome(a.role_grant_permission(common::authed(t, x)).await, |v| scrub(&mut v.header))
             }
             AuthRequest::Revoke(x) => {
-                outcome(a.role_revoke_permission(with_token(t, x)).await, |v| scrub(&mut v.header))
+                outcome(a.role_revoke_permission(common::authed(t, x)).await, |v| scrub(&mut v.header))
             }
             AuthRequest::GrantRole(x) => {
-                outcome(a.user_grant_role(with_token(t, x)).await, |v| scrub(&mut v.header))
+                outcome(a.user_grant_role(common::authed(t, x)).await, |v| scrub(&mut v.header))
             }
             AuthRequest::RevokeRole(x) => {
-                outcome(a.user_revoke_role(with_token(t, x)).await, |v| scrub(&mut v.header))
+                outcome(a.user_revoke_role(common::authed(t, x)).await, |v| scrub(&mut v.header))
             }
-            AuthRequest::RoleGet(x) => outcome(a.role_get(with_token(t, x)).await, |v| {
+            AuthRequest::RoleGet(x) => outcome(a.role_get(common::authed(t, x)).await, |v| {
                 scrub(&mut v.header);
                 // Past 12 permissions etcd's order is that of Go's unstable sort.
                 if v.perm.len() > 12 {
@@ -654,45 +654,48 @@ impl Authed {
                     });
                 }
             }),
-            AuthRequest::UserGet(x) => outcome(a.user_get(with_token(t, x)).await, |v| scrub(&mut v.header)),
-            AuthRequest::Disable => {
-                outcome(a.auth_disable(with_token(t, AuthDisableRequest {})).await, |v| scrub(&mut v.header))
+            AuthRequest::UserGet(x) => {
+                outcome(a.user_get(common::authed(t, x)).await, |v| scrub(&mut v.header))
             }
-            AuthRequest::UserAdd(x) => outcome(a.user_add(with_token(t, x)).await, |v| scrub(&mut v.header)),
+            AuthRequest::Disable => {
+                outcome(a.auth_disable(common::authed(t, AuthDisableRequest {})).await, |v| {
+                    scrub(&mut v.header)
+                })
+            }
+            AuthRequest::UserAdd(x) => {
+                outcome(a.user_add(common::authed(t, x)).await, |v| scrub(&mut v.header))
+            }
             AuthRequest::UserDelete(x) => {
-                outcome(a.user_delete(with_token(t, x)).await, |v| scrub(&mut v.header))
+                outcome(a.user_delete(common::authed(t, x)).await, |v| scrub(&mut v.header))
             }
             AuthRequest::ChangePassword(x) => {
-                outcome(a.user_change_password(with_token(t, x)).await, |v| scrub(&mut v.header))
+                outcome(a.user_change_password(common::authed(t, x)).await, |v| scrub(&mut v.header))
             }
-            AuthRequest::RoleAdd(x) => outcome(a.role_add(with_token(t, x)).await, |v| scrub(&mut v.header)),
+            AuthRequest::RoleAdd(x) => {
+                outcome(a.role_add(common::authed(t, x)).await, |v| scrub(&mut v.header))
+            }
             AuthRequest::RoleDelete(x) => {
-                outcome(a.role_delete(with_token(t, x)).await, |v| scrub(&mut v.header))
+                outcome(a.role_delete(common::authed(t, x)).await, |v| scrub(&mut v.header))
             }
             AuthRequest::UserList => {
-                outcome(a.user_list(with_token(t, AuthUserListRequest {})).await, |v| scrub(&mut v.header))
+                outcome(a.user_list(common::authed(t, AuthUserListRequest {})).await, |v| {
+                    scrub(&mut v.header)
+                })
             }
             AuthRequest::RoleList => {
-                outcome(a.role_list(with_token(t, AuthRoleListRequest {})).await, |v| scrub(&mut v.header))
+                outcome(a.role_list(common::authed(t, AuthRoleListRequest {})).await, |v| {
+                    scrub(&mut v.header)
+                })
             }
             AuthRequest::LogIn => self.log_in().await,
             AuthRequest::Enable => {
-                let enabled = outcome(a.auth_enable(with_token(t, AuthEnableRequest {})).await, |v| {
+                let enabled = outcome(a.auth_enable(common::authed(t, AuthEnableRequest {})).await, |v| {
                     scrub(&mut v.header)
                 });
                 enabled + &self.log_in().await
             }
         }
     }
-}
-
-/// `msg` with `token` in its metadata, as etcd's Go client sends it.
-fn with_token<T>(token: Option<&String>, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    if let Some(t) = token {
-        r.metadata_mut().insert("token", t.parse().expect("ascii token"));
-    }
-    r
 }
 
 /// The users and roles requests name: each but the last exists at the start.

@@ -146,11 +146,7 @@ impl RaftNode {
     /// before has been applied here. A deposed leader that has not noticed yet would otherwise renew
     /// leases that the new leader is about to expire, or not know of a lease just granted.
     pub async fn answer_lease(&self, query: LeaseQuery) -> Result<LeaseAnswer, NodeError> {
-        let (index, confirmed_by) = self.reads.read_index().await?;
-        if confirmed_by != self.id {
-            return Err(NodeError::NoLeader);
-        }
-        self.wait_applied(index).await?;
+        self.lead_and_catch_up().await?;
         if tokio::time::timeout(self.leader_wait, self.lessor.wait_primary()).await.is_err() {
             return Err(NodeError::NoLeader);
         }
@@ -170,11 +166,7 @@ impl RaftNode {
                             // A checkpoint whose write failed (leadership moved) may still be committed:
                             // confirm leadership again and apply everything up to here, so that the
                             // clear below comes after every checkpoint that can still be applied.
-                            let (index, confirmed_by) = self.reads.read_index().await?;
-                            if confirmed_by != self.id {
-                                return Err(NodeError::NoLeader);
-                            }
-                            self.wait_applied(index).await?;
+                            self.lead_and_catch_up().await?
                         }
                         Ok(false) => {}
                     }
@@ -188,6 +180,16 @@ impl RaftNode {
                 self.sm.lease(id, keys).map(|(ttl, ks)| (ttl, self.lessor.remaining(id, ttl), ks)),
             ),
         })
+    }
+
+    /// Confirms with a quorum that this member leads, then waits until it has applied everything
+    /// committed before: `NoLeader` if another member leads.
+    async fn lead_and_catch_up(&self) -> Result<(), NodeError> {
+        let (index, confirmed_by) = self.reads.read_index().await?;
+        if confirmed_by != self.id {
+            return Err(NodeError::NoLeader);
+        }
+        self.wait_applied(index).await
     }
 
     /// Proposes on the leader only: a member that is not the leader answers `NoLeader` instead of passing

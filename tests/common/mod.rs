@@ -602,3 +602,12 @@ pub fn post(port: u16, path: &str, body: &str) -> (u16, String) {
     let (body, code) = text.rsplit_once('\n').expect("status");
     (code.parse().expect("status"), body.to_string())
 }
+
+/// `msg` with `token` in its metadata, as etcd's Go client sends it.
+pub fn authed<T>(token: Option<&str>, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(t) = token {
+        r.metadata_mut().insert("token", t.parse().expect("ascii token"));
+    }
+    r
+}
