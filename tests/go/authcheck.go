@@ -1,7 +1,8 @@
 // authcheck drives a cluster with auth on through etcd's own Go client (clientv3, etcd 3.4): it sets
 // users and roles up as root, then works as a user limited to /app/: KV inside and outside its range,
 // a watch, a lock and an election from the concurrency package, and a put after its token expired
-// (the server runs with a short --auth-token-ttl; the client must authenticate again by itself). It
+// (the server runs with a short --auth-token-ttl; the client must authenticate again by itself), and
+// the same client's requests once root has turned auth off (its token is then refused). It
 // exits non-zero on the first behaviour that differs from etcd's. Run by tests/auth.rs against concord
 // and against real etcd: authcheck <token-ttl-seconds> <endpoint>...
 package main
@@ -118,6 +119,25 @@ func main() {
 	time.Sleep(time.Duration(ttl)*time.Second + 1500*time.Millisecond)
 	_, err = cli.Put(ctx, "/app/after", "1")
 	must(err, "put after the token expired")
+
+	// auth disable leaves alice's token stale. etcd refuses a token it does not know even with auth
+	// off; the client then asks for a new token, which fails as auth is off, and that is the answer.
+	root, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second,
+		Username: "root", Password: "rootpw"})
+	must(err, "connect as root")
+	defer root.Close()
+	_, err = root.AuthDisable(ctx)
+	must(err, "auth disable")
+	_, err = cli.Put(ctx, "/app/stale", "1")
+	check(rpctypes.Error(err) == rpctypes.ErrAuthNotEnabled, "a put with a token from before auth disable: %v", err)
+	_, err = cli.Get(ctx, "/secret")
+	check(rpctypes.Error(err) == rpctypes.ErrAuthNotEnabled, "a get with a token from before auth disable: %v", err)
+	anon, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
+	must(err, "connect without a user")
+	defer anon.Close()
+	got, err := anon.Get(ctx, "/secret")
+	must(err, "a get without a user once auth is off")
+	check(len(got.Kvs) == 1 && string(got.Kvs[0].Value) == "s", "/secret once auth is off: %v", got.Kvs)
 
 	fmt.Println("OK")
 }
