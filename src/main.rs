@@ -6,6 +6,7 @@ use std::io::Write;
 use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
 
 use concord::bench::BenchArgs;
+use concord::server::Stopped;
 use concord::{Config, Server};
 
 #[derive(Parser)]
@@ -142,14 +143,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let server = Server::start(config).await.context("starting concord")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let removed = tokio::select! {
-        _ = tokio::signal::ctrl_c() => false,
-        _ = term.recv() => false,
-        _ = server.removed() => true,
+    let stopped = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        _ = term.recv() => None,
+        why = server.stopped() => Some(why),
     };
+    if let Some(Stopped::Failed(why)) = stopped {
+        // As etcd's fatal log: exit at once, with nothing more written. A restart replays the log.
+        tracing::error!(error = %why, "the Raft core stopped; stopping the member");
+        std::process::exit(1);
+    }
     tracing::info!("shutting down");
     server.shutdown().await.context("shutting down")?;
-    if removed {
+    if let Some(Stopped::Removed) = stopped {
         anyhow::bail!("{}", concord::raft::network::REMOVED);
     }
     Ok(())

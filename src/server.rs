@@ -45,6 +45,14 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// sled's page cache (sled's default is 1 GiB): sled holds only a few keys of Raft metadata.
 const CACHE_BYTES: u64 = 1024 * 1024;
 
+/// Why a member stops by itself (see [`Server::stopped`]).
+#[derive(Debug)]
+pub enum Stopped {
+    Removed,
+    /// The Raft core stopped on this error.
+    Failed(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
@@ -429,10 +437,26 @@ impl Server {
         &self.node
     }
 
-    /// Resolves once this member has been removed from the cluster; it should then be shut down, as
-    /// etcd stops a removed member.
-    pub async fn removed(&self) {
-        let _ = self.node.network.removed().wait_for(|r| *r).await;
+    /// Resolves once this member has to stop by itself: it was removed from the cluster (etcd stops a
+    /// removed member), or its Raft core stopped on an error. The core stops when a log write or sync
+    /// fails: after a failed `fdatasync` the kernel may have dropped the unsynced pages and will not
+    /// say so again, so no later sync can be trusted. A member that went on would serve reads and
+    /// refuse every write forever; etcd exits then ("failed to save Raft hard state and entries"), and
+    /// so must concord, to be restarted from what its disk holds.
+    pub async fn stopped(&self) -> Stopped {
+        let mut removed = self.node.network.removed();
+        // The core holds the metrics' senders: they close when it stops.
+        let mut core = self.node.raft.server_metrics();
+        tokio::select! {
+            _ = removed.wait_for(|r| *r) => Stopped::Removed,
+            () = async { while core.changed().await.is_ok() {} } => {
+                let why = match &self.node.raft.metrics().borrow().running_state {
+                    Err(e) => e.to_string(),
+                    Ok(()) => "stopped".to_string(),
+                };
+                Stopped::Failed(why)
+            }
+        }
     }
 
     /// Stops serving, stops Raft and syncs storage.
