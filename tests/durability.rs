@@ -188,16 +188,31 @@ async fn a_follower_acknowledges_an_append_only_after_syncing_it() {
     }
 }
 
+/// Which syncs strace makes fail with EIO.
+enum Failing {
+    /// From each thread's 20th `fdatasync` on (strace counts per thread), all of them: the Raft log's
+    /// come first, one per put.
+    Syncs,
+    /// Every sync of the first segment of the records, which a checkpoint makes every 10 requests.
+    RecordSyncs,
+}
+
 /// A failed `fdatasync` may have dropped the unsynced pages without a later sync saying so, so the
-/// member must not go on (etcd exits too): it stops at the first failed log sync, having acknowledged
-/// only what was synced, and a restart from its disk has every acknowledged put.
-#[tokio::test]
-async fn a_member_whose_log_sync_fails_exits_and_keeps_what_it_acknowledged() {
-    let mut c = Cluster::new(1, &[]);
-    // strace counts per thread: from each thread's 20th `fdatasync` on, every one fails with EIO.
-    let fail = ["strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=fdatasync", "-e"];
-    let fail = fail.iter().chain(&["inject=fdatasync:error=EIO:when=20+", "-o", "/dev/null"]);
-    c.members[0].wrap = fail.map(|s| s.to_string()).collect();
+/// member must not go on (etcd exits too): it stops at the first failed sync, having acknowledged only
+/// what was synced, and a restart from its disk has every acknowledged put.
+async fn exits_on_a_failed_sync_and_keeps_what_it_acknowledged(failing: Failing) {
+    let extra: &[&str] = match failing {
+        Failing::Syncs => &[],
+        Failing::RecordSyncs => &["--snapshot-count", "10"],
+    };
+    let mut c = Cluster::new(1, extra);
+    let segment = c.members[0].data_dir.join("records/00000001.rec");
+    let inject = match failing {
+        Failing::Syncs => vec!["-e", "inject=fdatasync:error=EIO:when=20+"],
+        Failing::RecordSyncs => vec!["-P", segment.to_str().unwrap(), "-e", "inject=fdatasync:error=EIO"],
+    };
+    let strace = ["strace", "-f", "-qq", "-e", "trace=fdatasync", "-o", "/dev/null"];
+    c.members[0].wrap = strace.iter().chain(&inject).map(|s| s.to_string()).collect();
     c.members[0].start();
     let mut kv = c.members[0].client().await;
     let mut acknowledged = 0;
@@ -219,4 +234,14 @@ async fn a_member_whose_log_sync_fails_exits_and_keeps_what_it_acknowledged() {
         assert_eq!(kv.key_str().unwrap(), format!("sync-fails/{i:03}"));
     }
     kv.put("sync-fails/after", "v", None).await.expect("a put after the restart");
+}
+
+#[tokio::test]
+async fn a_member_whose_log_sync_fails_exits_and_keeps_what_it_acknowledged() {
+    exits_on_a_failed_sync_and_keeps_what_it_acknowledged(Failing::Syncs).await;
+}
+
+#[tokio::test]
+async fn a_member_whose_records_sync_fails_exits_and_keeps_what_it_acknowledged() {
+    exits_on_a_failed_sync_and_keeps_what_it_acknowledged(Failing::RecordSyncs).await;
 }
