@@ -1,5 +1,6 @@
 //! The fault suite's short run, as CI runs it: every workload for 30 s on three members under mixed
-//! faults (partitions, kill -9, pauses, slow links, membership changes, snapshots every 100 requests),
+//! faults (partitions, kill -9, pauses, slow links, membership changes, failing disks, snapshots every
+//! 100 requests),
 //! against concord and,
 //! to validate the harness and its checkers, the KV workloads against real etcd 3.4. Any invalid
 //! verdict fails the test; each run's history, faults, verdict and report stay under target/tmp.
@@ -45,8 +46,8 @@ fn campaign(server: &[&str], workloads: &str, out: &str) {
 
 #[test]
 fn every_workload_survives_mixed_faults() {
-    let server =
-        ["--concord", env!("CARGO_BIN_EXE_concord"), "--nemesis", "partition,kill,pause,delay,member"];
+    let nemeses = "partition,kill,pause,delay,member,disk";
+    let server = ["--concord", env!("CARGO_BIN_EXE_concord"), "--nemesis", nemeses];
     campaign(&server, "register,set,bank,watch,lease,lock", "chaos-ci");
 }
 

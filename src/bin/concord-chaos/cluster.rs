@@ -25,6 +25,8 @@ pub struct Member {
     bin: PathBuf,
     child: Option<Child>,
     paused: bool,
+    /// The strace that fails the member's syncs, while a disk fault lasts.
+    failing_disk: Option<Child>,
 }
 
 impl Member {
@@ -58,11 +60,42 @@ impl Member {
 
     /// SIGKILL: nothing of the shutdown path runs, as in a crash or power loss of the process.
     pub fn kill(&mut self) {
+        self.mend_disk();
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
         self.paused = false;
+    }
+
+    /// A failing disk: from now on every `fdatasync` and `fsync` of the member fails with EIO (strace
+    /// attached to all its threads). A member must stop at its first failed sync without acknowledging
+    /// what it held, as etcd does; one still running at the heal is killed and restarted with the rest.
+    pub fn fail_disk(&mut self) -> Result<()> {
+        let Some(c) = &self.child else { return Ok(()) };
+        let inject = "inject=fdatasync,fsync:error=EIO";
+        let strace = Command::new("strace")
+            .args(["-qq", "-f", "-e", "trace=fdatasync,fsync", "-e", inject, "-o", "/dev/null", "-p"])
+            .arg(c.id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting strace (the disk nemesis needs it)")?;
+        self.failing_disk = Some(strace);
+        Ok(())
+    }
+
+    /// Ends a disk fault: the member (stopped by it, or not) is killed, to be started again.
+    fn mend_disk(&mut self) {
+        if let Some(mut strace) = self.failing_disk.take() {
+            let _ = strace.kill();
+            let _ = strace.wait();
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
     }
 
     /// SIGSTOP: the process keeps its sockets but answers nothing, as under a long GC or VM pause.
@@ -210,6 +243,7 @@ impl Cluster {
                 bin: bin.clone(),
                 child: None,
                 paused: false,
+                failing_disk: None,
             };
             m.start()?;
             members.push(m);
@@ -259,6 +293,7 @@ impl Cluster {
         self.net.heal();
         for m in &mut self.members {
             m.resume();
+            m.mend_disk();
             m.start()?;
         }
         if self.maybe_removed {

@@ -2,9 +2,10 @@
 //!
 //! Each run starts a fresh cluster of real `concord` processes whose peer links each pass through a
 //! proxy this program controls, drives one workload against it through the etcd v3 API while a
-//! nemesis, on a schedule drawn from the seed, partitions, kills, pauses and slows members; then heals
-//! everything, makes the workload's final reads and checks the history. Every run leaves a folder with
-//! the history, the faults, the verdict and an HTML report, and prints one summary line.
+//! nemesis, on a schedule drawn from the seed, partitions, kills, pauses, slows members and fails their
+//! disks; then heals everything, makes the workload's final reads and checks the history. Every run
+//! leaves a folder with the history, the faults, the verdict and an HTML report, and prints one summary
+//! line.
 
 mod cluster;
 mod history;

@@ -27,6 +27,9 @@ pub enum Kind {
     /// Leadership handed from the leader to another member (etcd's MoveLeader), as operators do before
     /// maintenance; nothing to heal.
     Transfer,
+    /// A failing disk under one member, the leader, or every member: each of its syncs fails with EIO,
+    /// so it stops at the next one; restarted when healed.
+    Disk,
 }
 
 /// One fault as it happened, in microseconds since the run started.
@@ -111,6 +114,17 @@ async fn inject(cluster: &mut Cluster, kind: Kind, rng: &mut Rng) -> Result<Stri
             } else {
                 cluster.members[target].kill();
                 format!("kill {}", names(&[target]))
+            }
+        }
+        Kind::Disk => {
+            if rng.chance(0.2) {
+                for m in &mut cluster.members {
+                    m.fail_disk()?;
+                }
+                "disk fails under all".to_string()
+            } else {
+                cluster.members[target].fail_disk()?;
+                format!("disk fails under {}", names(&[target]))
             }
         }
         Kind::Pause => {
