@@ -215,9 +215,13 @@ pub struct Config {
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
-    /// Log format: text, or json (one JSON object per line).
-    #[arg(long, env = "ETCD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    /// Log format: text, or json (one JSON object per line, in etcd's zap layout). Default: text, or
+    /// json with `--logger=zap`.
+    #[arg(long, env = "ETCD_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
+    /// etcd's logger: `zap` logs JSON lines (as `--log-format=json`), `capnslog` text.
+    #[arg(long, env = "ETCD_LOGGER", value_parser = ["zap", "capnslog"])]
+    pub logger: Option<String>,
     /// Where logs go: `default` or `stderr`, `stdout`, or files to append to (comma-separated).
     #[arg(
         long,
@@ -278,8 +282,6 @@ pub struct Ignored {
     pub pre_vote: Option<String>,
     #[arg(long, env = "ETCD_GRPC_KEEPALIVE_MIN_TIME", hide = true)]
     pub grpc_keepalive_min_time: Option<String>,
-    #[arg(long, env = "ETCD_LOGGER", hide = true, value_parser = ["zap", "capnslog"])]
-    pub logger: Option<String>,
     #[arg(long, env = "ETCD_LOG_PACKAGE_LEVELS", hide = true)]
     pub log_package_levels: Option<String>,
     #[arg(long, env = "ETCD_METRICS", hide = true, value_parser = ["basic", "extensive"])]
@@ -325,7 +327,6 @@ impl Ignored {
                 "openraft has no pre-vote; a follower that hears from its leader refuses to vote",
             ),
             (&self.grpc_keepalive_min_time, "grpc-keepalive-min-time", "client pings are not limited"),
-            (&self.logger, "logger", "concord has one logger (see --log-format)"),
             (&self.log_package_levels, "log-package-levels", "see --log-level"),
             (&self.metrics, "metrics", "concord's /metrics has one set of metrics"),
             (&self.enable_pprof, "enable-pprof", "Go's profiler"),
@@ -446,6 +447,14 @@ impl Config {
         }
         let config = Config::try_parse_from(&args).map_err(|e| err(e.to_string()))?;
         Ok(Config { config_file: Some(path.to_path_buf()), ..config })
+    }
+
+    /// Whether logs are JSON lines: `--log-format`, else etcd's `--logger` (zap's lines are JSON).
+    pub fn log_json(&self) -> bool {
+        match &self.log_format {
+            Some(format) => format == "json",
+            None => self.logger.as_deref() == Some("zap"),
+        }
     }
 
     /// The client side's TLS files (`--cert-file`, ...), or with `--auto-tls` and no certificate given

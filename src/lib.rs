@@ -15,6 +15,7 @@ pub mod compactor;
 pub mod config;
 pub mod corrupt;
 pub mod lease;
+pub mod logging;
 pub mod metrics;
 pub mod migrate;
 pub mod mvcc;

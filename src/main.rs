@@ -135,8 +135,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_ansi(terminal)
         .with_writer(log_writer(&config.log_outputs)?);
-    if config.log_format == "json" {
-        logs.json().init();
+    if config.log_json() {
+        logs.event_format(concord::logging::ZapJson).init();
     } else {
         logs.init();
     }

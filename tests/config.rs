@@ -52,7 +52,7 @@ async fn a_yaml_config_file_and_concord_environment_variables_configure_the_memb
 }
 
 /// An etcd 3.4 command line with the flags of etcd's tuning and logging starts concord as it starts
-/// etcd: logs go where `--log-outputs` says, `--enable-grpc-gateway=false` takes the JSON API away (the
+/// etcd: logs go where `--log-outputs` says, as zap's JSON lines with `--logger=zap`, `--enable-grpc-gateway=false` takes the JSON API away (the
 /// same 404 as etcd's), and the flags for parts concord does not have are logged as ignored.
 #[tokio::test]
 async fn etcds_tuning_and_logging_flags_are_taken() {
@@ -85,6 +85,14 @@ async fn etcds_tuning_and_logging_flags_are_taken() {
     assert!(ok, "{err}");
     let logged = std::fs::read_to_string(&log).expect("the log file");
     assert!(logged.contains("concord member started"), "{logged}");
+    // With --logger=zap both write zap's JSON lines (etcd's and concord's lines share the file): the
+    // same keys first, in the same order.
+    for line in logged.lines() {
+        let fields: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let keys: Vec<&str> = fields.keys().take(4).map(String::as_str).collect();
+        assert_eq!(keys, ["level", "ts", "caller", "msg"], "{line}");
+    }
     assert!(logged.contains("--max-wals=5 is taken for etcd's sake and ignored"), "{logged}");
     assert!(c.members[0].log().contains("concord member started"), "stderr too");
 
