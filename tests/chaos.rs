@@ -54,5 +54,6 @@ fn every_workload_survives_mixed_faults() {
 #[test]
 fn real_etcd_passes_the_kv_workloads() {
     // Debian's etcd 3.4, which scripts/test installs, by its path (`etcd` on PATH may be 3.5.1's wrapper).
-    campaign(&["--etcd", "/usr/bin/etcd"], "register,set,bank,watch", "chaos-ci-etcd");
+    let server = ["--etcd", "/usr/bin/etcd", "--nemesis", "partition,kill,pause,delay,disk"];
+    campaign(&server, "register,set,bank,watch", "chaos-ci-etcd");
 }
