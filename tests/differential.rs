@@ -1,7 +1,8 @@
 //! Differential test: the same random KV and lease requests against real etcd and against concord,
 //! compared response by response (everything but the member-specific header fields) and error by error,
 //! with random watchers on each server whose events are compared at the end, watcher by watcher; the
-//! same under auth with random permissions; and KV requests as JSON through both servers' gateways.
+//! same under auth with random permissions; KV requests as JSON through both servers' gateways; and
+//! requests to etcd's lock and election services.
 //!
 //! Set `ETCD_BIN` to choose the etcd binary (default: Debian's 3.4, see `common::Etcd`).
 
@@ -19,6 +20,10 @@ use concord::pb::etcdserverpb::response_op::Response as OpResp;
 use concord::pb::etcdserverpb::watch_client::WatchClient;
 use concord::pb::etcdserverpb::watch_request::RequestUnion;
 use concord::pb::etcdserverpb::*;
+use concord::pb::v3electionpb::election_client::ElectionClient;
+use concord::pb::v3electionpb::{CampaignRequest, LeaderKey, LeaderRequest, ProclaimRequest, ResignRequest};
+use concord::pb::v3lockpb::lock_client::LockClient;
+use concord::pb::v3lockpb::{LockRequest, UnlockRequest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -934,5 +939,191 @@ async fn random_kv_requests_through_the_json_gateway_match_real_etcd() {
         assert_eq!(got, want, "step {step} (seed {seed:#x}) diverged on {path} {body}");
         let (_, probe) = gateway_answer(etcd.client_port, "/v3/kv/range", r#"{"key": "YQ=="}"#);
         rev = probe["header"]["revision"].as_str().and_then(|s| s.parse().ok()).unwrap_or(rev);
+    }
+}
+
+/// One server's clients for the lock and election services, and for what they leave in the store.
+struct Recipes {
+    kv: KvClient<Channel>,
+    lease: LeaseClient<Channel>,
+    lock: LockClient<Channel>,
+    election: ElectionClient<Channel>,
+}
+
+/// A request to the lock or election service, or one that changes what they see.
+#[derive(Clone, Debug)]
+enum RecipeRequest {
+    Grant(i64),
+    Revoke(i64),
+    Lock(LockRequest),
+    Unlock(UnlockRequest),
+    Campaign(CampaignRequest),
+    Proclaim(ProclaimRequest),
+    Leader(LeaderRequest),
+    Resign(ResignRequest),
+    /// A key under a lock's or an election's prefix written or deleted behind the recipes' back.
+    Put(PutRequest),
+    Delete(DeleteRangeRequest),
+    /// Everything under the names' prefixes, to compare the state itself.
+    Dump,
+}
+
+impl Recipes {
+    async fn connect(port: u16) -> Recipes {
+        common::wait_serving(port).await;
+        let channel = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await;
+        let channel = channel.expect("connect");
+        Recipes {
+            kv: KvClient::new(channel.clone()),
+            lease: LeaseClient::new(channel.clone()),
+            lock: LockClient::new(channel.clone()),
+            election: ElectionClient::new(channel),
+        }
+    }
+
+    /// The request's outcome, and the leader key a campaign won.
+    async fn run(&mut self, req: &RecipeRequest) -> (String, Option<LeaderKey>) {
+        use RecipeRequest as R;
+        if let R::Campaign(x) = req.clone() {
+            let resp = self.election.campaign(x).await;
+            let leader = resp.as_ref().ok().and_then(|r| r.get_ref().leader.clone());
+            return (outcome(resp, |v| scrub(&mut v.header)), leader);
+        }
+        let outcome = match req.clone() {
+            R::Grant(id) => outcome(self.lease.lease_grant(LeaseGrantRequest { ttl: 3600, id }).await, |v| {
+                scrub(&mut v.header)
+            }),
+            R::Revoke(id) => {
+                outcome(self.lease.lease_revoke(LeaseRevokeRequest { id }).await, |v| scrub(&mut v.header))
+            }
+            R::Lock(x) => outcome(self.lock.lock(x).await, |v| scrub(&mut v.header)),
+            R::Unlock(x) => outcome(self.lock.unlock(x).await, |v| scrub(&mut v.header)),
+            R::Campaign(_) => unreachable!("answered above"),
+            R::Proclaim(x) => outcome(self.election.proclaim(x).await, |v| scrub(&mut v.header)),
+            R::Leader(x) => outcome(self.election.leader(x).await, |v| scrub(&mut v.header)),
+            R::Resign(x) => outcome(self.election.resign(x).await, |v| scrub(&mut v.header)),
+            R::Put(x) => outcome(self.kv.put(x).await, |v| scrub(&mut v.header)),
+            R::Delete(x) => outcome(self.kv.delete_range(x).await, |v| scrub(&mut v.header)),
+            R::Dump => {
+                let all = RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
+                outcome(self.kv.range(all).await, |v| scrub(&mut v.header))
+            }
+        };
+        (outcome, None)
+    }
+
+    /// The keys under `prefix`: (key, create revision).
+    async fn under(&mut self, prefix: &[u8]) -> Vec<(Vec<u8>, i64)> {
+        let mut end = prefix.to_vec();
+        *end.last_mut().expect("a prefix ends in '/'") += 1;
+        let range = RangeRequest { key: prefix.to_vec(), range_end: end, ..Default::default() };
+        let kvs = self.kv.range(range).await.expect("range").into_inner().kvs;
+        kvs.into_iter().map(|kv| (kv.key.to_vec(), kv.create_revision)).collect()
+    }
+}
+
+/// Lock and election names: the prefix of their keys is the name and a slash (an empty name too).
+const RECIPE_NAMES: &[&str] = &["lk", "el", ""];
+/// Leases the recipe requests name: granted and revoked at random; 7 is never granted. (Never 0: etcd's
+/// services then grant a lease of their own, with an id of etcd's choosing.)
+const RECIPE_LEASES: &[i64] = &[1, 2, 3, 7];
+
+/// Whether a Lock or a Campaign for `lease` under `prefix` would wait, given the keys there now: it
+/// waits for every key created before its own (a new key of a live lease is created last; a lease
+/// that is not live cannot create one, and the request fails at once).
+fn would_wait(keys: &[(Vec<u8>, i64)], prefix: &[u8], lease: i64, live: bool) -> bool {
+    let own = [prefix, format!("{lease:x}").as_bytes()].concat();
+    match keys.iter().find(|(k, _)| *k == own) {
+        Some((_, rev)) => keys.iter().any(|(_, r)| r < rev),
+        None => live && !keys.is_empty(),
+    }
+}
+
+/// etcd's v3lock and v3election services side by side with real etcd: random locks, unlocks,
+/// campaigns, proclamations, leader queries and resignations (with leader keys current, stale,
+/// altered or missing), leases granted and revoked under them, and their keys written and deleted
+/// behind their backs; every answer and the state after each step must be etcd's. Requests that would
+/// wait are not sent (a waiting request's outcome depends on when the other side gives up).
+#[tokio::test]
+async fn random_lock_and_election_requests_match_real_etcd() {
+    let cluster = Cluster::start(1, &[]);
+    cluster.members[0].client().await;
+    let etcd = Etcd::start();
+    let mut reference = Recipes::connect(etcd.client_port).await;
+    let mut ours = Recipes::connect(cluster.members[0].client_port).await;
+    let (seed, steps) = seed_and_steps(400);
+    let mut r = Rng(seed ^ 0x10c4);
+    let mut live = BTreeSet::new();
+    // Leader keys campaigns returned, to proclaim and resign with (current or stale by now).
+    let mut leaders: Vec<LeaderKey> = Vec::new();
+    for step in 0..steps {
+        let name = r.pick(RECIPE_NAMES);
+        let prefix = format!("{name}/").into_bytes();
+        // Mostly a live lease, so that locks and campaigns get somewhere.
+        let lease = match live.iter().nth(r.below(live.len() as u64 + 1) as usize) {
+            Some(&id) if r.chance(80) => id,
+            _ => RECIPE_LEASES[r.below(RECIPE_LEASES.len() as u64) as usize],
+        };
+        let value = r.pick(VALUES).as_bytes().to_vec();
+        let keys = reference.under(&prefix).await;
+        let req = match r.below(100) {
+            0..=9 if lease != 7 && !live.contains(&lease) => RecipeRequest::Grant(lease),
+            0..=9 if r.chance(40) => RecipeRequest::Revoke(lease),
+            0..=9 => RecipeRequest::Grant(lease),
+            10..=24 if would_wait(&keys, &prefix, lease, live.contains(&lease)) => RecipeRequest::Dump,
+            10..=24 => RecipeRequest::Lock(LockRequest { name: name.into(), lease }),
+            25..=34 => {
+                let key = match keys.get(r.below(keys.len() as u64 + 2) as usize) {
+                    Some((k, _)) => k.clone(),
+                    None if r.chance(50) => [&prefix[..], b"ffff"].concat(),
+                    None => Vec::new(),
+                };
+                RecipeRequest::Unlock(UnlockRequest { key })
+            }
+            35..=49 if would_wait(&keys, &prefix, lease, live.contains(&lease)) => RecipeRequest::Dump,
+            35..=49 => RecipeRequest::Campaign(CampaignRequest { name: name.into(), lease, value }),
+            50..=74 => {
+                // Mostly the latest leader key, which may still lead.
+                let mut leader = match r.chance(60) {
+                    true => leaders.last().cloned(),
+                    false => leaders.get(r.below(leaders.len() as u64 + 1) as usize).cloned(),
+                };
+                if let Some(l) = leader.as_mut().filter(|_| r.chance(30)) {
+                    match r.below(3) {
+                        0 => l.rev += 1,
+                        1 => l.lease = 7,
+                        _ => l.key = [&l.name[..], b"/ffff"].concat(),
+                    }
+                }
+                if r.chance(50) {
+                    RecipeRequest::Proclaim(ProclaimRequest { leader, value })
+                } else {
+                    RecipeRequest::Resign(ResignRequest { leader })
+                }
+            }
+            75..=84 => RecipeRequest::Leader(LeaderRequest { name: name.into() }),
+            85..=91 => {
+                let key = [&prefix[..], b"zz"].concat();
+                RecipeRequest::Put(PutRequest { key, value, ..Default::default() })
+            }
+            _ => {
+                let key = match keys.get(r.below(keys.len() as u64 + 1) as usize) {
+                    Some((k, _)) => k.clone(),
+                    None => prefix.clone(),
+                };
+                RecipeRequest::Delete(DeleteRangeRequest { key, ..Default::default() })
+            }
+        };
+        let ((want, leader), (got, _)) = (reference.run(&req).await, ours.run(&req).await);
+        assert_eq!(got, want, "seed {seed} step {step}: {req:?}");
+        leaders.extend(leader);
+        match &req {
+            RecipeRequest::Grant(id) if !want.starts_with("error") => drop(live.insert(*id)),
+            RecipeRequest::Revoke(id) => drop(live.remove(id)),
+            _ => {}
+        }
+        let (want, got) =
+            (reference.run(&RecipeRequest::Dump).await.0, ours.run(&RecipeRequest::Dump).await.0);
+        assert_eq!(got, want, "seed {seed} after step {step}: {req:?}");
     }
 }

@@ -69,6 +69,19 @@ fn missing_leader() -> Status {
     Status::unknown("\"leader\" field must be provided")
 }
 
+/// An error as etcd's lock and election services answer it. They call etcd through its Go client,
+/// which turns an error with one of etcd's messages into a plain error value (`rpctypes.Error`), and
+/// gRPC answers that with code Unknown: the message stays (clients match etcd's errors by message),
+/// the code is etcd's. Other failures, such as the loopback's transport errors, keep their code.
+fn etcds(e: impl Into<Status>) -> Status {
+    let s = e.into();
+    if s.message().starts_with("etcdserver: ") {
+        Status::unknown(s.message())
+    } else {
+        s
+    }
+}
+
 pub struct LockService {
     pub client: Loopback,
 }
@@ -76,17 +89,18 @@ pub struct LockService {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        let client = self.client.get(&req).await?;
+        let client = self.client.get(&req).await.map_err(etcds)?;
         let req = req.into_inner();
         let mut m = Mutex::with_lease(&client, req.lease, &req.name);
-        m.lock().await.map_err(Status::from)?;
+        m.lock().await.map_err(etcds)?;
         Ok(Response::new(LockResponse { header: m.header().copied(), key: m.key().to_vec() }))
     }
 
     async fn unlock(&self, req: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
-        let client = self.client.get(&req).await?;
+        let client = self.client.get(&req).await.map_err(etcds)?;
         let key = req.into_inner().key;
-        let resp = client.kv().delete_range(DeleteRangeRequest { key, ..Default::default() }).await?;
+        let resp = client.kv().delete_range(DeleteRangeRequest { key, ..Default::default() }).await;
+        let resp = resp.map_err(etcds)?;
         Ok(Response::new(UnlockResponse { header: resp.into_inner().header }))
     }
 }
@@ -106,10 +120,10 @@ fn leader_response(kv: crate::pb::mvccpb::KeyValue) -> LeaderResponse {
 #[tonic::async_trait]
 impl ElectionApi for ElectionService {
     async fn campaign(&self, req: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
-        let client = self.client.get(&req).await?;
+        let client = self.client.get(&req).await.map_err(etcds)?;
         let req = req.into_inner();
         let mut e = Election::with_lease(&client, req.lease, &req.name);
-        e.campaign(&req.value).await.map_err(Status::from)?;
+        e.campaign(&req.value).await.map_err(etcds)?;
         let leader = LeaderKey {
             name: req.name,
             key: e.key().map(<[u8]>::to_vec).unwrap_or_default(),
@@ -120,26 +134,26 @@ impl ElectionApi for ElectionService {
     }
 
     async fn proclaim(&self, req: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
-        let client = self.client.get(&req).await?;
+        let client = self.client.get(&req).await.map_err(etcds)?;
         let req = req.into_inner();
         let l = req.leader.ok_or_else(missing_leader)?;
         let mut e = Election::resume(&client, l.lease, &l.name, &l.key, l.rev);
-        e.proclaim(&req.value).await.map_err(Status::from)?;
+        e.proclaim(&req.value).await.map_err(etcds)?;
         Ok(Response::new(ProclaimResponse { header: e.header().copied() }))
     }
 
     async fn leader(&self, req: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
-        let client = self.client.get(&req).await?;
+        let client = self.client.get(&req).await.map_err(etcds)?;
         let name = req.into_inner().name;
         let e = Election::with_lease(&client, 0, &name);
-        let (header, kv) = e.leader_read().await.map_err(Status::from)?;
+        let (header, kv) = e.leader_read().await.map_err(etcds)?;
         Ok(Response::new(LeaderResponse { header, kv: Some(kv) }))
     }
 
     type ObserveStream = ObserveStream;
 
     async fn observe(&self, req: Request<LeaderRequest>) -> Result<Response<ObserveStream>, Status> {
-        let client = self.client.get(&req).await?;
+        let client = self.client.get(&req).await.map_err(etcds)?;
         let name = req.into_inner().name;
         let rx = Election::with_lease(&client, 0, &name).observe();
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
@@ -147,10 +161,10 @@ impl ElectionApi for ElectionService {
     }
 
     async fn resign(&self, req: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
-        let client = self.client.get(&req).await?;
+        let client = self.client.get(&req).await.map_err(etcds)?;
         let l = req.into_inner().leader.ok_or_else(missing_leader)?;
         let mut e = Election::resume(&client, l.lease, &l.name, &l.key, l.rev);
-        e.resign().await.map_err(Status::from)?;
+        e.resign().await.map_err(etcds)?;
         Ok(Response::new(ResignResponse { header: e.header().copied() }))
     }
 }
