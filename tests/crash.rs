@@ -1,7 +1,8 @@
 //! kill -9 in the middle of a write storm: every acknowledged write must be there after restart.
 //!
 //! A kill keeps the OS page cache, so this checks recovery (WAL replay, the state machine catching up
-//! from the log after losing its unpersisted batches), not the disk's durability (fsync).
+//! from the log after losing its unpersisted batches), not the disk's durability (fsync). And a log
+//! damaged other than by a crash is refused at start.
 
 mod common;
 
@@ -65,4 +66,26 @@ async fn acknowledged_writes_survive_kill_9_mid_storm() {
     );
     // Revisions stayed dense: one per write, acknowledged or in flight when the process died.
     assert_eq!(r.header().unwrap().revision(), 1 + r.count());
+}
+
+/// A member whose Raft log holds a damaged record (one flipped bit, not a write a crash tore) refuses
+/// to start, as etcd does, rather than cut its log there and forget entries it synced and acknowledged.
+#[tokio::test]
+async fn a_member_with_a_damaged_raft_log_refuses_to_start() {
+    let mut c = Cluster::start(1, &[]);
+    let mut kv = c.members[0].client().await;
+    for i in 0..5 {
+        kv.put(format!("k{i}"), format!("value-number-{i}"), None).await.unwrap();
+    }
+    c.members[0].kill();
+    let wal = c.members[0].data_dir.join("wal/0000000000000001.wal");
+    let mut bytes = std::fs::read(&wal).unwrap();
+    let at = bytes.windows(14).position(|w| w == b"value-number-2").expect("the entry in the log");
+    bytes[at + 3] ^= 0x10;
+    std::fs::write(&wal, bytes).unwrap();
+    c.members[0].start();
+    let exit = c.members[0].exited(Duration::from_secs(30)).await;
+    assert!(exit.is_some_and(|e| !e.success()), "started on a damaged log: {exit:?}");
+    let log = c.members[0].log();
+    assert!(log.contains("bad checksum (not a torn write); the Raft log is damaged"), "{log}");
 }

@@ -14,6 +14,8 @@ use std::path::Path;
 
 use prost::Message;
 
+use crate::storage::wal::torn;
+
 const METADATA: i64 = 1;
 const ENTRY: i64 = 2;
 const STATE: i64 = 3;
@@ -144,22 +146,6 @@ impl Frame {
     fn record(&self) -> &[u8] {
         &self.bytes[..self.len]
     }
-}
-
-/// Whether any 512-byte sector of `data` (at `at` in its file) is all zeros (etcd's `isTornEntry`).
-fn torn(data: &[u8], at: u64) -> bool {
-    const SECTOR: u64 = 512;
-    let mut rest = data;
-    let mut at = at;
-    while !rest.is_empty() {
-        let n = ((SECTOR - at % SECTOR) as usize).min(rest.len());
-        if rest[..n].iter().all(|b| *b == 0) {
-            return true;
-        }
-        rest = &rest[n..];
-        at += n as u64;
-    }
-    false
 }
 
 /// `<seq>-<index>.wal`, both 16 hex digits; concord's own segments (`<seq>.wal`), which may share a

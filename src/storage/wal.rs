@@ -13,8 +13,8 @@
 //!
 //! The log is append-only: a truncation is itself a record, and an entry record for an index at or below
 //! the current last index supersedes everything from that index on (like etcd's WAL). Replay reads the
-//! segments in order and stops at the first zero length or bad checksum of the last segment, which is
-//! where a crash tore the tail.
+//! segments in order and stops at the first zero length, or at a bad record in the last segment that a
+//! crash tore (see [`torn`]). Any other bad record is damage to synced data, and the log is refused.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -142,7 +142,13 @@ impl Wal {
             let path = segment_path(dir, seq);
             let file = Arc::new(OpenOptions::new().read(true).write(true).open(&path)?);
             let is_last = n + 1 == seqs.len();
-            let end = replay_segment(&file, seq, is_last, &mut inner)?;
+            let end = replay_segment(&file, seq, is_last, &mut inner).map_err(|e| match e {
+                WalError::Corrupt(what) => WalError::Corrupt(format!(
+                    "{}: {what}; the Raft log is damaged: replace this member (docs/operations.md)",
+                    path.display()
+                )),
+                e => e,
+            })?;
             let cap = file.metadata()?.len();
             inner.segments.insert(seq, Segment { file, path, cap });
             inner.active = seq;
@@ -376,6 +382,25 @@ fn header(buf: &[u8]) -> (usize, u32) {
     (len, crc)
 }
 
+/// Whether a bad record is one a crash tore: `data`, the record's bytes at offset `at` of its file, has a
+/// 512-byte sector's worth all zeros (etcd's `isTornEntry`). Disks write whole sectors, so a write torn
+/// by a crash wrote some of a record's sectors and not others, and a sector never written reads as
+/// zeros (here: segments are sparse, their tail is zeroed at open, and nothing is written twice).
+/// Any other bad record is damage to what was synced.
+pub fn torn(data: &[u8], at: u64) -> bool {
+    const SECTOR: u64 = 512;
+    let (mut rest, mut at) = (data, at);
+    while !rest.is_empty() {
+        let n = ((SECTOR - at % SECTOR) as usize).min(rest.len());
+        if rest[..n].iter().all(|b| *b == 0) {
+            return true;
+        }
+        rest = &rest[n..];
+        at += n as u64;
+    }
+    false
+}
+
 /// Replays one segment into `inner`; returns the offset after its last valid record.
 fn replay_segment(file: &Arc<File>, seq: u64, is_last: bool, inner: &mut Inner) -> Result<u64, WalError> {
     let size = file.metadata()?.len();
@@ -383,11 +408,12 @@ fn replay_segment(file: &Arc<File>, seq: u64, is_last: bool, inner: &mut Inner) 
     file.read_exact_at(&mut data, 0)?;
     let mut off = 0usize;
     loop {
-        let torn = |what: &str| -> Result<u64, WalError> {
-            if is_last {
+        // A bad record spanning `off..to`: the end of the log if a crash tore it, or damage.
+        let bad = |to: usize, what: &str| -> Result<u64, WalError> {
+            if is_last && torn(&data[off..to], off as u64) {
                 Ok(off as u64)
             } else {
-                Err(WalError::Corrupt(format!("segment {seq:x} at {off}: {what}")))
+                Err(WalError::Corrupt(format!("at byte {off}: {what} (not a torn write)")))
             }
         };
         if off + HEADER > data.len() {
@@ -399,11 +425,12 @@ fn replay_segment(file: &Arc<File>, seq: u64, is_last: bool, inner: &mut Inner) 
             return Ok(off as u64);
         }
         if len < 9 || off + HEADER + len > data.len() {
-            return torn("record runs past the end");
+            // Only the header can say whether its length was torn.
+            return bad(off + HEADER, "record runs past the end");
         }
         let body = &data[off + HEADER..off + HEADER + len];
         if crc32fast::hash(body) != crc {
-            return torn("bad checksum");
+            return bad(off + HEADER + len, "bad checksum");
         }
         let index = u64::from_le_bytes(body[1..9].try_into().map_err(|_| WalError::Corrupt("index".into()))?);
         match body[0] {
@@ -426,7 +453,7 @@ fn replay_segment(file: &Arc<File>, seq: u64, is_last: bool, inner: &mut Inner) 
                 inner.locs.push_back(Loc { seg: seq, file: file.clone(), off: off as u64, len: len as u32 });
             }
             KIND_TRUNCATE => inner.cut(index),
-            k => return torn(&format!("unknown record kind {k}")),
+            k => return Err(WalError::Corrupt(format!("at byte {off}: unknown record kind {k}"))),
         }
         off += HEADER + len;
     }
@@ -435,6 +462,8 @@ fn replay_segment(file: &Arc<File>, seq: u64, is_last: bool, inner: &mut Inner) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SECTOR: usize = 512;
 
     fn entries(range: std::ops::RangeInclusive<u64>, tag: &str) -> Vec<(u64, Vec<u8>)> {
         range.map(|i| (i, format!("{tag}{i}").into_bytes())).collect()
@@ -485,10 +514,11 @@ mod tests {
         let end = w.lock().write_off;
         let file = w.lock().segments[&1].file.clone();
         drop(w);
-        // A crash in the middle of writing entry 4: its header made it, half its body did not.
+        // A crash in the middle of writing entry 4: the sector with its header made it, the next did not.
         let mut rec = Vec::new();
-        encode_record(KIND_ENTRY, 4, b"torn-away", &mut rec);
-        file.write_all_at(&rec[..rec.len() - 3], end).unwrap();
+        encode_record(KIND_ENTRY, 4, &[b't'; 2 * SECTOR], &mut rec);
+        let written = (end as usize / SECTOR + 1) * SECTOR - end as usize;
+        file.write_all_at(&rec[..written], end).unwrap();
         let w = Wal::open(dir.path(), None).unwrap();
         assert_eq!(w.bounds(), (1, Some(3)));
         w.append(&entries(4..=4, "b")).unwrap();
@@ -496,6 +526,25 @@ mod tests {
         drop(w);
         let w = Wal::open(dir.path(), None).unwrap();
         assert_eq!(payloads(&w, 1, 10), ["a1", "a2", "a3", "b4"]);
+    }
+
+    #[test]
+    fn a_damaged_record_is_refused_even_at_the_tail() {
+        for victim in [2u64, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let w = Wal::open(dir.path(), None).unwrap();
+            w.append(&entries(1..=3, "entry-")).unwrap();
+            w.sync().unwrap();
+            let loc = w.lock().locs[victim as usize - 1].clone();
+            drop(w);
+            // One flipped bit in a synced entry: no sector of it is zero, so no crash tore it.
+            let at = loc.off + (HEADER + 9 + 2) as u64;
+            let mut byte = [0u8];
+            loc.file.read_exact_at(&mut byte, at).unwrap();
+            loc.file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
+            let refused = Wal::open(dir.path(), None).err().expect("a damaged log is refused");
+            assert!(refused.to_string().contains("bad checksum (not a torn write)"), "{refused}");
+        }
     }
 
     #[test]
@@ -549,11 +598,13 @@ mod tests {
         let end = w.lock().write_off;
         let file = w.lock().segments[&1].file.clone();
         drop(w);
-        // Never acknowledged: a torn record for 3, then a whole one for 4 behind it.
+        // Never acknowledged: a torn record for 3 (one of its sectors never written), then a whole one
+        // for 4 behind it.
         let mut junk = Vec::new();
-        encode_record(KIND_ENTRY, 3, b"old-three-long-payload", &mut junk);
-        let torn_len = junk.len() - 2;
-        junk.truncate(torn_len);
+        encode_record(KIND_ENTRY, 3, &[b'o'; 3 * SECTOR], &mut junk);
+        let torn_len = junk.len();
+        let hole = (end as usize / SECTOR + 1) * SECTOR - end as usize;
+        junk[hole..hole + SECTOR].fill(0);
         encode_record(KIND_ENTRY, 4, b"old4", &mut junk);
         file.write_all_at(&junk, end).unwrap();
         let w = Wal::open(dir.path(), None).unwrap();
