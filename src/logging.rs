@@ -9,6 +9,7 @@ use std::fmt::{self, Write as _};
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -28,7 +29,10 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let meta = event.metadata();
+        // Events of the `log` crate (sled's) come through one generic callsite; their own level, file
+        // and line are in fields, which this puts back in place.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         let mut ts = String::new();
         SystemTime.format_time(&mut Writer::new(&mut ts))?;
         // zap's ISO 8601 has milliseconds: 2026-12-07T06:01:56.457Z.
@@ -72,6 +76,12 @@ impl Fields {
     fn put(&mut self, field: &Field, value: Value) {
         match (field.name(), value) {
             ("message", Value::String(s)) => self.msg = s,
+            // A `log` record's metadata, already in the line's own keys.
+            (name, _) if name.starts_with("log.") => {}
+            // A field named like one of the line's own keys keeps its value under another name.
+            (name @ ("level" | "ts" | "caller" | "msg"), value) => {
+                drop(self.rest.insert(format!("{name}_field"), value))
+            }
             (name, value) => drop(self.rest.insert(name.to_string(), value)),
         }
     }
@@ -125,17 +135,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_line_has_etcds_keys_in_etcds_order_then_the_fields() {
+    /// The one line that logging in `f` writes.
+    fn one_line(f: impl FnOnce()) -> Map<String, Value> {
         let sink = Sink::default();
         let out = sink.clone();
         let subscriber =
             tracing_subscriber::fmt().with_writer(move || sink.clone()).event_format(ZapJson).finish();
-        tracing::subscriber::with_default(subscriber, || {
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        serde_json::from_str(text.trim_end()).unwrap()
+    }
+
+    #[test]
+    fn a_line_has_etcds_keys_in_etcds_order_then_the_fields() {
+        let line = one_line(|| {
             tracing::warn!(name = "m1", id = %"8e9e05c5", applied = 7u64, ok = true, "published local member");
         });
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        let line: Map<String, Value> = serde_json::from_str(text.trim_end()).unwrap();
         let keys: Vec<&str> = line.keys().map(String::as_str).collect();
         assert_eq!(keys, ["level", "ts", "caller", "msg", "name", "id", "applied", "ok"]);
         assert_eq!(line["level"], "warn");
@@ -147,6 +162,33 @@ mod tests {
         );
         let ts = line["ts"].as_str().unwrap();
         assert!(ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "{ts}");
+    }
+
+    #[test]
+    fn a_record_of_the_log_crate_has_its_own_level_and_caller() {
+        let line = one_line(|| {
+            let record = log::Record::builder()
+                .args(format_args!("advancing segment"))
+                .level(log::Level::Warn)
+                .target("sled::pagecache")
+                .file(Some("/registry/sled-0.34.7/src/pagecache/iobuf.rs"))
+                .line(Some(42))
+                .build();
+            tracing_log::format_trace(&record).unwrap();
+        });
+        let keys: Vec<&str> = line.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["level", "ts", "caller", "msg"]);
+        assert_eq!((&line["level"], &line["caller"]), (&"warn".into(), &"pagecache/iobuf.rs:42".into()));
+        assert_eq!(line["msg"], "advancing segment");
+    }
+
+    #[test]
+    fn a_field_named_like_a_key_of_the_line_keeps_its_value_apart() {
+        let line = one_line(|| tracing::info!(msg = "mine", level = 3, "the message"));
+        assert_eq!(
+            (&line["msg"], &line["msg_field"], &line["level_field"]),
+            (&"the message".into(), &"mine".into(), &3.into())
+        );
     }
 
     #[test]

@@ -452,7 +452,8 @@ impl Server {
             () = async { while core.changed().await.is_ok() {} } => {
                 let why = match &self.node.raft.metrics().borrow().running_state {
                     Err(e) => e.to_string(),
-                    Ok(()) => "stopped".to_string(),
+                    // It ended without saying why: it panicked.
+                    Ok(()) => "the Raft core panicked".to_string(),
                 };
                 Stopped::Failed(why)
             }

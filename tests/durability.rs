@@ -190,8 +190,8 @@ async fn a_follower_acknowledges_an_append_only_after_syncing_it() {
 
 /// Which syncs strace makes fail with EIO.
 enum Failing {
-    /// From each thread's 20th `fdatasync` on (strace counts per thread), all of them: the Raft log's
-    /// come first, one per put.
+    /// Every sync, from a moment after some puts were acknowledged: the Raft log's come first, one per
+    /// put.
     Syncs,
     /// Every sync of the first segment of the records, which a checkpoint makes every 10 requests.
     RecordSyncs,
@@ -206,23 +206,43 @@ async fn exits_on_a_failed_sync_and_keeps_what_it_acknowledged(failing: Failing)
         Failing::RecordSyncs => &["--snapshot-count", "10"],
     };
     let mut c = Cluster::new(1, extra);
-    let segment = c.members[0].data_dir.join("records/00000001.rec");
-    let inject = match failing {
-        Failing::Syncs => vec!["-e", "inject=fdatasync:error=EIO:when=20+"],
-        Failing::RecordSyncs => vec!["-P", segment.to_str().unwrap(), "-e", "inject=fdatasync:error=EIO"],
-    };
-    let strace = ["strace", "-f", "-qq", "-e", "trace=fdatasync", "-o", "/dev/null"];
-    c.members[0].wrap = strace.iter().chain(&inject).map(|s| s.to_string()).collect();
+    let strace = ["strace", "-f", "-qq", "-e", "trace=fdatasync,fsync", "-o", "/dev/null"];
+    let strace = strace.map(String::from);
+    if let Failing::RecordSyncs = failing {
+        let segment = c.members[0].data_dir.join("records/00000001.rec").display().to_string();
+        let inject = ["-P".to_string(), segment, "-e".into(), "inject=fdatasync:error=EIO".into()];
+        c.members[0].wrap = strace.iter().cloned().chain(inject).collect();
+    }
     c.members[0].start();
     let mut kv = c.members[0].client().await;
+    let put = |kv: &mut etcd_client::Client, i: usize| {
+        let mut kv = kv.clone();
+        async move { kv.put(format!("sync-fails/{i:03}"), "v", None).await.is_ok() }
+    };
     let mut acknowledged = 0;
-    while acknowledged < 500 && kv.put(format!("sync-fails/{acknowledged:03}"), "v", None).await.is_ok() {
+    // A disk that fails later: strace attaches to every thread of the running member.
+    let mut failing_disk = None;
+    if let Failing::Syncs = failing {
+        while acknowledged < 10 {
+            assert!(put(&mut kv, acknowledged).await, "put {acknowledged}");
+            acknowledged += 1;
+        }
+        let inject = ["-e", "inject=fdatasync,fsync:error=EIO", "-p"].map(String::from);
+        let pid = c.members[0].pid().to_string();
+        let attach = std::process::Command::new("strace").args(&strace).args(inject).arg(pid).spawn();
+        failing_disk = Some(attach.expect("strace"));
+    }
+    while acknowledged < 1000 && put(&mut kv, acknowledged).await {
         acknowledged += 1;
     }
-    assert!((1..500).contains(&acknowledged), "{acknowledged} puts acknowledged before one failed");
+    assert!((1..1000).contains(&acknowledged), "{acknowledged} puts acknowledged before one failed");
     let exit = c.members[0].exited(std::time::Duration::from_secs(30)).await;
     assert!(exit.is_some_and(|e| !e.success()), "the member did not exit with an error: {exit:?}");
     assert!(c.members[0].log().contains("the Raft core stopped"), "{}", c.members[0].log());
+    if let Some(mut strace) = failing_disk {
+        // It ends with the member it traced.
+        let _ = strace.wait();
+    }
 
     c.members[0].wrap.clear();
     c.members[0].start();

@@ -36,12 +36,17 @@ impl Loopback {
         Loopback { url, tls, client: Default::default(), node, tokens: Default::default() }
     }
 
+    /// [`Self::act_for`], refusing as etcd's services refuse (see [`etcds`]).
+    async fn get<T>(&self, req: &Request<T>) -> Result<Client, Status> {
+        self.act_for(req).await.map_err(etcds)
+    }
+
     /// The client, its calls made as the caller of `req` (etcd's lock service passes the caller's
     /// context to its in-process client), so the lock's keys are checked against the caller's
     /// permissions. With auth on, the loopback always carries a token: one this member issues to
     /// itself for the caller, however the caller was named (token or certificate), and never lets its
     /// own certificate speak for anyone. A caller without a name goes no further.
-    async fn get<T>(&self, req: &Request<T>) -> Result<Client, Status> {
+    async fn act_for<T>(&self, req: &Request<T>) -> Result<Client, Status> {
         let caller = super::auth::caller(&self.node, req).await?;
         let url = std::slice::from_ref(&self.url);
         let connect = || Client::connect_with(url, Duration::from_secs(5), self.tls.clone());
@@ -89,7 +94,7 @@ pub struct LockService {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        let client = self.client.get(&req).await.map_err(etcds)?;
+        let client = self.client.get(&req).await?;
         let req = req.into_inner();
         let mut m = Mutex::with_lease(&client, req.lease, &req.name);
         m.lock().await.map_err(etcds)?;
@@ -97,7 +102,7 @@ impl Lock for LockService {
     }
 
     async fn unlock(&self, req: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
-        let client = self.client.get(&req).await.map_err(etcds)?;
+        let client = self.client.get(&req).await?;
         let key = req.into_inner().key;
         let resp = client.kv().delete_range(DeleteRangeRequest { key, ..Default::default() }).await;
         let resp = resp.map_err(etcds)?;
@@ -120,7 +125,7 @@ fn leader_response(kv: crate::pb::mvccpb::KeyValue) -> LeaderResponse {
 #[tonic::async_trait]
 impl ElectionApi for ElectionService {
     async fn campaign(&self, req: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
-        let client = self.client.get(&req).await.map_err(etcds)?;
+        let client = self.client.get(&req).await?;
         let req = req.into_inner();
         let mut e = Election::with_lease(&client, req.lease, &req.name);
         e.campaign(&req.value).await.map_err(etcds)?;
@@ -134,7 +139,7 @@ impl ElectionApi for ElectionService {
     }
 
     async fn proclaim(&self, req: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
-        let client = self.client.get(&req).await.map_err(etcds)?;
+        let client = self.client.get(&req).await?;
         let req = req.into_inner();
         let l = req.leader.ok_or_else(missing_leader)?;
         let mut e = Election::resume(&client, l.lease, &l.name, &l.key, l.rev);
@@ -143,7 +148,7 @@ impl ElectionApi for ElectionService {
     }
 
     async fn leader(&self, req: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
-        let client = self.client.get(&req).await.map_err(etcds)?;
+        let client = self.client.get(&req).await?;
         let name = req.into_inner().name;
         let e = Election::with_lease(&client, 0, &name);
         let (header, kv) = e.leader_read().await.map_err(etcds)?;
@@ -153,7 +158,7 @@ impl ElectionApi for ElectionService {
     type ObserveStream = ObserveStream;
 
     async fn observe(&self, req: Request<LeaderRequest>) -> Result<Response<ObserveStream>, Status> {
-        let client = self.client.get(&req).await.map_err(etcds)?;
+        let client = self.client.get(&req).await?;
         let name = req.into_inner().name;
         let rx = Election::with_lease(&client, 0, &name).observe();
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
@@ -161,7 +166,7 @@ impl ElectionApi for ElectionService {
     }
 
     async fn resign(&self, req: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
-        let client = self.client.get(&req).await.map_err(etcds)?;
+        let client = self.client.get(&req).await?;
         let l = req.into_inner().leader.ok_or_else(missing_leader)?;
         let mut e = Election::resume(&client, l.lease, &l.name, &l.key, l.rev);
         e.resign().await.map_err(etcds)?;

@@ -382,13 +382,14 @@ fn header(buf: &[u8]) -> (usize, u32) {
     (len, crc)
 }
 
+const SECTOR: u64 = 512;
+
 /// Whether a bad record is one a crash tore: `data`, the record's bytes at offset `at` of its file, has a
 /// 512-byte sector's worth all zeros (etcd's `isTornEntry`). Disks write whole sectors, so a write torn
 /// by a crash wrote some of a record's sectors and not others, and a sector never written reads as
 /// zeros (here: segments are sparse, their tail is zeroed at open, and nothing is written twice).
 /// Any other bad record is damage to what was synced.
 pub fn torn(data: &[u8], at: u64) -> bool {
-    const SECTOR: u64 = 512;
     let (mut rest, mut at) = (data, at);
     while !rest.is_empty() {
         let n = ((SECTOR - at % SECTOR) as usize).min(rest.len());
@@ -410,6 +411,10 @@ fn replay_segment(file: &Arc<File>, seq: u64, is_last: bool, inner: &mut Inner) 
     loop {
         // A bad record spanning `off..to`: the end of the log if a crash tore it, or damage.
         let bad = |to: usize, what: &str| -> Result<u64, WalError> {
+            // The record's last piece reaches to the end of its sector: in a sector that was written,
+            // whatever followed the record there (the next record) is not zero either, so a few zero
+            // bytes that end a damaged record are not taken for a sector never written.
+            let to = (to as u64).div_ceil(SECTOR).saturating_mul(SECTOR).min(data.len() as u64) as usize;
             if is_last && torn(&data[off..to], off as u64) {
                 Ok(off as u64)
             } else {
@@ -421,7 +426,13 @@ fn replay_segment(file: &Arc<File>, seq: u64, is_last: bool, inner: &mut Inner) 
         }
         let (len, crc) = header(&data[off..]);
         if len == 0 {
-            // The unwritten (zero) rest of a preallocated segment.
+            // The unwritten (zero) rest of a preallocated segment. A sealed segment was synced whole
+            // before the next one began, so a zero header with anything after it is damage.
+            if !is_last && data[off..].iter().any(|&b| b != 0) {
+                return Err(WalError::Corrupt(format!(
+                    "at byte {off}: a zero length inside a sealed segment"
+                )));
+            }
             return Ok(off as u64);
         }
         if len < 9 || off + HEADER + len > data.len() {
@@ -463,7 +474,7 @@ fn replay_segment(file: &Arc<File>, seq: u64, is_last: bool, inner: &mut Inner) 
 mod tests {
     use super::*;
 
-    const SECTOR: usize = 512;
+    const SECTOR: usize = super::SECTOR as usize;
 
     fn entries(range: std::ops::RangeInclusive<u64>, tag: &str) -> Vec<(u64, Vec<u8>)> {
         range.map(|i| (i, format!("{tag}{i}").into_bytes())).collect()
@@ -545,6 +556,45 @@ mod tests {
             let refused = Wal::open(dir.path(), None).err().expect("a damaged log is refused");
             assert!(refused.to_string().contains("bad checksum (not a torn write)"), "{refused}");
         }
+    }
+
+    #[test]
+    fn a_damaged_record_that_ends_in_zeros_is_not_taken_for_a_torn_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Wal::open(dir.path(), None).unwrap();
+        // Entry 2's record starts at 27 and ends 3 bytes into the second sector, with 3 zero bytes that
+        // are the whole of its piece there; entry 3 follows it in that sector.
+        let mut two = vec![b'y'; 468];
+        two.extend([0, 0, 0]);
+        w.append(&[(1, vec![b'x'; 10]), (2, two), (3, b"z".to_vec())]).unwrap();
+        w.sync().unwrap();
+        let loc = w.lock().locs[1].clone();
+        assert_eq!((loc.off, loc.off + (HEADER as u64) + loc.len as u64), (27, SECTOR as u64 + 3));
+        drop(w);
+        let at = loc.off + 100;
+        let mut byte = [0u8];
+        loc.file.read_exact_at(&mut byte, at).unwrap();
+        loc.file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
+        let refused = Wal::open(dir.path(), None).err().expect("a damaged log is refused");
+        assert!(refused.to_string().contains("bad checksum (not a torn write)"), "{refused}");
+    }
+
+    #[test]
+    fn a_zero_header_inside_a_sealed_segment_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Wal::open(dir.path(), None).unwrap();
+        let big = vec![7u8; (SEGMENT_BYTES / 3) as usize];
+        for i in 1..=4 {
+            w.append(&[(i, big.clone())]).unwrap();
+        }
+        w.sync().unwrap();
+        let loc = w.lock().locs[1].clone();
+        assert_eq!(loc.seg, 1, "two records in the first segment");
+        drop(w);
+        // Damage that zeroed the second record's header: the segment would seem to end there.
+        loc.file.write_all_at(&[0; HEADER], loc.off).unwrap();
+        let refused = Wal::open(dir.path(), None).err().expect("a damaged log is refused");
+        assert!(refused.to_string().contains("a zero length inside a sealed segment"), "{refused}");
     }
 
     #[test]

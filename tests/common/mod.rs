@@ -123,6 +123,11 @@ impl Member {
         self.child.is_some()
     }
 
+    /// The process id of what `start` ran (the wrapper's, if there is one).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Waits (up to `limit`) for the process to exit on its own; its exit status, or `None` if it did not.
     pub async fn exited(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + limit;

@@ -86,9 +86,19 @@ impl Member {
         Ok(())
     }
 
-    /// Ends a disk fault: the member (stopped by it, or not) is killed, to be started again.
+    /// Ends a disk fault: the member (stopped by it, or not) is killed, to be started again. One that
+    /// is still running was not reached by the fault (no sync while it lasted, or strace could not
+    /// attach): said on stderr, as a fault that did nothing.
     fn mend_disk(&mut self) {
         if let Some(mut strace) = self.failing_disk.take() {
+            let running = self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+            if running {
+                let attached = matches!(strace.try_wait(), Ok(None));
+                eprintln!(
+                    "disk fault under {}: still running at the heal (strace attached: {attached})",
+                    self.name
+                );
+            }
             let _ = strace.kill();
             let _ = strace.wait();
             if let Some(mut c) = self.child.take() {
