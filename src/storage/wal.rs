@@ -484,6 +484,27 @@ mod tests {
         w.read(from, to).unwrap().into_iter().map(|(_, p)| String::from_utf8(p).unwrap()).collect()
     }
 
+    /// Flips one bit of the byte at `at`, as damage to the disk would.
+    fn flip(file: &File, at: u64) {
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, at).unwrap();
+        file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
+    }
+
+    /// Why the log in `dir` is refused at open.
+    fn refusal(dir: &Path) -> String {
+        Wal::open(dir, None).err().expect("a damaged log is refused").to_string()
+    }
+
+    /// Appends entries 1 to `n` of a third of a segment each (two fit in a segment with their headers).
+    fn append_thirds(w: &Wal, n: u64) {
+        let big = vec![7u8; (SEGMENT_BYTES / 3) as usize];
+        for i in 1..=n {
+            w.append(&[(i, big.clone())]).unwrap();
+        }
+        w.sync().unwrap();
+    }
+
     #[test]
     fn append_read_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -549,12 +570,9 @@ mod tests {
             let loc = w.lock().locs[victim as usize - 1].clone();
             drop(w);
             // One flipped bit in a synced entry: no sector of it is zero, so no crash tore it.
-            let at = loc.off + (HEADER + 9 + 2) as u64;
-            let mut byte = [0u8];
-            loc.file.read_exact_at(&mut byte, at).unwrap();
-            loc.file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
-            let refused = Wal::open(dir.path(), None).err().expect("a damaged log is refused");
-            assert!(refused.to_string().contains("bad checksum (not a torn write)"), "{refused}");
+            flip(&loc.file, loc.off + (HEADER + 9 + 2) as u64);
+            let refused = refusal(dir.path());
+            assert!(refused.contains("bad checksum (not a torn write)"), "{refused}");
         }
     }
 
@@ -571,41 +589,30 @@ mod tests {
         let loc = w.lock().locs[1].clone();
         assert_eq!((loc.off, loc.off + (HEADER as u64) + loc.len as u64), (27, SECTOR as u64 + 3));
         drop(w);
-        let at = loc.off + 100;
-        let mut byte = [0u8];
-        loc.file.read_exact_at(&mut byte, at).unwrap();
-        loc.file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
-        let refused = Wal::open(dir.path(), None).err().expect("a damaged log is refused");
-        assert!(refused.to_string().contains("bad checksum (not a torn write)"), "{refused}");
+        flip(&loc.file, loc.off + 100);
+        let refused = refusal(dir.path());
+        assert!(refused.contains("bad checksum (not a torn write)"), "{refused}");
     }
 
     #[test]
     fn a_zero_header_inside_a_sealed_segment_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let w = Wal::open(dir.path(), None).unwrap();
-        let big = vec![7u8; (SEGMENT_BYTES / 3) as usize];
-        for i in 1..=4 {
-            w.append(&[(i, big.clone())]).unwrap();
-        }
-        w.sync().unwrap();
+        append_thirds(&w, 4);
         let loc = w.lock().locs[1].clone();
         assert_eq!(loc.seg, 1, "two records in the first segment");
         drop(w);
         // Damage that zeroed the second record's header: the segment would seem to end there.
         loc.file.write_all_at(&[0; HEADER], loc.off).unwrap();
-        let refused = Wal::open(dir.path(), None).err().expect("a damaged log is refused");
-        assert!(refused.to_string().contains("a zero length inside a sealed segment"), "{refused}");
+        let refused = refusal(dir.path());
+        assert!(refused.contains("a zero length inside a sealed segment"), "{refused}");
     }
 
     #[test]
     fn segments_rotate_and_purge_removes_old_ones() {
         let dir = tempfile::tempdir().unwrap();
         let w = Wal::open(dir.path(), None).unwrap();
-        let big = vec![7u8; (SEGMENT_BYTES / 3) as usize];
-        for i in 1..=7 {
-            w.append(&[(i, big.clone())]).unwrap();
-        }
-        w.sync().unwrap();
+        append_thirds(&w, 7);
         let segs = || std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(segs(), 4, "three records of a third of a segment fill one, less its headers");
         w.purge(5).unwrap();
