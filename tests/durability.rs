@@ -124,12 +124,8 @@ const FIRST_KEY: &str = "durable/000";
 /// One client's puts, one after another over one connection, once the member has published its name
 /// (its own write at start).
 async fn puts(member: &Member) {
+    member.published().await;
     let mut kv = member.client().await;
-    common::eventually("the member publishes its name", || {
-        let mut kv = kv.clone();
-        async move { kv.member_list().await.is_ok_and(|l| l.members().iter().all(|m| !m.name().is_empty())) }
-    })
-    .await;
     for i in 0..PUTS {
         kv.put(format!("durable/{i:03}"), "v", None).await.unwrap();
     }

@@ -185,6 +185,17 @@ impl Member {
         }
     }
 
+    /// Waits until the member has published its name (its own entry in the log at start), so that the
+    /// log's next entries are the test's.
+    pub async fn published(&self) {
+        let kv = self.client().await;
+        eventually("the member publishes its name", || {
+            let mut kv = kv.clone();
+            async move { kv.member_list().await.is_ok_and(|l| l.members().iter().all(|m| !m.name().is_empty())) }
+        })
+        .await;
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
     }
