@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::api::auth::AuthService;
 use crate::api::authority::RepairAuthority;
 use crate::api::cluster::ClusterService;
+use crate::api::coalesce::Coalesce;
 use crate::api::health::HealthService;
 use crate::api::http::HttpLayer;
 use crate::api::kv::KvService;
@@ -333,7 +334,8 @@ impl Server {
             let mut rx = stop_rx.clone();
             // etcd 3.4's clients send an `http://` endpoint as the :authority, which h2 refuses.
             let incoming = crate::tls::incoming(listener, client_tls_server.clone());
-            let incoming = futures::TryStreamExt::map_ok(incoming, RepairAuthority::new);
+            let incoming =
+                futures::TryStreamExt::map_ok(incoming, |c| Coalesce::new(RepairAuthority::new(c)));
             tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
                 let _ = rx.wait_for(|s| *s).await;
             })));

@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{status, Cluster};
+use std::time::Duration;
+
+use common::{etcdctl, status, Cluster};
 use etcd_client::{
     CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
     TxnOp, TxnOpResponse,
@@ -244,6 +246,33 @@ async fn request_size_limit() {
     let e = status(kv.put("big", way_too_big, None).await.unwrap_err());
     assert_eq!(e.code(), Code::ResourceExhausted, "gRPC refuses it before concord sees it, as with etcd");
     assert_eq!(kv.get("big", None).await.unwrap().kvs()[0].version(), 1);
+}
+
+/// Responses from a hundred bytes to a few hundred KiB: the server gathers large HTTP/2 frames into one
+/// write and may put a flush off until its connection's next turn (`src/api/coalesce.rs`). Each must
+/// reach a client that then waits without sending anything; a stall is a timeout here.
+#[tokio::test]
+async fn responses_of_every_size_reach_a_waiting_client() {
+    let c = Cluster::start(1, &[]);
+    let mut kv = c.members[0].client().await;
+    let mut watcher = c.members[0].client().await;
+    let (_w, mut events) = watcher.watch("w", None).await.unwrap();
+    let limit = Duration::from_secs(10);
+    for (i, size) in [100, 4_000, 4_200, 16_384, 20_000, 65_000, 70_000, 300_000].into_iter().enumerate() {
+        let value: String = (0..size).map(|j| char::from(b'a' + ((i + j) % 26) as u8)).collect();
+        let key = format!("k{size}");
+        kv.put(key.as_str(), value.as_str(), None).await.unwrap();
+        let got =
+            tokio::time::timeout(limit, kv.get(key.as_str(), None)).await.expect("get stalled").unwrap();
+        assert_eq!(got.kvs()[0].value(), value.as_bytes(), "{size} bytes");
+        // Go's client, whose maximum frame (16 KiB) splits the larger ones.
+        let (ok, out, err) = etcdctl(&c.members[0].endpoint(), &["get", &key, "--print-value-only"], None);
+        assert!(ok && out.trim_end() == value, "etcdctl get of {size} bytes: {err}");
+
+        kv.put("w", value.as_str(), None).await.unwrap();
+        let r = tokio::time::timeout(limit, events.message()).await.expect("watch stalled").unwrap().unwrap();
+        assert_eq!(r.events()[0].kv().unwrap().value(), value.as_bytes(), "event of {size} bytes");
+    }
 }
 
 #[tokio::test]

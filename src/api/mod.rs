@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod authority;
 pub mod cluster;
+pub mod coalesce;
 pub mod gateway;
 pub mod health;
 pub mod http;
