@@ -8,12 +8,12 @@
 //!
 //! [`Coalesce`] sits between hyper and the connection. A small write with nothing gathered goes straight
 //! through (a unary response: a put, a range), so nothing a lone client waits for is held back or
-//! copied. Anything else is copied into a buffer. A flush with little pending writes at once; one with
-//! more pending, right after a write, is put off: h2 flushes after each
-//! large frame and once more when it has nothing left to send, so the next flush with nothing written
-//! since writes everything gathered, as does a full buffer. A put-off flush wakes the connection's task,
-//! whose next poll reads (`poll_read` first writes what is pending) and flushes again: nothing waits
-//! beyond the task's next turn.
+//! copied. Anything else is copied into a buffer. A flush right after a large write (a DATA frame) is
+//! put off: h2 flushes after each large frame, so the frames of one turn gather, and any other flush
+//! writes everything gathered (h2 flushes once more when it has nothing left to send, or after the
+//! small trailers that end a unary response), as does a full buffer. A put-off flush also wakes the
+//! connection's task, whose next poll reads (`poll_read` first writes what is pending) and flushes
+//! again: nothing waits beyond the task's next turn, whatever h2 does.
 
 use std::io;
 use std::pin::Pin;
@@ -32,13 +32,13 @@ pub struct Coalesce<S> {
     buf: Vec<u8>,
     /// How much of `buf` is already written.
     sent: usize,
-    /// Something was written since the last flush.
-    wrote: bool,
+    /// The last write was a large one (a DATA frame, with more likely to follow in the same turn).
+    large: bool,
 }
 
 impl<S> Coalesce<S> {
     pub fn new(io: S) -> Self {
-        Coalesce { io, buf: Vec::new(), sent: 0, wrote: false }
+        Coalesce { io, buf: Vec::new(), sent: 0, large: false }
     }
 
     fn pending(&self) -> usize {
@@ -54,7 +54,7 @@ impl<S> Coalesce<S> {
         for b in bufs {
             self.buf.extend_from_slice(b);
         }
-        self.wrote |= n > 0;
+        self.large = n >= WRITE_NOW;
         n
     }
 }
@@ -126,14 +126,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let pending = self.pending();
-        if self.wrote && (WRITE_NOW..GATHER).contains(&pending) {
-            self.wrote = false;
+        if std::mem::take(&mut self.large) && (1..GATHER).contains(&self.pending()) {
             cx.waker().wake_by_ref();
             return Poll::Ready(Ok(()));
         }
         ready!(self.poll_drain(cx))?;
-        self.wrote = false;
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
@@ -213,11 +210,14 @@ mod tests {
         write(&mut c, &mut cx, 100);
         assert_eq!(c.io.writes, [129], "behind a large write, a small one is gathered too");
         assert_eq!(c.pending(), 5_100);
+        // A unary response's trailers after its large DATA frame: the flush writes both at once.
+        flush(&mut c, &mut cx);
+        assert_eq!(c.io.writes, [129, 5_100]);
         assert_eq!(wakes.0.load(Ordering::Relaxed), 0);
     }
 
     #[test]
-    fn large_frames_are_written_together_at_the_flush_that_follows_no_write() {
+    fn large_frames_are_written_together_at_the_first_flush_after_a_small_write_or_none() {
         let wakes = Arc::new(Wakes::default());
         let waker = Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
