@@ -138,8 +138,18 @@ async fn a_watch_streams_one_json_line_per_response() {
     let c = Cluster::start(1, &[]);
     c.members[0].client().await;
     let port = c.members[0].client_port;
+    // curl gives up after 30 s: a line that never comes fails the test instead of hanging it.
     let mut watch = Command::new("curl")
-        .args(["-s", "-N", "-X", "POST", "-d", r#"{"create_request": {"key": "d2F0Y2hlZA=="}}"#])
+        .args([
+            "-s",
+            "-N",
+            "--max-time",
+            "30",
+            "-X",
+            "POST",
+            "-d",
+            r#"{"create_request": {"key": "d2F0Y2hlZA=="}}"#,
+        ])
         .arg(format!("http://127.0.0.1:{port}/v3/watch"))
         .stdout(Stdio::piped())
         .spawn()
@@ -151,6 +161,12 @@ async fn a_watch_streams_one_json_line_per_response() {
     let event: Value = serde_json::from_str(&lines.next().expect("a line").expect("read")).expect("JSON");
     let kv = &event["result"]["events"][0]["kv"];
     assert_eq!((kv["key"].as_str(), kv["value"].as_str()), (Some("d2F0Y2hlZA=="), Some("MQ==")), "{event}");
+    // A line of 16 KB: the server gathers it before writing (src/api/coalesce.rs) and must still write it
+    // while the client only waits.
+    let big = "eHh4".repeat(4_000); // "xxx" 4,000 times
+    post(port, "/v3/kv/put", &format!(r#"{{"key": "d2F0Y2hlZA==", "value": "{big}"}}"#));
+    let event: Value = serde_json::from_str(&lines.next().expect("a line").expect("read")).expect("JSON");
+    assert_eq!(event["result"]["events"][0]["kv"]["value"].as_str(), Some(big.as_str()));
     let _ = watch.kill();
     let _ = watch.wait();
 }

@@ -6,14 +6,17 @@
 //! hundreds of KiB at a time, ~12 KiB per call where etcd's Go server writes ~25 (docs/benchmarks.md,
 //! finding 18), and loopback TCP costs per call as well as per byte, on both ends.
 //!
-//! [`Coalesce`] sits between hyper and the connection. A small write with nothing gathered goes straight
-//! through (a unary response: a put, a range), so nothing a lone client waits for is held back or
-//! copied. Anything else is copied into a buffer. A flush right after a large write (a DATA frame) is
-//! put off: h2 flushes after each large frame, so the frames of one turn gather, and any other flush
-//! writes everything gathered (h2 flushes once more when it has nothing left to send, or after the
-//! small trailers that end a unary response), as does a full buffer. A put-off flush also wakes the
-//! connection's task, whose next poll reads (`poll_read` first writes what is pending) and flushes
-//! again: nothing waits beyond the task's next turn, whatever h2 does.
+//! [`Coalesce`] sits between hyper and the connection. With nothing gathered, a write goes straight
+//! through unless it is a large frame chained to its header (h2's write of a DATA frame: two slices,
+//! 4 KiB or more). h2 copies small frames into one buffer of its own, so a unary response (a put, a
+//! range) arrives as one slice and is neither held back nor copied. A chained frame is copied into a
+//! buffer, and the flush h2 makes right after it is put off, so the frames of one turn gather. Any
+//! other flush writes everything gathered (h2 flushes once more when it has nothing left to send, or
+//! after a response's trailers), as does a full buffer. A put-off flush also wakes the connection's
+//! task, whose next poll reads (`poll_read` first writes what is pending) and flushes again: nothing
+//! waits beyond the task's next turn, whatever hyper does. That relies on one task doing both the reads
+//! and the writes, as hyper's and h2's connections do: a write inside `poll_read` registers the
+//! reader's waker for write readiness.
 
 use std::io;
 use std::pin::Pin;
@@ -22,8 +25,8 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 
-/// A flush with less than this pending writes at once.
-const WRITE_NOW: usize = 4 * 1024;
+/// A chained frame at least this large has the flush after it put off.
+const LARGE: usize = 4 * 1024;
 /// Pending bytes that are written without waiting for a flush.
 const GATHER: usize = 64 * 1024;
 
@@ -32,7 +35,7 @@ pub struct Coalesce<S> {
     buf: Vec<u8>,
     /// How much of `buf` is already written.
     sent: usize,
-    /// The last write was a large one (a DATA frame, with more likely to follow in the same turn).
+    /// The last write was a large chained frame, with more likely to follow in the same turn.
     large: bool,
 }
 
@@ -45,17 +48,20 @@ impl<S> Coalesce<S> {
         self.buf.len() - self.sent
     }
 
-    fn take(&mut self, bufs: &[io::IoSlice<'_>]) -> usize {
-        let n = bufs.iter().map(|b| b.len()).sum();
-        if self.buf.capacity() - self.buf.len() < n && n + self.buf.len() > WRITE_NOW {
-            // Gathering: one allocation for the whole gather rather than a doubling per frame.
+    fn take(&mut self, bufs: &[io::IoSlice<'_>], n: usize) {
+        if self.sent > 0 {
+            // Partly written: what is gone makes room, so the buffer stays within GATHER and a write.
+            self.buf.drain(..self.sent);
+            self.sent = 0;
+        }
+        if self.buf.capacity() - self.buf.len() < n {
+            // One allocation for the whole gather rather than a doubling per frame.
             self.buf.reserve(GATHER + n);
         }
         for b in bufs {
             self.buf.extend_from_slice(b);
         }
-        self.large = n >= WRITE_NOW;
-        n
+        self.large = bufs.len() > 1 && n >= LARGE;
     }
 }
 
@@ -70,25 +76,26 @@ impl<S: AsyncWrite + Unpin> Coalesce<S> {
             self.sent += n;
         }
         self.sent = 0;
-        if self.buf.capacity() > WRITE_NOW {
-            // An idle connection keeps no gathering buffer.
-            self.buf = Vec::new();
-        } else {
-            self.buf.clear();
-        }
+        self.large = false;
+        // No buffer is kept between gathers: thousands of quiet connections hold none.
+        self.buf = Vec::new();
         Poll::Ready(Ok(()))
     }
 
     fn poll_take(&mut self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        if self.pending() == 0 && bufs.iter().map(|b| b.len()).sum::<usize>() < WRITE_NOW {
-            // Small, with nothing gathered: straight through, with no copy (h2 copies small frames
-            // into one buffer of its own, so a unary response arrives here as one write).
+        let n = bufs.iter().map(|b| b.len()).sum::<usize>();
+        let chained = bufs.len() > 1 && n >= LARGE;
+        if self.pending() == 0 && (!chained || n >= GATHER) {
             return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         }
         if self.pending() >= GATHER {
             ready!(self.poll_drain(cx))?;
+            if !chained || n >= GATHER {
+                return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+            }
         }
-        Poll::Ready(Ok(self.take(bufs)))
+        self.take(bufs, n);
+        Poll::Ready(Ok(n))
     }
 }
 
@@ -155,10 +162,15 @@ mod tests {
 
     use super::*;
 
-    /// A connection that records the size of each write.
+    /// A connection that records the size of each write; it may take only part of a write, or none.
     #[derive(Default)]
     struct Recorder {
         writes: Vec<usize>,
+        /// The most one write takes (0: all of it).
+        limit: usize,
+        /// The client reads nothing: writes wait.
+        blocked: bool,
+        shut: bool,
     }
 
     impl AsyncRead for Recorder {
@@ -168,14 +180,30 @@ mod tests {
     }
 
     impl AsyncWrite for Recorder {
-        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-            self.writes.push(buf.len());
-            Poll::Ready(Ok(buf.len()))
+        fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            if self.blocked {
+                return Poll::Pending;
+            }
+            let total = bufs.iter().map(|b| b.len()).sum::<usize>();
+            let n = if self.limit > 0 { total.min(self.limit) } else { total };
+            self.writes.push(n);
+            Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
         }
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
         }
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.shut = true;
             Poll::Ready(Ok(()))
         }
     }
@@ -189,69 +217,134 @@ mod tests {
         }
     }
 
-    fn write(c: &mut Coalesce<Recorder>, cx: &mut Context<'_>, n: usize) {
-        assert!(matches!(Pin::new(c).poll_write(cx, &vec![7; n]), Poll::Ready(Ok(m)) if m == n));
+    struct Fixture {
+        c: Coalesce<Recorder>,
+        wakes: Arc<Wakes>,
+        waker: Waker,
     }
 
-    fn flush(c: &mut Coalesce<Recorder>, cx: &mut Context<'_>) {
-        assert!(matches!(Pin::new(c).poll_flush(cx), Poll::Ready(Ok(()))));
+    impl Fixture {
+        fn new() -> Self {
+            let wakes = Arc::new(Wakes::default());
+            Fixture { c: Coalesce::new(Recorder::default()), waker: Waker::from(wakes.clone()), wakes }
+        }
+
+        fn wakes(&self) -> usize {
+            self.wakes.0.load(Ordering::Relaxed)
+        }
+
+        /// h2's write of one buffer (small frames it copied together).
+        fn write(&mut self, n: usize) -> Poll<io::Result<usize>> {
+            let mut cx = Context::from_waker(&self.waker);
+            Pin::new(&mut self.c).poll_write(&mut cx, &vec![7; n])
+        }
+
+        /// h2's write of a DATA frame: its 9-byte header, then the payload it chains.
+        fn frame(&mut self, payload: usize) -> Poll<io::Result<usize>> {
+            let mut cx = Context::from_waker(&self.waker);
+            let (head, body) = ([0u8; 9], vec![7u8; payload]);
+            Pin::new(&mut self.c)
+                .poll_write_vectored(&mut cx, &[io::IoSlice::new(&head), io::IoSlice::new(&body)])
+        }
+
+        fn flush(&mut self) -> Poll<io::Result<()>> {
+            let mut cx = Context::from_waker(&self.waker);
+            Pin::new(&mut self.c).poll_flush(&mut cx)
+        }
+
+        fn read(&mut self) -> Poll<io::Result<()>> {
+            let mut cx = Context::from_waker(&self.waker);
+            let mut space = [0u8; 16];
+            Pin::new(&mut self.c).poll_read(&mut cx, &mut ReadBuf::new(&mut space))
+        }
+    }
+
+    fn done(p: Poll<io::Result<usize>>) -> usize {
+        match p {
+            Poll::Ready(Ok(n)) => n,
+            other => panic!("write: {other:?}"),
+        }
+    }
+
+    fn flushed(p: Poll<io::Result<()>>) {
+        assert!(matches!(p, Poll::Ready(Ok(()))), "flush: {p:?}");
     }
 
     #[test]
-    fn small_writes_go_straight_through_unless_something_is_gathered() {
-        let wakes = Arc::new(Wakes::default());
-        let waker = Waker::from(wakes.clone());
-        let mut cx = Context::from_waker(&waker);
-        let mut c = Coalesce::new(Recorder::default());
-        write(&mut c, &mut cx, 129);
-        assert_eq!(c.io.writes, [129]);
-        flush(&mut c, &mut cx);
-        write(&mut c, &mut cx, 5_000);
-        write(&mut c, &mut cx, 100);
-        assert_eq!(c.io.writes, [129], "behind a large write, a small one is gathered too");
-        assert_eq!(c.pending(), 5_100);
-        // A unary response's trailers after its large DATA frame: the flush writes both at once.
-        flush(&mut c, &mut cx);
-        assert_eq!(c.io.writes, [129, 5_100]);
-        assert_eq!(wakes.0.load(Ordering::Relaxed), 0);
+    fn unary_responses_go_straight_through() {
+        let mut f = Fixture::new();
+        assert_eq!(done(f.write(129)), 129);
+        assert_eq!(done(f.frame(1_000)), 1_009, "a small frame");
+        assert_eq!(done(f.write(20_000)), 20_000, "many small frames h2 copied together");
+        flushed(f.flush());
+        assert_eq!(f.c.io.writes, [129, 1_009, 20_000]);
+        assert_eq!(f.wakes(), 0);
     }
 
     #[test]
-    fn large_frames_are_written_together_at_the_first_flush_after_a_small_write_or_none() {
-        let wakes = Arc::new(Wakes::default());
-        let waker = Waker::from(wakes.clone());
-        let mut cx = Context::from_waker(&waker);
-        let mut c = Coalesce::new(Recorder::default());
+    fn the_frames_of_one_turn_leave_in_one_write() {
+        let mut f = Fixture::new();
         for _ in 0..3 {
-            write(&mut c, &mut cx, 9 + 16_384);
-            flush(&mut c, &mut cx);
+            done(f.frame(16_384));
+            flushed(f.flush());
         }
-        assert!(c.io.writes.is_empty(), "put off while frames keep coming");
-        assert_eq!(wakes.0.load(Ordering::Relaxed), 3, "each put-off flush has the task polled again");
-        flush(&mut c, &mut cx);
-        assert_eq!(c.io.writes, [3 * (9 + 16_384)]);
+        assert!(f.c.io.writes.is_empty(), "put off while frames keep coming");
+        assert_eq!(f.wakes(), 3, "each put-off flush has the task polled again");
+        flushed(f.flush());
+        assert_eq!(f.c.io.writes, [3 * 16_393]);
 
-        // A full buffer is written without waiting for a flush.
+        // A large unary response as h2 writes it: the DATA frame, a flush, the trailers, a flush.
+        done(f.frame(5_000));
+        flushed(f.flush());
+        assert_eq!(f.c.io.writes.len(), 1);
+        done(f.write(30));
+        flushed(f.flush());
+        assert_eq!(f.c.io.writes[1..], [5_009 + 30]);
+
+        // A full buffer is written without waiting for the end of the turn.
         for _ in 0..5 {
-            write(&mut c, &mut cx, 9 + 16_384);
-            flush(&mut c, &mut cx);
+            done(f.frame(16_384));
+            flushed(f.flush());
         }
-        assert_eq!(c.io.writes[1..], [4 * (9 + 16_384)]);
-        assert_eq!(c.pending(), 9 + 16_384);
+        assert_eq!(f.c.io.writes[2..], [4 * 16_393]);
+        assert_eq!(f.c.pending(), 16_393);
     }
 
     #[test]
     fn the_next_read_writes_a_put_off_flush() {
-        let waker = Waker::from(Arc::new(Wakes::default()));
-        let mut cx = Context::from_waker(&waker);
-        let mut c = Coalesce::new(Recorder::default());
-        write(&mut c, &mut cx, 10_000);
-        flush(&mut c, &mut cx);
-        assert!(c.io.writes.is_empty());
-        let mut space = [0u8; 16];
-        let mut read = ReadBuf::new(&mut space);
-        assert!(Pin::new(&mut c).poll_read(&mut cx, &mut read).is_pending());
-        assert_eq!(c.io.writes, [10_000]);
-        assert_eq!(c.buf.capacity(), 0, "the gathering buffer is given back");
+        let mut f = Fixture::new();
+        done(f.frame(10_000));
+        flushed(f.flush());
+        assert!(f.c.io.writes.is_empty());
+        assert!(f.read().is_pending());
+        assert_eq!(f.c.io.writes, [10_009]);
+        assert_eq!(f.c.buf.capacity(), 0, "the gathering buffer is given back");
+    }
+
+    #[test]
+    fn partial_writes_a_client_that_stops_reading_and_shutdown() {
+        let mut f = Fixture::new();
+        f.c.io.limit = 1_000;
+        done(f.frame(16_384));
+        flushed(f.flush());
+        flushed(f.flush());
+        assert_eq!(f.c.io.writes.iter().sum::<usize>(), 16_393, "written in parts, in full");
+
+        f.c.io.blocked = true;
+        let mut offered = 0;
+        for _ in 0..3 {
+            offered += done(f.frame(16_384));
+            flushed(f.flush());
+        }
+        offered += done(f.frame(16_384));
+        assert!(f.flush().is_pending(), "a full buffer waits for the client");
+        assert!(f.frame(16_384).is_pending(), "and so does the next write");
+        assert_eq!(f.c.pending(), offered);
+
+        f.c.io.blocked = false;
+        let mut cx = Context::from_waker(&f.waker);
+        assert!(matches!(Pin::new(&mut f.c).poll_shutdown(&mut cx), Poll::Ready(Ok(()))));
+        assert!(f.c.io.shut);
+        assert_eq!(f.c.io.writes.iter().sum::<usize>(), 16_393 + offered, "nothing lost at shutdown");
     }
 }
