@@ -8,11 +8,12 @@
 //!
 //! [`Coalesce`] sits between hyper and the connection. With nothing gathered, a write goes straight
 //! through unless it is a large frame chained to its header (h2's write of a DATA frame: two slices,
-//! 4 KiB or more). h2 copies small frames into one buffer of its own, so a unary response (a put, a
-//! range) arrives as one slice and is neither held back nor copied. A chained frame is copied into a
-//! buffer, and the flush h2 makes right after it is put off, so the frames of one turn gather. Any
-//! other flush writes everything gathered (h2 flushes once more when it has nothing left to send, or
-//! after a response's trailers), as does a full buffer. A put-off flush also wakes the connection's
+//! 4 KiB or more). h2 copies small frames into one buffer of its own, so a small unary response (a
+//! put, a range of small values) arrives as one slice and is neither held back nor copied. A chained
+//! frame is copied into a buffer, and the flush h2 makes right after it is put off, so the frames of
+//! one turn gather. Any other flush writes everything gathered (h2 flushes once more when it has
+//! nothing left to send, or after a response's trailers: a large unary response leaves in the turn
+//! that wrote it), as does a full buffer. A put-off flush also wakes the connection's
 //! task, whose next poll reads (`poll_read` first writes what is pending) and flushes again: nothing
 //! waits beyond the task's next turn, whatever hyper does. That relies on one task doing both the reads
 //! and the writes, as hyper's and h2's connections do: a write inside `poll_read` registers the
