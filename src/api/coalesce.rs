@@ -49,7 +49,7 @@ impl<S> Coalesce<S> {
         self.buf.len() - self.sent
     }
 
-    fn take(&mut self, bufs: &[io::IoSlice<'_>], n: usize) {
+    fn take(&mut self, bufs: &[io::IoSlice<'_>], n: usize, chained: bool) {
         if self.sent > 0 {
             // Partly written: what is gone makes room, so the buffer stays within GATHER and a write.
             self.buf.drain(..self.sent);
@@ -62,7 +62,7 @@ impl<S> Coalesce<S> {
         for b in bufs {
             self.buf.extend_from_slice(b);
         }
-        self.large = bufs.len() > 1 && n >= LARGE;
+        self.large = chained;
     }
 }
 
@@ -86,16 +86,14 @@ impl<S: AsyncWrite + Unpin> Coalesce<S> {
     fn poll_take(&mut self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         let n = bufs.iter().map(|b| b.len()).sum::<usize>();
         let chained = bufs.len() > 1 && n >= LARGE;
+        if self.pending() >= GATHER {
+            ready!(self.poll_drain(cx))?;
+        }
+        // With nothing gathered, only a chained frame that fits the buffer starts a gather.
         if self.pending() == 0 && (!chained || n >= GATHER) {
             return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         }
-        if self.pending() >= GATHER {
-            ready!(self.poll_drain(cx))?;
-            if !chained || n >= GATHER {
-                return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-            }
-        }
-        self.take(bufs, n);
+        self.take(bufs, n, chained);
         Poll::Ready(Ok(n))
     }
 }
