@@ -615,13 +615,27 @@ async fn count_leader_changes(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
     let mut metrics = node.raft.server_metrics();
-    let mut last = None;
+    let (mut last, mut current) = (None, None);
     loop {
-        let leader = metrics.borrow_and_update().current_leader;
+        let (leader, term) = {
+            let m = metrics.borrow_and_update();
+            (m.current_leader, m.vote.leader_id().term)
+        };
         if leader.is_some() && leader != last {
             crate::metrics::LEADER_CHANGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         last = leader.or(last);
+        // etcd's lines, word for word (raft/node.go): operators and scripts look for them.
+        let id = node.id;
+        match (current, leader) {
+            (None, Some(l)) => tracing::info!("raft.node: {id:x} elected leader {l:x} at term {term}"),
+            (Some(c), Some(l)) if c != l => {
+                tracing::info!("raft.node: {id:x} changed leader from {c:x} to {l:x} at term {term}")
+            }
+            (Some(c), None) => tracing::info!("raft.node: {id:x} lost leader {c:x} at term {term}"),
+            _ => {}
+        }
+        current = leader;
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return Ok(()),
             changed = metrics.changed() => if changed.is_err() { return Ok(()) },

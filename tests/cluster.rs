@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{eventually, Cluster};
 use etcd_client::GetOptions;
 
 /// Waits until member `i` serves `key` (serializably, from its own state) at `want` revision or later.
@@ -20,6 +20,20 @@ async fn wait_caught_up(c: &Cluster, i: usize, key: &str, want_rev: i64) -> etcd
         assert!(Instant::now() < deadline, "member {i} did not catch up to revision {want_rev}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn member_id(c: &Cluster, i: usize) -> u64 {
+    c.members[i].client().await.status().await.unwrap().header().unwrap().member_id()
+}
+
+/// Whether member `me` logged `leader` as elected, as etcd words it.
+fn logged_leader(log: &str, me: u64, leader: u64) -> bool {
+    let (elected, changed) = (
+        format!("raft.node: {me:x} elected leader {leader:x} at term "),
+        format!("raft.node: {me:x} changed leader from "),
+    );
+    let to = format!(" to {leader:x} at term ");
+    log.lines().any(|l| l.contains(&elected) || (l.contains(&changed) && l.contains(&to)))
 }
 
 #[tokio::test]
@@ -70,10 +84,22 @@ async fn three_members_replicate_and_survive_the_leader_crashing() {
     }
 
     // kill -9 the leader: a new one is elected and nothing acknowledged is lost.
+    let old_id = member_id(&c, leader).await;
     c.members[leader].kill();
     let new_leader = c.leader().await;
     assert_ne!(new_leader, leader);
     let mut nl = c.members[new_leader].client().await;
+    // Each survivor logged both leaders in etcd's words (raft/node.go), which operators search for.
+    let new_id = nl.status().await.unwrap().leader();
+    for i in (0..3).filter(|i| *i != leader) {
+        let me = member_id(&c, i).await;
+        let m = &c.members[i];
+        eventually("the survivors log the new leader", || async {
+            let log = m.log();
+            logged_leader(&log, me, old_id) && logged_leader(&log, me, new_id)
+        })
+        .await;
+    }
     let r = nl.get("k/", Some(GetOptions::new().with_prefix())).await.unwrap();
     assert_eq!(r.count(), 20);
     for (kv, (key, rev)) in r.kvs().iter().zip(&acked) {
