@@ -31,8 +31,8 @@ pub struct HttpLayer {
     pub endpoints_only: bool,
     /// Serve the JSON gateway (`--enable-grpc-gateway`); 404 for its paths if not.
     pub gateway: bool,
-    /// Turns true when the member has lost its leader for good (`require_leader::monitor`).
-    pub leader_lost: tokio::sync::watch::Receiver<bool>,
+    /// `Some` once the member has lost its leader for good (`require_leader::monitor`).
+    pub leader_lost: require_leader::LeaderLoss,
 }
 
 impl<S> tower::Layer<S> for HttpLayer {
@@ -57,7 +57,7 @@ pub struct Http<S> {
     max_body: usize,
     endpoints_only: bool,
     gateway: bool,
-    leader_lost: tokio::sync::watch::Receiver<bool>,
+    leader_lost: require_leader::LeaderLoss,
 }
 
 impl<S> tower::Service<http::Request<Body>> for Http<S>

@@ -22,8 +22,8 @@ pub fn cluster_version() -> &'static str {
 
 pub struct MaintenanceService {
     pub node: RaftNode,
-    /// Turns true when the member has lost its leader for good (`require_leader::monitor`).
-    pub leader_lost: tokio::sync::watch::Receiver<bool>,
+    /// `Some` once the member has lost its leader for good (`require_leader::monitor`).
+    pub leader_lost: super::require_leader::LeaderLoss,
 }
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;

@@ -19,15 +19,27 @@ use crate::raft::RaftNode;
 /// etcd's `maxNoLeaderCnt`: checks in a row without a leader before require-leader streams end.
 const MISSES: u32 = 3;
 
-/// The leader as etcd would report it: none once this member has been without a confirmed leader for
-/// `MISSES` checks (`lost`, from `monitor`). An etcd leader cut off from its quorum steps down; an
-/// openraft one goes on taking itself for the leader, which status, `/health` and `/metrics` must not
-/// repeat.
-pub fn known_leader(node: &RaftNode, lost: &watch::Receiver<bool>) -> Option<u64> {
-    if *lost.borrow() {
-        None
-    } else {
-        node.leader()
+/// What [`monitor`] reports: `None` while this member has a leader (or has not been without one for
+/// long), `Some(then)` once it has gone `MISSES` checks without a confirmed one, `then` being the leader
+/// it took for current at the last check (`None`: it knew of none).
+pub type LeaderLoss = watch::Receiver<Option<Option<u64>>>;
+
+/// The leader as etcd would report it (`lost` from `monitor`). An etcd leader cut off from its quorum
+/// steps down; an openraft one goes on taking itself for the leader, which status, `/health` and
+/// `/metrics` must not repeat.
+pub fn known_leader(node: &RaftNode, lost: &LeaderLoss) -> Option<u64> {
+    reported(node.leader(), *lost.borrow())
+}
+
+fn reported(now: Option<u64>, lost: Option<Option<u64>>) -> Option<u64> {
+    match lost {
+        // Still the leader it had when the monitor gave up on it, or still none.
+        Some(then) if then == now => None,
+        // A leader elected since is reported at once, not from the monitor's next check on: a member
+        // whose first election took more than `MISSES` checks (a slow start) reported no leader for up
+        // to an election timeout after it had one (etcd's e2e MoveLeader test asks every member's
+        // status right after start, and failed now and then).
+        _ => now,
     }
 }
 
@@ -49,11 +61,11 @@ pub fn refused() -> http::Response<Body> {
     errors::no_leader().into_http()
 }
 
-/// Starts checking for a leader every `interval` (the election timeout); the flag it returns turns true
-/// after `MISSES` checks in a row without one, and false again with the next leader. It stops when the
+/// Starts checking for a leader every `interval` (the election timeout); what it returns turns `Some`
+/// after `MISSES` checks in a row without one, and `None` again with the next leader. It stops when the
 /// last receiver is gone.
-pub fn monitor(node: RaftNode, interval: Duration) -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
+pub fn monitor(node: RaftNode, interval: Duration) -> LeaderLoss {
+    let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         let mut misses = 0;
@@ -63,8 +75,10 @@ pub fn monitor(node: RaftNode, interval: Duration) -> watch::Receiver<bool> {
                 _ = tx.closed() => return,
             }
             misses = if has_leader(&node, interval).await { 0 } else { misses + 1 };
-            let lost = misses >= MISSES;
-            tx.send_if_modified(|was| std::mem::replace(was, lost) != lost);
+            let lost = (misses >= MISSES).then(|| node.leader());
+            // Receivers hear of a loss and of its end; which leader a loss goes with changes silently
+            // (`known_leader` reads it), or a require-leader stream would take the change for a loss.
+            tx.send_if_modified(|was| std::mem::replace(was, lost).is_some() != lost.is_some());
         }
     });
     rx
@@ -91,7 +105,7 @@ pub struct RequireLeader {
 }
 
 impl RequireLeader {
-    pub fn new(inner: Body, mut flag: watch::Receiver<bool>) -> Self {
+    pub fn new(inner: Body, mut flag: LeaderLoss) -> Self {
         // Only a loss after the call started counts: one reported before is already over, or the call
         // would have been refused.
         flag.borrow_and_update();
@@ -101,7 +115,7 @@ impl RequireLeader {
                     // The monitor stopped (the server is stopping): nothing more to report.
                     return std::future::pending().await;
                 }
-                if *flag.borrow_and_update() {
+                if flag.borrow_and_update().is_some() {
                     return;
                 }
             }
@@ -149,19 +163,33 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_ends_with_no_leader_when_the_flag_turns_after_it_started() {
-        let (tx, rx) = watch::channel(true);
+        let (tx, rx) = watch::channel(Some(None));
         let mut body = RequireLeader::new(endless(), rx);
         // A loss reported before the call started does not end it...
         let first = tokio::time::timeout(Duration::from_millis(50), body.frame()).await;
         assert!(first.is_err(), "still open");
         // ...a new one does, with etcd's status in the trailers.
-        tx.send_replace(false);
-        tx.send_replace(true);
+        tx.send_replace(None);
+        tx.send_replace(Some(None));
         let frame = body.frame().await.expect("a frame").expect("no error");
         let trailers = frame.into_trailers().expect("trailers");
         let status = tonic::Status::from_header_map(&trailers).expect("a status");
         assert_eq!((status.code(), status.message()), (tonic::Code::Unavailable, "etcdserver: no leader"));
         assert!(body.frame().await.is_none(), "and nothing after");
+    }
+
+    #[test]
+    fn a_leader_elected_after_the_loss_is_reported_at_once() {
+        // Nothing lost: whatever the member knows.
+        assert_eq!(reported(Some(1), None), Some(1));
+        assert_eq!(reported(None, None), None);
+        // Lost with no leader at all, as at a slow start; then one is elected.
+        assert_eq!(reported(None, Some(None)), None);
+        assert_eq!(reported(Some(2), Some(None)), Some(2));
+        // A leader cut off from its quorum still takes itself for the leader: not repeated...
+        assert_eq!(reported(Some(3), Some(Some(3))), None);
+        // ...until it learns of another one.
+        assert_eq!(reported(Some(4), Some(Some(3))), Some(4));
     }
 
     #[test]
