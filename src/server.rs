@@ -609,7 +609,8 @@ impl Drop for Landing {
     }
 }
 
-/// Counts the leaders this member sees elected (etcd_server_leader_changes_seen_total).
+/// Counts the leaders this member sees elected (etcd_server_leader_changes_seen_total) and logs each
+/// change as etcd does.
 async fn count_leader_changes(
     node: RaftNode,
     mut stop: watch::Receiver<bool>,
