@@ -22,10 +22,6 @@ async fn wait_caught_up(c: &Cluster, i: usize, key: &str, want_rev: i64) -> etcd
     }
 }
 
-async fn member_id(c: &Cluster, i: usize) -> u64 {
-    c.members[i].client().await.status().await.unwrap().header().unwrap().member_id()
-}
-
 /// Whether member `me` logged `leader` as elected, as etcd words it.
 fn logged_leader(log: &str, me: u64, leader: u64) -> bool {
     let (elected, changed) = (
@@ -84,7 +80,7 @@ async fn three_members_replicate_and_survive_the_leader_crashing() {
     }
 
     // kill -9 the leader: a new one is elected and nothing acknowledged is lost.
-    let old_id = member_id(&c, leader).await;
+    let old_id = c.members[leader].id().await;
     c.members[leader].kill();
     let new_leader = c.leader().await;
     assert_ne!(new_leader, leader);
@@ -92,7 +88,7 @@ async fn three_members_replicate_and_survive_the_leader_crashing() {
     // Each survivor logged both leaders in etcd's words (raft/node.go), which operators search for.
     let new_id = nl.status().await.unwrap().leader();
     for i in (0..3).filter(|i| *i != leader) {
-        let me = member_id(&c, i).await;
+        let me = c.members[i].id().await;
         let m = &c.members[i];
         eventually("the survivors log the new leader", || async {
             let log = m.log();
@@ -352,5 +348,5 @@ async fn a_member_that_waited_long_for_a_leader_names_it_once_elected() {
     let leader = m0.status().await.unwrap().leader();
     assert_ne!(leader, 0, "member 0 names the leader it just wrote through");
     let i = c.leader().await;
-    assert_eq!(member_id(&c, i).await, leader);
+    assert_eq!(c.members[i].id().await, leader);
 }

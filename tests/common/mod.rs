@@ -196,6 +196,12 @@ impl Member {
         .await;
     }
 
+    /// The member's id, as it reports it.
+    pub async fn id(&self) -> u64 {
+        let status = self.client().await.status().await.expect("status");
+        status.header().expect("header").member_id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
     }
@@ -272,8 +278,7 @@ impl Cluster {
 
     /// Asks member `from` (the leader) to hand leadership to member `to` (etcd's MoveLeader).
     pub async fn move_leader(&self, from: usize, to: usize) {
-        let status = self.members[to].client().await.status().await.expect("status");
-        let id = status.header().expect("header").member_id();
+        let id = self.members[to].id().await;
         self.members[from].client().await.move_leader(id).await.expect("move-leader");
     }
 
