@@ -313,6 +313,8 @@ pub struct Etcd {
     child: Child,
     _dir: tempfile::TempDir,
     pub client_port: u16,
+    /// etcd runs under `child` (`strace ...`) rather than as it.
+    wrapped: bool,
 }
 
 impl Etcd {
@@ -331,7 +333,12 @@ impl Etcd {
     }
 
     pub fn start_bin(bin: &str, extra: &[&str]) -> Etcd {
-        Etcd::spawn(bin, tempfile::tempdir().expect("tempdir"), (free_port(), free_port()), extra)
+        Etcd::spawn(&[], bin, tempfile::tempdir().expect("tempdir"), (free_port(), free_port()), extra)
+    }
+
+    /// etcd (`bin`) run by a wrapper command (`strace ...`), as `Member::wrap` runs concord.
+    pub fn start_under(wrap: &[String], bin: &str) -> Etcd {
+        Etcd::spawn(wrap, bin, tempfile::tempdir().expect("tempdir"), (free_port(), free_port()), &[])
     }
 
     /// A real etcd (`bin`) on the data dir that `<restore_bin> snapshot restore` (etcdctl 3.4 or etcdutl
@@ -353,14 +360,14 @@ impl Etcd {
             "{restore_bin} snapshot restore: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Etcd::spawn(bin, dir, ports, &[])
+        Etcd::spawn(&[], bin, dir, ports, &[])
     }
 
     /// A real etcd (`bin`) on a copy of another member's data dir (as `crash` leaves it).
     pub fn on_copy_of(bin: &str, data_dir: &Path, extra: &[&str]) -> Etcd {
         let dir = tempfile::tempdir().expect("tempdir");
         copy_dir(data_dir, &dir.path().join("d"));
-        Etcd::spawn(bin, dir, (free_port(), free_port()), extra)
+        Etcd::spawn(&[], bin, dir, (free_port(), free_port()), extra)
     }
 
     /// Its data dir, in use while it runs.
@@ -370,12 +377,23 @@ impl Etcd {
 
     /// SIGKILL, as a crash: the data dir (`<dir>/d`) stays, with whatever etcd had not committed.
     pub fn crash(mut self) -> tempfile::TempDir {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
         std::mem::replace(&mut self._dir, tempfile::tempdir().expect("tempdir"))
     }
 
+    /// SIGKILL, and waits for it. A wrapped etcd is the wrapper's child: a killed strace would leave it
+    /// running, detached; the wrapper exits once etcd is gone.
+    pub fn kill(&mut self) {
+        if self.wrapped {
+            let _ = Command::new("pkill").args(["-9", "-P", &self.child.id().to_string()]).status();
+        } else {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+
     fn spawn(
+        wrap: &[String],
         bin: &str,
         dir: tempfile::TempDir,
         (client_port, peer_port): (u16, u16),
@@ -383,7 +401,15 @@ impl Etcd {
     ) -> Etcd {
         let client = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
-        let child = Command::new(bin)
+        let mut command = match wrap.split_first() {
+            Some((wrapper, args)) => {
+                let mut c = Command::new(wrapper);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = command
             .args(["--name", "ref", "--data-dir", dir.path().join("d").to_str().unwrap()])
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
@@ -393,14 +419,13 @@ impl Etcd {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {bin} (install Debian's etcd-server): {e}"));
-        Etcd { child, _dir: dir, client_port }
+        Etcd { child, _dir: dir, client_port, wrapped: !wrap.is_empty() }
     }
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
