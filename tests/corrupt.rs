@@ -54,8 +54,7 @@ async fn a_member_with_altered_data_is_caught_by_the_corruption_checks() {
         client.put(format!("k{i}"), "v", None).await.expect("put");
     }
     let victim = (leader + 1) % 3;
-    let victim_id =
-        c.members[victim].client().await.status().await.expect("status").header().expect("h").member_id();
+    let victim_id = c.members[victim].id().await;
     c.members[victim].kill();
     assert!(tamper(&c.members[victim].data_dir), "the record was not found");
 

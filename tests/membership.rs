@@ -176,10 +176,7 @@ async fn a_learner_serves_serializable_reads_only_until_promoted() {
     assert!(list.lines().any(|l| l.contains("m3") && l.ends_with("true")), "{list}");
 
     // A voter cannot be promoted.
-    let voter = format!(
-        "{:x}",
-        c.members[0].client().await.status().await.expect("status").header().expect("h").member_id()
-    );
+    let voter = format!("{:x}", c.members[0].id().await);
     let (ok, _, err) = ctl(port0, &["member", "promote", &voter]);
     assert!(!ok && err.contains("etcdserver: can only promote a learner member"), "{err}");
     eventually("the learner is promoted", || async { ctl(port0, &["member", "promote", &id]).0 }).await;
@@ -232,7 +229,7 @@ async fn a_member_updated_to_a_new_peer_url_is_reached_there() {
         common::etcdctl_with(&common::etcdctl35(), &format!("http://127.0.0.1:{port}"), args, None)
     };
     let leader_port = c.members[leader].client_port;
-    let id = c.members[moved].client().await.status().await.expect("status").header().expect("h").member_id();
+    let id = c.members[moved].id().await;
     let mut client = c.members[leader].client().await;
     client.put("before", "update", None).await.expect("put");
 
@@ -272,9 +269,7 @@ async fn a_member_removed_while_down_stops_when_it_returns() {
     let mut c = Cluster::start(3, &["--strict-reconfig-check=false"]);
     let leader = c.leader().await;
     let gone = (leader + 1) % 3;
-    let mut gone_client = c.members[gone].client().await;
-    let gone_id = gone_client.status().await.expect("status").header().expect("h").member_id();
-    drop(gone_client);
+    let gone_id = c.members[gone].id().await;
     c.members[gone].kill();
     let mut client = c.members[leader].client().await;
     let removed = client.member_remove(gone_id).await.expect("member remove");
@@ -296,7 +291,7 @@ async fn move_leader_hands_leadership_over_under_writes() {
     let to = (from + 1) % 3;
     let mut ids = Vec::new();
     for m in &c.members {
-        ids.push(m.client().await.status().await.unwrap().header().unwrap().member_id());
+        ids.push(m.id().await);
     }
     let target = ids[to];
     let writer = {
@@ -377,8 +372,7 @@ async fn with_a_voter_down_adding_is_refused_and_removing_it_is_not() {
     let (ok, _, err) = ctl(port, &["member", "remove", &format!("{learner_id:x}")]);
     assert!(ok, "{err}");
 
-    let down_id =
-        c.members[down].client().await.status().await.expect("status").header().unwrap().member_id();
+    let down_id = c.members[down].id().await;
     c.members[down].kill();
     // Right after the kill the leader may not have missed a heartbeat yet: a learner added meanwhile
     // (harmless: it does not vote) is removed again, until the leader refuses.
