@@ -70,8 +70,10 @@ impl Watch for WatchService {
         let stream = WatchStream::new(sm.clone(), sm.hub().subscribe(), stamp, self.options.clone(), tx)
             .with_permit(permit);
         tokio::spawn(stream.run(Box::pin(requests)));
-        let responses = tokio_stream::wrappers::ReceiverStream::new(rx)
-            .flat_map(|batch| futures::stream::iter(batch.into_iter().map(Ok)));
+        let responses = tokio_stream::wrappers::ReceiverStream::new(rx).flat_map(|mut batch| {
+            crate::watch::size_batch(&mut batch);
+            futures::stream::iter(batch.into_iter().map(Ok))
+        });
         Ok(Response::new(Box::pin(responses)))
     }
 }

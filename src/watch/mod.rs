@@ -9,6 +9,6 @@ pub mod encoded;
 pub mod hub;
 pub mod stream;
 
-pub use encoded::{EncodedWatchResponse, WatchCodec};
+pub use encoded::{size_batch, EncodedWatchResponse, WatchCodec};
 pub use hub::Hub;
 pub use stream::{History, Options, Permit, Stamp, WatchStream};
