@@ -40,9 +40,9 @@ const MAX_ROOM: usize = 64 * 1024;
 /// and the rest of the batch need (with tonic's 5-byte message header each, up to `MAX_ROOM`).
 ///
 /// tonic's encoder gathers responses in a buffer that starts at 8 KiB and is handed on at 32 KiB, so a
-/// batch for many watchers grew it by doubling, copying its contents each time: ~5% of the server's
-/// CPU in the watch fan-out row. One reservation per batch grows it once, to what the batch needs; an
-/// idle stream's buffer stays small.
+/// batch for many watchers grew it by doubling, copying its contents each time: ~7% of the server's
+/// CPU in the watch fan-out row (docs/benchmarks.md, finding 30). One reservation per batch grows it
+/// once, to what the batch needs; an idle stream's buffer stays small.
 pub fn size_batch(batch: &mut [EncodedWatchResponse]) {
     let mut rest = 0usize;
     for r in batch.iter_mut().rev() {
