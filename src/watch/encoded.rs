@@ -35,9 +35,11 @@ pub struct EncodedWatchResponse {
 
 /// The most room one response makes for its batch: tonic hands its buffer to h2 once it holds 32 KiB.
 const MAX_ROOM: usize = 64 * 1024;
+/// The gRPC message header tonic writes before each response: a flag byte and a 4-byte length.
+const GRPC_HEADER: usize = 5;
 
 /// Gives each response of a batch, which the stream's encoder takes one after another, the room that it
-/// and the rest of the batch need (with tonic's 5-byte message header each, up to `MAX_ROOM`).
+/// and the rest of the batch need (with tonic's message header each, up to `MAX_ROOM`).
 ///
 /// tonic's encoder gathers responses in a buffer that starts at 8 KiB and is handed on at 32 KiB, so a
 /// batch for many watchers grew it by doubling, copying its contents each time: ~7% of the server's
@@ -46,7 +48,7 @@ const MAX_ROOM: usize = 64 * 1024;
 pub fn size_batch(batch: &mut [EncodedWatchResponse]) {
     let mut rest = 0usize;
     for r in batch.iter_mut().rev() {
-        rest = rest.saturating_add(r.encoded_len() + 5);
+        rest = rest.saturating_add(r.encoded_len() + GRPC_HEADER);
         r.room = rest.min(MAX_ROOM);
     }
 }
@@ -214,7 +216,7 @@ mod tests {
         let mut batch: Vec<_> = (10_000..13_000)
             .map(|id| EncodedWatchResponse::shared(header.clone(), id, encoded.pick(&[0])))
             .collect();
-        let each = batch[0].encoded_len() + 5;
+        let each = batch[0].encoded_len() + GRPC_HEADER;
         size_batch(&mut batch);
         assert_eq!(batch[2999].room, each, "the last makes room for itself");
         assert_eq!(batch[2990].room, 10 * each);
@@ -223,7 +225,7 @@ mod tests {
         // The room does not change the bytes.
         let mut buf = BytesMut::new();
         batch[0].encode(&mut buf);
-        assert_eq!(buf.len(), each - 5);
+        assert_eq!(buf.len(), each - GRPC_HEADER);
     }
 
     #[test]

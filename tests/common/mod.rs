@@ -36,6 +36,30 @@ fn all_threads_stopped(pid: u32) -> bool {
     })
 }
 
+/// A command that runs `bin` under `wrap` (`strace ...`), or `bin` itself if there is no wrapper.
+fn wrapped(wrap: &[String], bin: &str) -> Command {
+    match wrap.split_first() {
+        Some((wrapper, args)) => {
+            let mut c = Command::new(wrapper);
+            c.args(args).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
+}
+
+/// SIGKILL to a server (`wrapped`: to the server that `child`, its wrapper, runs), and waits for it. A
+/// killed strace would leave its server running, detached, and lose the end of its trace; the wrapper
+/// exits once the server is gone.
+fn kill(child: &mut Child, wrapped: bool) {
+    if wrapped {
+        let _ = Command::new("pkill").args(["-9", "-P", &child.id().to_string()]).status();
+    } else {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
 pub struct Member {
     pub name: String,
     pub client_port: u16,
@@ -80,15 +104,7 @@ impl Member {
             .expect("log file");
         let client = self.endpoint();
         let peer = format!("{}://127.0.0.1:{}", self.scheme(), self.peer_port);
-        let mut command = match self.wrap.split_first() {
-            Some((wrapper, args)) => {
-                let mut c = Command::new(wrapper);
-                c.args(args).arg(env!("CARGO_BIN_EXE_concord"));
-                c
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_concord")),
-        };
-        let child = command
+        let child = wrapped(&self.wrap, env!("CARGO_BIN_EXE_concord"))
             .args(["--name", &self.name])
             .args(["--data-dir", self.data_dir.to_str().unwrap()])
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
@@ -108,14 +124,7 @@ impl Member {
     /// SIGKILL: no shutdown path runs, as in a crash.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            if self.wrap.is_empty() {
-                let _ = c.kill();
-            } else {
-                // The member is the wrapper's child: a killed strace would leave it running, detached,
-                // and lose the end of its trace. The wrapper exits once the member is gone.
-                let _ = Command::new("pkill").args(["-9", "-P", &c.id().to_string()]).status();
-            }
-            let _ = c.wait();
+            kill(&mut c, !self.wrap.is_empty());
         }
     }
 
@@ -381,15 +390,9 @@ impl Etcd {
         std::mem::replace(&mut self._dir, tempfile::tempdir().expect("tempdir"))
     }
 
-    /// SIGKILL, and waits for it. A wrapped etcd is the wrapper's child: a killed strace would leave it
-    /// running, detached; the wrapper exits once etcd is gone.
+    /// SIGKILL, and waits for it.
     pub fn kill(&mut self) {
-        if self.wrapped {
-            let _ = Command::new("pkill").args(["-9", "-P", &self.child.id().to_string()]).status();
-        } else {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        kill(&mut self.child, self.wrapped);
     }
 
     fn spawn(
@@ -401,15 +404,7 @@ impl Etcd {
     ) -> Etcd {
         let client = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
-        let mut command = match wrap.split_first() {
-            Some((wrapper, args)) => {
-                let mut c = Command::new(wrapper);
-                c.args(args).arg(bin);
-                c
-            }
-            None => Command::new(bin),
-        };
-        let child = command
+        let child = wrapped(wrap, bin)
             .args(["--name", "ref", "--data-dir", dir.path().join("d").to_str().unwrap()])
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
