@@ -21,6 +21,7 @@ use crate::api::learner::LearnerLayer;
 use crate::api::lease::LeaseService;
 use crate::api::lock::{ElectionService, LockService};
 use crate::api::maintenance::MaintenanceService;
+use crate::api::serve;
 use crate::api::watch::WatchService;
 use crate::bootstrap::Identity;
 use crate::config::{host_port, ClusterState, Config, ConfigError};
@@ -103,7 +104,7 @@ pub struct Server {
     client_addrs: Vec<SocketAddr>,
     peer_addrs: Vec<SocketAddr>,
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 async fn bind(urls: &[String]) -> Result<Vec<TcpListener>, ServerError> {
@@ -287,21 +288,7 @@ impl Server {
                 max_request_bytes: config.max_request_bytes,
                 max_txn_ops: config.max_txn_ops,
             };
-            let router = tonic::transport::Server::builder()
-                .max_concurrent_streams(config.max_concurrent_streams)
-                .http2_keepalive_interval(Some(config.grpc_keepalive_interval).filter(|d| !d.is_zero()))
-                .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout))
-                // etcd's HTTP endpoints (/health, /metrics, ...) share the client port with gRPC.
-                .accept_http1(true)
-                .layer(HttpLayer {
-                    node: node.clone(),
-                    max_body: max_recv,
-                    endpoints_only: false,
-                    gateway: config.enable_grpc_gateway,
-                    leader_lost: leader_lost.clone(),
-                })
-                .layer(tower::util::MapResponseLayer::new(grpc_size_error_like_etcd))
-                .layer(LearnerLayer { node: node.clone() })
+            let routes = tonic::service::Routes::builder()
                 .add_service(
                     KvServer::new(kv)
                         .max_decoding_message_size(max_recv)
@@ -330,15 +317,33 @@ impl Server {
                 .add_service(AuthServer::new(AuthService {
                     node: node.clone(),
                     bcrypt_cost: config.bcrypt_cost,
-                }));
-            let mut rx = stop_rx.clone();
+                }))
+                .clone()
+                .routes()
+                .prepare();
+            let svc = tower::ServiceBuilder::new()
+                // etcd's HTTP endpoints (/health, /metrics, ...) share the client port with gRPC.
+                .layer(HttpLayer {
+                    node: node.clone(),
+                    max_body: max_recv,
+                    endpoints_only: false,
+                    gateway: config.enable_grpc_gateway,
+                    leader_lost: leader_lost.clone(),
+                })
+                .map_response(grpc_size_error_like_etcd)
+                .layer(LearnerLayer { node: node.clone() })
+                .service(routes);
+            let options = serve::Options {
+                http1: true,
+                max_concurrent_streams: Some(config.max_concurrent_streams),
+                keepalive_interval: Some(config.grpc_keepalive_interval).filter(|d| !d.is_zero()),
+                keepalive_timeout: Some(config.grpc_keepalive_timeout),
+            };
             // etcd 3.4's clients send an `http://` endpoint as the :authority, which h2 refuses.
             let incoming = crate::tls::incoming(listener, client_tls_server.clone());
             let incoming =
                 futures::TryStreamExt::map_ok(incoming, |c| Coalesce::new(RepairAuthority::new(c)));
-            tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })));
+            tasks.push(tokio::spawn(serve::serve(svc, incoming, options, stop_rx.clone())));
         }
         // etcd's `--listen-metrics-urls`: the HTTP endpoints on listeners of their own (TLS as the
         // client side's for an https:// one).
@@ -352,26 +357,18 @@ impl Server {
                 gateway: false,
                 leader_lost,
             };
-            let router = tonic::transport::Server::builder()
-                .accept_http1(true)
-                .layer(layer)
-                .add_routes(tonic::service::Routes::default());
-            let mut rx = stop_rx.clone();
+            let svc = tower::Layer::layer(&layer, tonic::service::Routes::default().prepare());
+            let options = serve::Options { http1: true, ..Default::default() };
             let incoming = crate::tls::incoming(listener, tls);
-            tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })));
+            tasks.push(tokio::spawn(serve::serve(svc, incoming, options, stop_rx.clone())));
         }
         for listener in peer_listeners {
             let peer = RaftPeerServer::new(PeerService { node: node.clone() })
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX);
-            let router = tonic::transport::Server::builder().add_service(peer);
-            let mut rx = stop_rx.clone();
+            let routes = tonic::service::Routes::new(peer).prepare();
             let incoming = crate::tls::incoming(listener, peer_tls_server.clone());
-            tasks.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-                let _ = rx.wait_for(|s| *s).await;
-            })));
+            tasks.push(tokio::spawn(serve::serve(routes, incoming, Default::default(), stop_rx.clone())));
         }
 
         tasks.push(tokio::spawn(snapshots(node.clone(), stop_rx.clone())));
@@ -384,14 +381,12 @@ impl Server {
             let (node, stop) = (node.clone(), stop_rx.clone());
             tasks.push(tokio::spawn(async move {
                 crate::corrupt::periodic(node, every, stop).await;
-                Ok(())
             }));
         }
         if let Some(mode) = auto_compaction {
             let (node, stop) = (node.clone(), stop_rx.clone());
             tasks.push(tokio::spawn(async move {
                 crate::compactor::run(node, mode, stop).await;
-                Ok(())
             }));
         }
         let extend = Duration::from_millis(config.election_timeout);
@@ -483,13 +478,13 @@ impl Server {
 
 /// Asks openraft for a snapshot (a checkpoint, which lets it purge the log) whenever the state machine
 /// has applied `--snapshot-count` requests since the last one.
-async fn snapshots(node: RaftNode, mut stop: watch::Receiver<bool>) -> Result<(), tonic::transport::Error> {
+async fn snapshots(node: RaftNode, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            _ = stop.changed() => return Ok(()),
+            _ = stop.changed() => return,
             () = node.sm.snapshot_due() => {
                 if node.raft.trigger().snapshot().await.is_err() {
-                    return Ok(());
+                    return;
                 }
             }
         }
@@ -501,10 +496,7 @@ async fn snapshots(node: RaftNode, mut stop: watch::Receiver<bool>) -> Result<()
 /// it is purged, and the new member would lack everything restored (etcd's restored member has its
 /// state in a snapshot at the log's start for the same reason). So, once the first entry is applied,
 /// this takes a snapshot and purges the log up to it: from then on a new member is sent the snapshot.
-async fn snapshot_restored(
-    node: RaftNode,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), tonic::transport::Error> {
+async fn snapshot_restored(node: RaftNode, mut stop: watch::Receiver<bool>) {
     // The purge waits until no replication still needs the entries: with a restored member down, the
     // others' marker stays (and so does their refusal of `member add`) until it is back.
     let settled = async {
@@ -526,17 +518,12 @@ async fn snapshot_restored(
             }
         }
     }
-    Ok(())
 }
 
 /// Runs the lease clock while this member leads: starts every lease afresh on promotion (from its
 /// whole TTL, or with checkpoints from what was left at its last one, plus `extend`, like etcd), and
 /// proposes the checkpoints that are due and the revoke of each lease that expires.
-async fn lease_clock(
-    node: RaftNode,
-    extend: Duration,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), tonic::transport::Error> {
+async fn lease_clock(node: RaftNode, extend: Duration, mut stop: watch::Receiver<bool>) {
     // Server metrics: they change with leadership and membership, not with every write as the full
     // metrics do (a wake-up of this task and the next one per write; docs/benchmarks.md, finding 20).
     let mut metrics = node.raft.server_metrics();
@@ -545,8 +532,8 @@ async fn lease_clock(
     loop {
         // Leadership is checked on every change; expiry only on the tick (it walks every lease).
         let ticked = tokio::select! {
-            _ = stop.changed() => return Ok(()),
-            changed = metrics.changed() => if changed.is_err() { return Ok(()) } else { false },
+            _ = stop.changed() => return,
+            changed = metrics.changed() => if changed.is_err() { return } else { false },
             _ = tick.tick() => true,
         };
         let leads = {
@@ -611,10 +598,7 @@ impl Drop for Landing {
 
 /// Counts the leaders this member sees elected (etcd_server_leader_changes_seen_total) and logs each
 /// change as etcd does.
-async fn count_leader_changes(
-    node: RaftNode,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), tonic::transport::Error> {
+async fn count_leader_changes(node: RaftNode, mut stop: watch::Receiver<bool>) {
     let mut metrics = node.raft.server_metrics();
     let (mut last, mut current) = (None, None);
     loop {
@@ -638,19 +622,15 @@ async fn count_leader_changes(
         }
         current = leader;
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return Ok(()),
-            changed = metrics.changed() => if changed.is_err() { return Ok(()) },
+            _ = stop.wait_for(|s| *s) => return,
+            changed = metrics.changed() => if changed.is_err() { return },
         }
     }
 }
 
 /// Announces this member's name and client URLs through Raft (once per change), so every member lists
 /// them.
-async fn publish(
-    node: RaftNode,
-    attributes: Attributes,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), tonic::transport::Error> {
+async fn publish(node: RaftNode, attributes: Attributes, mut stop: watch::Receiver<bool>) {
     loop {
         let published = node.sm.attributes().get(&node.id) == Some(&attributes) || {
             let req = crate::raft::Request::Publish { id: node.id, attributes: attributes.clone() };
@@ -668,10 +648,10 @@ async fn publish(
             tracing::info!(cluster_version = version, "enabled capabilities for version {version}");
             tracing::info!(name = %attributes.name, client_urls = ?attributes.client_urls, "published local member to cluster through raft");
             tracing::info!("ready to serve client requests");
-            return Ok(());
+            return;
         }
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return Ok(()),
+            _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }

@@ -15,6 +15,7 @@ pub mod lease;
 pub mod lock;
 pub mod maintenance;
 pub mod require_leader;
+pub mod serve;
 pub mod validate;
 pub mod watch;
 
