@@ -63,12 +63,10 @@ enum SnapshotCommand {
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// tokio's multi-thread runtime, without its LIFO slot when built with `--cfg tokio_unstable` (as
-/// `.cargo/config.toml` does). With the slot, a task woken by the running one runs next: each gRPC stream
-/// that gets its response wakes its HTTP/2 connection, which then writes that one response. Without it,
-/// the connection runs after the other streams answered by the same applied batch and writes their
-/// responses in one `writev`: 3× fewer writes at 64 clients, puts 15-30% faster at 64 and 500 clients;
-/// a lone client's requests 5-18% slower, as each wake-up now unparks the other worker (docs/benchmarks.md,
-/// finding 14).
+/// `.cargo/config.toml` does). With the slot, a task woken by the running one runs next on the same worker,
+/// where the other worker cannot take it: the tasks openraft's core wakes wait there while the core syncs
+/// the next entry. Without it, puts at 64 and 500 clients are 3-12% faster, and one client's requests
+/// no slower since each connection's calls run inside its task (docs/benchmarks.md, findings 14, 29, 31).
 fn main() -> anyhow::Result<()> {
     // Every flag also reads CONCORD_<FLAG>, standing in for etcd's ETCD_<FLAG> (which wins when both are set).
     for (key, value) in std::env::vars() {
