@@ -53,6 +53,9 @@ pub struct Options {
 /// Rounds of polling the connection and its calls in one turn of the task before it yields to others.
 const ROUNDS: usize = 32;
 
+/// The pause after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Serves the connections `incoming` yields with `svc` until `stop` turns true, then waits for the
@@ -70,16 +73,21 @@ where
     // Boxed, not pinned in place: dropped below, it closes the listening socket at once.
     let mut incoming = Box::pin(incoming);
     loop {
-        let io = tokio::select! {
+        let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
-            io = incoming.next() => match io {
-                Some(Ok(io)) => io,
-                Some(Err(e)) => {
-                    tracing::debug!("accept: {e}");
-                    continue;
+            io = incoming.next() => io,
+        };
+        let io = match accepted {
+            Some(Ok(io)) => io,
+            Some(Err(e)) => {
+                // Out of file descriptors, say: accepting again at once would only spin.
+                tracing::warn!("accepting a connection: {e}");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
                 }
-                None => break,
-            },
+            }
+            None => break,
         };
         let info = io.connect_info();
         let svc = svc.clone().map_request(move |req: Request<Incoming>| {
