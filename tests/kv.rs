@@ -275,6 +275,32 @@ async fn responses_of_every_size_reach_a_waiting_client() {
     }
 }
 
+/// A connection's calls share its task on the server; a range over many keys must not hold up the
+/// others (one etcd client sends everything, watches and keepalives too, over one connection).
+#[tokio::test]
+async fn a_wide_range_does_not_hold_up_the_other_calls_of_its_connection() {
+    const KEYS: usize = 20_000;
+    let c = Cluster::start(1, &[]);
+    let client = c.members[0].client().await;
+    let mut kv = client.kv_client();
+    for batch in 0..KEYS / 125 {
+        let puts =
+            (0..125).map(|i| TxnOp::put(format!("wide/{:06}", batch * 125 + i), "0123456789abcdef", None));
+        kv.txn(Txn::new().and_then(puts.collect::<Vec<_>>())).await.unwrap();
+    }
+    // Clones of one client share its connection.
+    let mut wide = kv.clone();
+    let range = tokio::spawn(async move { wide.get("wide/", Some(GetOptions::new().with_prefix())).await });
+    let mut answered = 0;
+    while !range.is_finished() {
+        kv.get("wide/000000", None).await.unwrap();
+        answered += 1;
+    }
+    assert_eq!(range.await.unwrap().unwrap().kvs().len(), KEYS);
+    // Held up, only the gets sent before the range started would be answered before it.
+    assert!(answered >= 10, "{answered} gets answered while the range ran");
+}
+
 #[tokio::test]
 async fn restart_keeps_everything() {
     let mut c = Cluster::start(1, &[]);

@@ -42,6 +42,25 @@ fn txn_serializable(t: &TxnRequest) -> bool {
         .all(|op| matches!(&op.request, Some(Op::RequestRange(r)) if r.serializable))
 }
 
+/// Ranges that may be longer than this many keys run on tokio's blocking pool (see [`read`]).
+const WIDE: i64 = 1000;
+
+/// A range over a span of keys with no limit, or a limit above [`WIDE`], that returns them.
+fn wide(r: &RangeRequest) -> bool {
+    !r.range_end.is_empty() && !r.count_only && (r.limit == 0 || r.limit > WIDE)
+}
+
+/// Runs a read in place, or on tokio's blocking pool when it is `wide`. A connection's calls share its
+/// task (`api/serve.rs`), and one range over 100,000 keys takes ~150 ms of CPU here: in place it would
+/// hold up every other call of its connection (a Go client's watches and keepalives among them) for
+/// that long. A narrow read is done before the hand-off to another thread would be.
+async fn read<T: Send + 'static>(wide: bool, read: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    if !wide {
+        return Ok(read());
+    }
+    tokio::task::spawn_blocking(read).await.map_err(|e| Status::internal(e.to_string()))
+}
+
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
@@ -58,7 +77,8 @@ impl Kv for KvService {
         let caller = caller(&self.node, &request).await?;
         let req = request.into_inner();
         check(&self.node, &caller, |auth, c| auth.check_range(c, &req))?;
-        let mut resp = self.node.sm.range(&req).map_err(mvcc_status)?;
+        let sm = self.node.sm.clone();
+        let mut resp = read(wide(&req), move || sm.range(&req)).await?.map_err(mvcc_status)?;
         still_current(&self.node, &caller)?;
         fill_header(&self.node, &mut resp.header);
         Ok(Response::new(resp))
@@ -103,7 +123,13 @@ impl Kv for KvService {
             let caller = caller(&self.node, &request).await?;
             let req = request.into_inner();
             check(&self.node, &caller, |auth, c| auth.check_txn(c, &req))?;
-            let resp = self.node.sm.read(|s| s.txn_read(&req)).map_err(mvcc_status)?;
+            let wide = req
+                .success
+                .iter()
+                .chain(&req.failure)
+                .any(|op| matches!(&op.request, Some(Op::RequestRange(r)) if wide(r)));
+            let sm = self.node.sm.clone();
+            let resp = read(wide, move || sm.read(|s| s.txn_read(&req))).await?.map_err(mvcc_status)?;
             still_current(&self.node, &caller)?;
             resp
         } else {

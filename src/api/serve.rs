@@ -13,9 +13,11 @@
 //! wake-up only marks the task for another round (see [`Shared`]). Wake-ups from elsewhere (a Raft
 //! apply, the socket) wake the task as usual.
 //!
-//! The price: one connection's calls share one task, so they use one core at a time. etcd's clients
-//! open one connection per client; the server's work for a call (decode, MVCC read, encode) is small
-//! beside what Raft, the WAL and the apply do in tasks of their own.
+//! The price: one connection's calls share one task, so they use one core at a time, and a call that
+//! computes for long holds up the others. A call's own work (decode, MVCC read, encode) is small beside
+//! what Raft, the WAL and the apply do in tasks of their own; what can take long runs elsewhere: wide
+//! ranges (`api/kv.rs`), hashes, snapshots, defragmentation and bcrypt on tokio's blocking pool, each
+//! Watch stream in a task of its own.
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
