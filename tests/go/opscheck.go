@@ -103,7 +103,10 @@ func main() {
 	removed, err := cli.MemberRemove(ctx, added.Member.ID)
 	must(err, "member remove")
 	check(len(removed.Members) == voters, "members after remove: %v", removed.Members)
-	_, err = cli.MemberRemove(ctx, added.Member.ID)
+	err = retryTimeoutOnReference(ctx, func() error {
+		_, err := cli.MemberRemove(ctx, added.Member.ID)
+		return err
+	})
 	check(err != nil && err.Error() == rpctypes.ErrMemberNotFound.Error(), "remove twice: %v", err)
 
 	put, err := cli.Put(ctx, "ops/k", "v")
