@@ -288,39 +288,31 @@ impl Server {
                 max_request_bytes: config.max_request_bytes,
                 max_txn_ops: config.max_txn_ops,
             };
-            let routes = tonic::service::Routes::builder()
-                .add_service(
-                    KvServer::new(kv)
-                        .max_decoding_message_size(max_recv)
-                        .max_encoding_message_size(usize::MAX),
-                )
-                .add_service(WatchServer::new(WatchService {
-                    node: node.clone(),
-                    options: crate::watch::Options {
-                        max_request_bytes: config.max_request_bytes,
-                        progress_notify_interval: config.experimental_watch_progress_notify_interval,
-                    },
-                }))
-                .add_service(LeaseServer::new(LeaseService::new(
-                    node.clone(),
-                    config.heartbeat_interval,
-                    config.election_timeout,
-                )))
-                .add_service(HealthServer::new(HealthService { stop: stop_rx.clone() }))
-                .add_service(LockServer::new(LockService { client: loopback.clone() }))
-                .add_service(ElectionServer::new(ElectionService { client: loopback.clone() }))
-                .add_service(MaintenanceServer::new(MaintenanceService {
-                    node: node.clone(),
-                    leader_lost: leader_lost.clone(),
-                }))
-                .add_service(ClusterServer::new(ClusterService { node: node.clone() }))
-                .add_service(AuthServer::new(AuthService {
-                    node: node.clone(),
-                    bcrypt_cost: config.bcrypt_cost,
-                }))
-                .clone()
-                .routes()
-                .prepare();
+            let routes = tonic::service::Routes::new(
+                KvServer::new(kv).max_decoding_message_size(max_recv).max_encoding_message_size(usize::MAX),
+            )
+            .add_service(WatchServer::new(WatchService {
+                node: node.clone(),
+                options: crate::watch::Options {
+                    max_request_bytes: config.max_request_bytes,
+                    progress_notify_interval: config.experimental_watch_progress_notify_interval,
+                },
+            }))
+            .add_service(LeaseServer::new(LeaseService::new(
+                node.clone(),
+                config.heartbeat_interval,
+                config.election_timeout,
+            )))
+            .add_service(HealthServer::new(HealthService { stop: stop_rx.clone() }))
+            .add_service(LockServer::new(LockService { client: loopback.clone() }))
+            .add_service(ElectionServer::new(ElectionService { client: loopback.clone() }))
+            .add_service(MaintenanceServer::new(MaintenanceService {
+                node: node.clone(),
+                leader_lost: leader_lost.clone(),
+            }))
+            .add_service(ClusterServer::new(ClusterService { node: node.clone() }))
+            .add_service(AuthServer::new(AuthService { node: node.clone(), bcrypt_cost: config.bcrypt_cost }))
+            .prepare();
             let svc = tower::ServiceBuilder::new()
                 // etcd's HTTP endpoints (/health, /metrics, ...) share the client port with gRPC.
                 .layer(HttpLayer {
