@@ -370,16 +370,10 @@ impl Server {
         tasks.push(tokio::spawn(count_leader_changes(node.clone(), stop_rx.clone())));
         if !config.experimental_corrupt_check_time.is_zero() {
             let every = config.experimental_corrupt_check_time;
-            let (node, stop) = (node.clone(), stop_rx.clone());
-            tasks.push(tokio::spawn(async move {
-                crate::corrupt::periodic(node, every, stop).await;
-            }));
+            tasks.push(tokio::spawn(crate::corrupt::periodic(node.clone(), every, stop_rx.clone())));
         }
         if let Some(mode) = auto_compaction {
-            let (node, stop) = (node.clone(), stop_rx.clone());
-            tasks.push(tokio::spawn(async move {
-                crate::compactor::run(node, mode, stop).await;
-            }));
+            tasks.push(tokio::spawn(crate::compactor::run(node.clone(), mode, stop_rx.clone())));
         }
         let extend = Duration::from_millis(config.election_timeout);
         tasks.push(tokio::spawn(lease_clock(node.clone(), extend, stop_rx.clone())));

@@ -123,13 +123,13 @@ impl Kv for KvService {
             let caller = caller(&self.node, &request).await?;
             let req = request.into_inner();
             check(&self.node, &caller, |auth, c| auth.check_txn(c, &req))?;
-            let wide = req
+            let any_wide = req
                 .success
                 .iter()
                 .chain(&req.failure)
                 .any(|op| matches!(&op.request, Some(Op::RequestRange(r)) if wide(r)));
             let sm = self.node.sm.clone();
-            let resp = read(wide, move || sm.read(|s| s.txn_read(&req))).await?.map_err(mvcc_status)?;
+            let resp = read(any_wide, move || sm.read(|s| s.txn_read(&req))).await?.map_err(mvcc_status)?;
             still_current(&self.node, &caller)?;
             resp
         } else {

@@ -286,12 +286,16 @@ mod tests {
         (count.clone(), Waker::from(count))
     }
 
+    /// A connection's calls, and the executor hyper would start calls on.
+    fn calls() -> (Calls, Executor) {
+        let shared = Arc::new(Shared::default());
+        (Calls::new(shared.clone()), Executor(shared))
+    }
+
     #[test]
     fn a_call_and_its_connection_hand_off_inside_one_poll_without_waking_the_task() {
         let (count, waker) = task();
-        let shared = Arc::new(Shared::default());
-        let exec = Executor(shared.clone());
-        let mut calls = Calls::new(shared);
+        let (mut calls, exec) = calls();
         let answered = Arc::new(AtomicBool::new(false));
         let mut polls = 0;
         // The connection starts a call that answers and wakes the connection, as hyper's h2 stream does.
@@ -316,7 +320,7 @@ mod tests {
     #[test]
     fn a_wake_from_outside_wakes_the_idle_task_once_per_poll() {
         let (count, waker) = task();
-        let mut calls = Calls::new(Arc::new(Shared::default()));
+        let (mut calls, _) = calls();
         let mut conn_waker = None;
         let out = calls.poll(&mut Context::from_waker(&waker), |cx| {
             conn_waker = Some(cx.waker().clone());
@@ -335,7 +339,7 @@ mod tests {
     #[test]
     fn a_connection_that_keeps_waking_itself_yields_after_its_rounds() {
         let (count, waker) = task();
-        let mut calls = Calls::new(Arc::new(Shared::default()));
+        let (mut calls, _) = calls();
         let mut polls = 0;
         let out = calls.poll(&mut Context::from_waker(&waker), |cx| {
             polls += 1;
@@ -350,9 +354,7 @@ mod tests {
     #[test]
     fn a_call_that_panics_ends_alone() {
         let (_count, waker) = task();
-        let shared = Arc::new(Shared::default());
-        let exec = Executor(shared.clone());
-        let mut calls = Calls::new(shared);
+        let (mut calls, exec) = calls();
         let other = Arc::new(AtomicBool::new(false));
         hyper::rt::Executor::execute(&exec, async { panic!("a bug in one call") });
         let done = other.clone();
